@@ -1,0 +1,92 @@
+// AttentionOptions and the checks both attention implementations make before they read a cache.
+#pragma once
+
+#include <cmath>
+#include <cstddef>
+#include <span>
+
+#include <fmt/format.h>
+
+#include "kvcache/cache/concept.hpp"
+#include "kvcache/detail/format.hpp"
+#include "kvcache/error.hpp"
+
+namespace kvcache {
+
+struct AttentionOptions {
+    /// Multiplies q·k; 0 means 1/sqrt(head_dim).
+    float scale = 0.0f;
+    /// Causal self-attention: the n_tokens queries are the last n_tokens positions of the row, and the
+    /// query at position p sees keys at positions <= p. False (cross-attention): every query sees every key.
+    bool causal = true;
+    /// Sliding window (causal only): 0 for none, else the query at p sees keys in (p - window, p].
+    std::size_t window = 0;
+    /// Threads for the fast kernel; 0 means all the hardware offers. The result does not depend on it.
+    int threads = 0;
+};
+
+namespace detail {
+
+/// The sizes of one attention call, checked against the cache.
+struct AttentionShape {
+    std::size_t n_tokens;   // queries
+    std::size_t q_heads;
+    std::size_t kv_heads;
+    std::size_t group;      // query heads per kv head
+    std::size_t head_dim;
+    std::size_t keys;       // positions the row holds
+    float scale;
+
+    /// Absolute position of query t (causal), and the visible key range [lo, hi).
+    std::size_t query_position(std::size_t t) const { return keys - n_tokens + t; }
+    void visible(const AttentionOptions& opts, std::size_t t, std::size_t& lo, std::size_t& hi) const {
+        if (!opts.causal) {
+            lo = 0;
+            hi = keys;
+            return;
+        }
+        const std::size_t p = query_position(t);
+        hi = p + 1;
+        lo = (opts.window && p + 1 > opts.window) ? p + 1 - opts.window : 0;
+    }
+};
+
+template <KVCacheReadable C>
+AttentionShape check_attention(const C& cache, std::size_t layer, std::size_t row, std::span<const float> q,
+                               std::size_t n_tokens, std::size_t n_q_heads, std::span<const float> out,
+                               const AttentionOptions& opts) {
+    detail::check_index("layer", layer, cache.num_layers());
+    detail::check_index("batch row", row, cache.batch_size());
+    AttentionShape s{};
+    s.n_tokens = n_tokens;
+    s.q_heads = n_q_heads;
+    s.kv_heads = cache.num_kv_heads(layer);
+    s.head_dim = cache.head_dim(layer);
+    s.keys = cache.seq_len(layer, row);
+    if (n_q_heads == 0 || n_q_heads % s.kv_heads != 0) {
+        throw ConfigError(fmt::format("attention: {} query heads is not a positive multiple of {} kv heads",
+                                      n_q_heads, s.kv_heads));
+    }
+    s.group = n_q_heads / s.kv_heads;
+    detail::check_size("attention queries", q.size(), n_tokens * n_q_heads * s.head_dim);
+    detail::check_size("attention output", out.size(), n_tokens * n_q_heads * s.head_dim);
+    if (opts.causal && n_tokens > s.keys) {
+        throw ShapeError(fmt::format("causal attention: {} queries but layer {} row {} holds only {} positions "
+                                     "(append the new tokens' K/V before attending)",
+                                     n_tokens, layer, row, s.keys));
+    }
+    if (n_tokens > 0 && s.keys == 0) {
+        throw ShapeError(fmt::format("attention: layer {} row {} holds no keys", layer, row));
+    }
+    if (!opts.causal && opts.window != 0) {
+        throw ConfigError("attention: a sliding window needs causal attention");
+    }
+    if (!(opts.scale >= 0.0f) || !std::isfinite(opts.scale)) {
+        throw ConfigError(fmt::format("attention: scale must be finite and >= 0, got {}", opts.scale));
+    }
+    s.scale = opts.scale > 0.0f ? opts.scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    return s;
+}
+
+}  // namespace detail
+}  // namespace kvcache

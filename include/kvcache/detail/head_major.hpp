@@ -1,0 +1,48 @@
+// Copying tokens between the projection layout [token][kv_head][head_dim] and the cache's head-major
+// layout [kv_head][position][head_dim]; shared by every contiguous cache type.
+#pragma once
+
+#include <cstddef>
+
+#include "kvcache/element_types.hpp"
+
+namespace kvcache::detail {
+
+/// Writes n_tokens positions starting at `at` into a head-major block whose heads are `capacity`
+/// positions apart, converting floats to the storage type.
+template <StorageElement T>
+inline void scatter_tokens(const float* src, std::size_t n_tokens, std::size_t kv_heads, std::size_t head_dim,
+                           T* block, std::size_t capacity, std::size_t at) {
+    for (std::size_t t = 0; t < n_tokens; ++t) {
+        for (std::size_t h = 0; h < kv_heads; ++h) {
+            convert_from_float(src + (t * kv_heads + h) * head_dim, block + (h * capacity + at + t) * head_dim,
+                               head_dim);
+        }
+    }
+}
+
+/// Reads n_tokens positions starting at `at` out of a head-major block into [token][kv_head][head_dim].
+template <StorageElement T>
+inline void gather_tokens(const T* block, std::size_t capacity, std::size_t at, std::size_t n_tokens,
+                          std::size_t kv_heads, std::size_t head_dim, float* dst) {
+    for (std::size_t t = 0; t < n_tokens; ++t) {
+        for (std::size_t h = 0; h < kv_heads; ++h) {
+            convert_to_float(block + (h * capacity + at + t) * head_dim, dst + (t * kv_heads + h) * head_dim,
+                             head_dim);
+        }
+    }
+}
+
+/// Copies the first `length` positions of each head from one head-major block to another of a different
+/// capacity (used when a growing cache reallocates, and by explicit copies).
+template <StorageElement T>
+inline void copy_heads(const T* src, std::size_t src_capacity, T* dst, std::size_t dst_capacity,
+                       std::size_t kv_heads, std::size_t head_dim, std::size_t length) {
+    for (std::size_t h = 0; h < kv_heads; ++h) {
+        const T* from = src + h * src_capacity * head_dim;
+        T* to = dst + h * dst_capacity * head_dim;
+        for (std::size_t i = 0; i < length * head_dim; ++i) to[i] = from[i];
+    }
+}
+
+}  // namespace kvcache::detail

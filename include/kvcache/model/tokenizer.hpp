@@ -1,0 +1,132 @@
+// The reference transformer's tokenizer: byte-level BPE ("gpt2") and SentencePiece BPE ("llama") from GGUF metadata.
+//
+// Two models, as llama.cpp names them in tokenizer.ggml.model:
+//  - "gpt2": text is split into pre-tokens by the pattern tokenizer.ggml.pre names, each pre-token's UTF-8
+//    bytes become byte symbols, and the file's merges are applied lowest rank first.
+//  - "llama": spaces become U+2581 ("▁"), an optional space is prepended, symbols start as single characters
+//    and the adjacent pair whose concatenation is the highest-scoring vocabulary entry merges first; characters
+//    not in the vocabulary fall back to byte tokens <0xNN>.
+// Special-token text (<|im_start|>) in the input is recognised when parse_special is set; user-defined tokens
+// are always recognised, as llama.cpp does.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvcache/error.hpp"
+
+namespace kvcache {
+
+namespace gguf {
+class File;
+}
+
+/// Token types, numbered as tokenizer.ggml.token_type numbers them.
+enum class TokenType : std::int32_t {
+    Undefined = 0, Normal = 1, Unknown = 2, Control = 3, UserDefined = 4, Unused = 5, Byte = 6,
+};
+
+/// Everything a tokenizer is built from: the tokenizer.ggml.* metadata as plain data.
+struct TokenizerSpec {
+    std::string model = "gpt2";            ///< "gpt2" (byte-level BPE) or "llama" (SentencePiece BPE)
+    std::string pre = "default";           ///< pre-tokenizer name (gpt2 model only), see Tokenizer::pre_tokenizers()
+    std::vector<std::string> tokens;       ///< id -> text as the file spells it ("Ġthe", "▁the", "<0x0A>")
+    std::vector<float> scores;             ///< empty, or one per token (merge priority of the llama model)
+    std::vector<std::int32_t> token_types; ///< empty (all Normal), or one TokenType per token
+    std::vector<std::string> merges;       ///< "left right", best first (gpt2 model)
+    std::int32_t bos_id = -1;              ///< -1: none
+    std::int32_t eos_id = -1;
+    std::int32_t unk_id = -1;
+    std::int32_t pad_id = -1;
+    bool add_bos = false;                  ///< encode(..., add_special=true) prepends BOS
+    bool add_eos = false;                  ///< encode(..., add_special=true) appends EOS
+    bool add_space_prefix = true;          ///< llama model: prepend a space to text at the start / after a special token
+    std::string chat_template;             ///< tokenizer.chat_template, may be empty
+};
+
+class Tokenizer {
+public:
+    /// Validates the spec and builds the lookup tables. Throws FormatError naming the problem (empty vocabulary,
+    /// array lengths that differ, special ids out of range, unknown model or pre-tokenizer, malformed merges).
+    explicit Tokenizer(TokenizerSpec spec);
+    /// Reads the tokenizer.ggml.* keys. Throws FormatError if they are missing, mistyped or inconsistent.
+    static Tokenizer from_gguf(const gguf::File& file);
+
+    Tokenizer(Tokenizer&&) noexcept;
+    Tokenizer& operator=(Tokenizer&&) noexcept;
+    ~Tokenizer();
+
+    /// Text to token ids. add_special: BOS/EOS as the spec's add_bos/add_eos say. parse_special: control
+    /// token text in the input (e.g. "<|im_start|>") becomes that token instead of being split into pieces.
+    /// Any byte string is accepted; malformed UTF-8 is tokenised byte by byte.
+    std::vector<std::int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = false) const;
+
+    /// Token ids to text. Control tokens are written as their text when render_special is set, else dropped.
+    /// For the llama model the space that add_space_prefix put in front of the text (or after a special token)
+    /// is removed again, so decode(encode(x)) == x. Throws IndexError for an id outside [0, vocab_size()).
+    std::string decode(std::span<const std::int32_t> ids, bool render_special = true) const;
+
+    /// The bytes one token stands for (may be part of a UTF-8 character). Throws IndexError if out of range.
+    std::string token_to_piece(std::int32_t id, bool render_special = true) const;
+
+    std::size_t vocab_size() const;
+    std::int32_t bos_id() const;  ///< -1 if the file names none
+    std::int32_t eos_id() const;
+    std::int32_t unk_id() const;
+    std::int32_t pad_id() const;
+    bool add_bos() const;
+    bool add_eos() const;
+    const std::string& model() const;          ///< "gpt2" or "llama"
+    const std::string& pre_tokenizer() const;  ///< as given in the spec
+    const std::string& chat_template() const;
+
+    TokenType token_type(std::int32_t id) const;  ///< throws IndexError if out of range
+    /// Control, user-defined or unknown: tokens that are not ordinary text pieces.
+    bool is_special(std::int32_t id) const;
+    bool is_control(std::int32_t id) const;
+    /// True for EOS and for the other ids that end a turn (<|im_end|>, <|eot_id|>, <|end|>, <end_of_turn>).
+    bool is_end_of_generation(std::int32_t id) const;
+    /// The token's text as the file spells it (byte-level or ▁-escaped). Throws IndexError if out of range.
+    const std::string& token_text(std::int32_t id) const;
+    /// The id of a token given its text as the file spells it, if there is one.
+    std::optional<std::int32_t> token_id(std::string_view text) const;
+
+    /// The pre-tokenizer names this implementation understands (for error messages and docs).
+    static std::vector<std::string> pre_tokenizers();
+
+    /// The pre-token byte ranges of `text` under a named pattern (exposed for tests). Throws FormatError if the
+    /// name is unknown.
+    static std::vector<std::string> pre_tokenize(std::string_view pre_name, std::string_view text);
+
+private:
+    struct Impl;
+    std::unique_ptr<Impl> impl_;
+    friend class TokenStreamDecoder;
+};
+
+/// Turns a stream of generated ids into text that is always whole UTF-8: bytes of a character split across
+/// tokens are held back until the character is complete. Keeps a reference to the tokenizer.
+class TokenStreamDecoder {
+public:
+    explicit TokenStreamDecoder(const Tokenizer& tokenizer, bool render_special = false);
+    /// The text that became complete with this token (may be empty). Throws IndexError for a bad id.
+    std::string push(std::int32_t id);
+    /// Whatever is still held back (an incomplete sequence at the end of the stream), raw; resets the decoder.
+    std::string finish();
+    /// Bytes currently held back.
+    std::size_t pending() const { return held_.size(); }
+
+private:
+    const Tokenizer* tokenizer_;
+    bool render_special_;
+    bool strip_next_space_;
+    std::string held_;
+};
+
+}  // namespace kvcache

@@ -39,3 +39,16 @@ concept KVCacheLike = KVCacheReadable<C> && requires(C& cache, std::size_t layer
 };
 
 }  // namespace kvcache
+
+namespace kvcache {
+
+/// A cache whose (layer, row) keys are one block [kv_heads][capacity][head_dim] (and values likewise):
+/// what zero-copy views need. KVCache and MultiLayerKVCache are; a paged cache is not.
+template <class C>
+concept ContiguousKVCache = KVCacheReadable<C> && requires(const C& cache, std::size_t layer, std::size_t row) {
+    { cache.key_data(layer, row) } -> std::same_as<const typename C::element_type*>;
+    { cache.value_data(layer, row) } -> std::same_as<const typename C::element_type*>;
+    { cache.capacity() } -> std::convertible_to<std::size_t>;
+};
+
+}  // namespace kvcache

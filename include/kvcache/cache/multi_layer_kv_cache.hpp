@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "kvcache/cache/kv_chunk.hpp"
+#include "kvcache/cache/layer_shape.hpp"
 #include "kvcache/detail/aligned_buffer.hpp"
 #include "kvcache/detail/format.hpp"
 #include "kvcache/detail/head_major.hpp"
@@ -18,20 +19,6 @@
 #include "kvcache/error.hpp"
 
 namespace kvcache {
-
-/// The shape of one layer's cache: how many kv heads and how large each is.
-struct LayerShape {
-    std::size_t kv_heads = 0;
-    std::size_t head_dim = 0;
-    std::size_t token_width() const { return kv_heads * head_dim; }
-    friend bool operator==(const LayerShape&, const LayerShape&) = default;
-};
-
-/// What happens when an append does not fit.
-enum class Growth {
-    Fixed,  ///< throw CapacityError: memory is allocated once, at construction
-    Grow,   ///< reallocate to at least twice the capacity (amortised O(1) per token; views are invalidated)
-};
 
 /// A KV cache with one allocation per layer, each [batch][kv_head][capacity][head_dim] for K and again
 /// for V. Layers may differ in kv-head count and head size. Each (layer, row) keeps its own length.

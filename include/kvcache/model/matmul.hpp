@@ -1,0 +1,72 @@
+// Weight matrices (float or kept in a GGUF quantised format) and the matrix-vector products of the model.
+//
+// Determinism contract (the cache's bitwise guarantees rest on it): every output element y[t][r] is the
+// dot product of weight row r with input row x[t], computed by one fixed routine in one fixed order. The
+// batched kernel decodes a weight block once and feeds it to up to four tokens, but each token's
+// accumulators see exactly the same sequence of operations as when it is processed alone; threads split
+// the rows, never a dot product. So y does not depend on the batch size n or on the thread count.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <span>
+#include <string>
+
+#include "kvcache/detail/aligned_buffer.hpp"
+
+namespace kvcache {
+
+namespace gguf {
+struct TensorInfo;
+}
+
+/// How a weight matrix is stored. Q8_0 and Q4_1 are ggml's blocks of 32: Q8_0 = fp16 scale d + 32 int8
+/// (w = d*q); Q4_1 = fp16 scale d, fp16 min m, 16 bytes of nibbles (w = d*q + m; element j < 16 is the low
+/// nibble of byte j, element j + 16 its high nibble).
+enum class WeightFormat { F32, Q8_0, Q4_1 };
+
+std::string weight_format_name(WeightFormat f);
+
+/// A [rows][cols] matrix; row r holds the weights of output r (ggml's shape [cols, rows]).
+class WeightMatrix {
+public:
+    WeightMatrix() = default;
+
+    /// Float weights, row-major. Throws ShapeError unless data.size() == rows * cols.
+    static WeightMatrix from_floats(std::size_t rows, std::size_t cols, std::span<const float> data);
+    /// Raw ggml blocks of `format`, row-major (rows * cols / 32 blocks). Throws ShapeError if cols is not a
+    /// multiple of 32 for a quantised format or the byte count does not match.
+    static WeightMatrix from_blocks(WeightFormat format, std::size_t rows, std::size_t cols,
+                                    std::span<const std::byte> bytes);
+    /// A 2-D GGUF tensor. With keep_quantized, Q8_0 and Q4_1 stay as they are (copied out of the mapping);
+    /// every other type — and every type without keep_quantized — is dequantised to float.
+    static WeightMatrix from_gguf(const gguf::TensorInfo& tensor, bool keep_quantized);
+
+    WeightMatrix(WeightMatrix&&) noexcept = default;
+    WeightMatrix& operator=(WeightMatrix&&) noexcept = default;
+
+    WeightFormat format() const { return format_; }
+    std::size_t rows() const { return rows_; }
+    std::size_t cols() const { return cols_; }
+    std::size_t bytes() const { return data_.bytes(); }
+    std::size_t row_bytes() const;
+    const std::byte* row_data(std::size_t r) const { return data_.data() + r * row_bytes(); }
+
+    /// Row r as floats (cols values). Throws IndexError if r >= rows.
+    void dequantize_row(std::size_t r, float* out) const;
+
+private:
+    WeightFormat format_ = WeightFormat::F32;
+    std::size_t rows_ = 0;
+    std::size_t cols_ = 0;
+    detail::AlignedBuffer<std::byte> data_;
+};
+
+/// y[t][r] = sum_c w[r][c] * x[t][c] for t < n: x is [n][cols], y is [n][rows]. threads = 0 → all the
+/// hardware offers. Vectorised (AVX2 + FMA when compiled for it); see the determinism contract above.
+void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads = 0);
+
+/// The same product by the obvious scalar loop (dequantise, then sum in double): what matmul is tested against.
+void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y);
+
+}  // namespace kvcache

@@ -1,0 +1,178 @@
+// The non-template parts of the decoder: configuration from GGUF metadata, weight loading, random weights.
+#include "kvcache/model/decoder.hpp"
+
+#include <cmath>
+#include <random>
+
+
+namespace kvcache {
+
+namespace {
+
+/// Uniform floats in [-scale, scale) from mt19937_64's raw bits: the same on every platform.
+struct PortableUniform {
+    std::mt19937_64 gen;
+    float operator()(float scale) {
+        const double u = static_cast<double>(gen() >> 11) * 0x1.0p-53;
+        return static_cast<float>((2 * u - 1) * scale);
+    }
+};
+
+WeightMatrix random_matrix(PortableUniform& rng, std::size_t rows, std::size_t cols) {
+    std::vector<float> w(rows * cols);
+    const float scale = 1.0f / std::sqrt(static_cast<float>(cols));
+    for (float& v : w) v = rng(scale);
+    return WeightMatrix::from_floats(rows, cols, w);
+}
+
+std::vector<float> random_vector(PortableUniform& rng, std::size_t n, float centre, float spread) {
+    std::vector<float> v(n);
+    for (float& x : v) x = centre + rng(spread);
+    return v;
+}
+
+}  // namespace
+
+DecoderConfig DecoderConfig::small_test_model() {
+    DecoderConfig c;
+    c.architecture = "llama";
+    c.n_layers = 6;
+    c.d_model = 512;
+    c.d_ff = 1536;
+    c.n_heads = 8;
+    c.n_kv_heads = 8;
+    c.head_dim = 64;
+    c.rope_dim = 64;
+    c.vocab_size = 1024;
+    c.context_length = 4096;
+    c.rope_base = 10000.0f;
+    c.norm_eps = 1e-5f;
+    c.bos_id = 1;
+    c.eos_id = 2;
+    return c;
+}
+
+void DecoderConfig::validate() const {
+    if (n_layers == 0 || d_model == 0 || d_ff == 0 || n_heads == 0 || n_kv_heads == 0 || head_dim == 0 ||
+        vocab_size == 0) {
+        throw ConfigError(fmt::format("decoder: sizes must be positive (layers {}, d_model {}, d_ff {}, heads {}, "
+                                      "kv heads {}, head_dim {}, vocab {})",
+                                      n_layers, d_model, d_ff, n_heads, n_kv_heads, head_dim, vocab_size));
+    }
+    if (n_heads % n_kv_heads != 0) {
+        throw ConfigError(fmt::format("decoder: {} heads is not a multiple of {} kv heads", n_heads, n_kv_heads));
+    }
+    if (rope_dim == 0 || rope_dim % 2 != 0 || rope_dim > head_dim) {
+        throw ConfigError(fmt::format("decoder: rope dimension {} must be even and in (0, head_dim {}]", rope_dim,
+                                      head_dim));
+    }
+    if (!(rope_base > 0) || !(norm_eps > 0)) {
+        throw ConfigError(fmt::format("decoder: rope base {} and norm epsilon {} must be positive", rope_base, norm_eps));
+    }
+}
+
+std::size_t DecoderWeights::bytes() const {
+    std::size_t b = token_embedding.bytes() + output.bytes() + output_norm.size() * sizeof(float);
+    for (const auto& l : layers) {
+        b += l.wq.bytes() + l.wk.bytes() + l.wv.bytes() + l.wo.bytes() + l.w_gate.bytes() + l.w_up.bytes() +
+             l.w_down.bytes();
+        b += (l.attn_norm.size() + l.ffn_norm.size() + l.bq.size() + l.bk.size() + l.bv.size()) * sizeof(float);
+    }
+    return b;
+}
+
+DecoderWeights DecoderWeights::random(const DecoderConfig& config, std::uint64_t seed) {
+    config.validate();
+    DecoderWeights w;
+    w.config = config;
+    const DecoderConfig& c = w.config;
+    PortableUniform rng{std::mt19937_64(seed)};
+    // Embeddings of unit-ish scale so the first norm sees a sensible input.
+    w.token_embedding = random_matrix(rng, c.vocab_size, c.d_model);
+    w.layers.resize(c.n_layers);
+    for (auto& l : w.layers) {
+        l.attn_norm = random_vector(rng, c.d_model, 1.0f, 0.1f);
+        l.wq = random_matrix(rng, c.q_dim(), c.d_model);
+        l.wk = random_matrix(rng, c.kv_dim(), c.d_model);
+        l.wv = random_matrix(rng, c.kv_dim(), c.d_model);
+        if (c.qkv_bias) {
+            l.bq = random_vector(rng, c.q_dim(), 0.0f, 0.1f);
+            l.bk = random_vector(rng, c.kv_dim(), 0.0f, 0.1f);
+            l.bv = random_vector(rng, c.kv_dim(), 0.0f, 0.1f);
+        }
+        l.wo = random_matrix(rng, c.d_model, c.q_dim());
+        l.ffn_norm = random_vector(rng, c.d_model, 1.0f, 0.1f);
+        l.w_gate = random_matrix(rng, c.d_ff, c.d_model);
+        l.w_up = random_matrix(rng, c.d_ff, c.d_model);
+        l.w_down = random_matrix(rng, c.d_model, c.d_ff);
+    }
+    w.output_norm = random_vector(rng, c.d_model, 1.0f, 0.1f);
+    w.output = random_matrix(rng, c.vocab_size, c.d_model);
+    return w;
+}
+
+Decoder::Decoder(DecoderWeights weights, int threads) : weights_(std::move(weights)), threads_(threads) {
+    const DecoderConfig& c = weights_.config;
+    c.validate();
+    if (weights_.layers.size() != c.n_layers) {
+        throw ConfigError(fmt::format("decoder: {} layers of weights for a {}-layer config", weights_.layers.size(),
+                                      c.n_layers));
+    }
+    inv_freq_.resize(c.rope_dim / 2);
+    for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
+        inv_freq_[i] = std::pow(static_cast<double>(c.rope_base), -2.0 * double(i) / double(c.rope_dim));
+    }
+}
+
+std::vector<LayerShape> Decoder::cache_layers() const {
+    return std::vector<LayerShape>(config().n_layers, LayerShape{config().n_kv_heads, config().head_dim});
+}
+
+std::size_t Decoder::cache_bytes(std::size_t positions, std::size_t batch, std::size_t element_bytes) const {
+    return config().n_layers * 2 * batch * positions * config().kv_dim() * element_bytes;
+}
+
+MultiLayerKVCache<float> Decoder::make_cache(std::size_t capacity, std::size_t batch) const {
+    return MultiLayerKVCache<float>(cache_layers(), batch, capacity, Growth::Fixed);
+}
+
+bool Decoder::check_inputs(std::span<const std::int32_t> tokens, std::size_t logits_size) const {
+    const std::size_t vocab = config().vocab_size;
+    for (std::size_t t = 0; t < tokens.size(); ++t) {
+        if (tokens[t] < 0 || static_cast<std::size_t>(tokens[t]) >= vocab) {
+            throw IndexError(fmt::format("decoder: token {} (at index {}) is outside the vocabulary of {}", tokens[t],
+                                         t, vocab));
+        }
+    }
+    if (logits_size == tokens.size() * vocab && !tokens.empty()) return true;
+    if (logits_size == vocab) return false;
+    throw ShapeError(fmt::format("decoder: logits buffer has {} floats; expected {} (last token) or {} ({} tokens)",
+                                 logits_size, vocab, tokens.size() * vocab, tokens.size()));
+}
+
+void Decoder::check_cache_shape(std::size_t layers, std::size_t layer, std::size_t kv_heads,
+                                std::size_t head_dim) const {
+    const DecoderConfig& c = config();
+    if (layers != c.n_layers) {
+        throw ShapeError(fmt::format("decoder: cache has {} layers, the model {}", layers, c.n_layers));
+    }
+    if (kv_heads != c.n_kv_heads || head_dim != c.head_dim) {
+        throw ShapeError(fmt::format("decoder: cache layer {} holds {} kv heads of {}, the model needs {} of {}", layer,
+                                     kv_heads, head_dim, c.n_kv_heads, c.head_dim));
+    }
+}
+
+void Decoder::reserve_scratch(std::size_t n) {
+    const DecoderConfig& c = config();
+    if (x_.size() >= n * c.d_model) return;
+    x_.resize(n * c.d_model);
+    xb_.resize(n * c.d_model);
+    q_.resize(n * c.q_dim());
+    k_.resize(n * c.kv_dim());
+    v_.resize(n * c.kv_dim());
+    att_.resize(n * c.q_dim());
+    hb_.resize(n * c.d_ff);
+    hb2_.resize(n * c.d_ff);
+}
+
+}  // namespace kvcache

@@ -1,0 +1,126 @@
+// The decoder's GGUF side: configuration from metadata and weights from tensors. Kept apart so that code
+// using only random weights does not link the GGUF reader.
+#include "kvcache/model/decoder.hpp"
+#include "kvcache/model/gguf.hpp"
+
+namespace kvcache {
+
+namespace {
+
+std::vector<float> load_vector(const gguf::File& file, const std::string& name, std::size_t expected) {
+    const gguf::TensorInfo& t = file.tensor(name);
+    if (t.n_elements != expected) {
+        throw FormatError(fmt::format("tensor '{}' has {} elements, expected {}", name, t.n_elements, expected));
+    }
+    return gguf::dequantize(t);
+}
+
+WeightMatrix load_matrix(const gguf::File& file, const std::string& name, std::size_t rows, std::size_t cols,
+                         bool keep_quantized) {
+    const gguf::TensorInfo& t = file.tensor(name);
+    if (t.shape.size() != 2 || t.shape[0] != cols || t.shape[1] != rows) {
+        std::string shape;
+        for (auto s : t.shape) shape += (shape.empty() ? "" : ", ") + std::to_string(s);
+        throw FormatError(fmt::format("tensor '{}' has shape [{}], expected [{}, {}] (ggml order: in, out)", name,
+                                      shape, cols, rows));
+    }
+    return WeightMatrix::from_gguf(t, keep_quantized);
+}
+
+}  // namespace
+
+WeightMatrix WeightMatrix::from_gguf(const gguf::TensorInfo& t, bool keep_quantized) {
+    if (t.shape.size() != 2) {
+        throw ShapeError(fmt::format("tensor '{}' has {} dimensions; a weight matrix needs 2", t.name, t.shape.size()));
+    }
+    const std::size_t cols = t.shape[0], rows = t.shape[1];
+    if (keep_quantized && t.type == gguf::TensorType::Q8_0) {
+        return from_blocks(WeightFormat::Q8_0, rows, cols, std::span(t.data, t.n_bytes));
+    }
+    if (keep_quantized && t.type == gguf::TensorType::Q4_1) {
+        return from_blocks(WeightFormat::Q4_1, rows, cols, std::span(t.data, t.n_bytes));
+    }
+    if (t.type == gguf::TensorType::F32) {
+        return from_blocks(WeightFormat::F32, rows, cols, std::span(t.data, t.n_bytes));
+    }
+    WeightMatrix w;
+    w.format_ = WeightFormat::F32;
+    w.rows_ = rows;
+    w.cols_ = cols;
+    w.data_ = detail::AlignedBuffer<std::byte>(rows * cols * sizeof(float));
+    gguf::dequantize(t.type, t.data, reinterpret_cast<float*>(w.data_.data()), rows * cols);
+    return w;
+}
+
+DecoderConfig DecoderConfig::from_gguf(const gguf::File& f) {
+    DecoderConfig c;
+    c.architecture = f.get_string("general.architecture");
+    const std::string& a = c.architecture;
+    if (a == "llama" || a == "mistral") {
+        c.rope_style = RopeStyle::Interleaved;
+        c.qkv_bias = false;
+    } else if (a == "qwen2") {
+        c.rope_style = RopeStyle::Neox;
+        c.qkv_bias = true;
+    } else {
+        throw ConfigError(fmt::format("decoder: architecture '{}' is not supported (llama, mistral, qwen2 are)", a));
+    }
+    c.n_layers = f.get_uint(a + ".block_count");
+    c.d_model = f.get_uint(a + ".embedding_length");
+    c.d_ff = f.get_uint(a + ".feed_forward_length");
+    c.n_heads = f.get_uint(a + ".attention.head_count");
+    c.n_kv_heads = f.get_uint_or(a + ".attention.head_count_kv", c.n_heads);
+    if (c.n_heads == 0) throw FormatError(fmt::format("{}.attention.head_count is 0", a));
+    c.head_dim = f.get_uint_or(a + ".attention.key_length", c.d_model / c.n_heads);
+    c.rope_dim = f.get_uint_or(a + ".rope.dimension_count", c.head_dim);
+    c.context_length = f.get_uint_or(a + ".context_length", 0);
+    c.rope_base = static_cast<float>(f.get_float_or(a + ".rope.freq_base", 10000.0));
+    c.norm_eps = static_cast<float>(f.get_float(a + ".attention.layer_norm_rms_epsilon"));
+    c.vocab_size = f.tensor("token_embd.weight").shape.size() == 2 ? f.tensor("token_embd.weight").shape[1] : 0;
+    if (f.find("tokenizer.ggml.bos_token_id")) c.bos_id = static_cast<std::int32_t>(f.get_int("tokenizer.ggml.bos_token_id"));
+    if (f.find("tokenizer.ggml.eos_token_id")) c.eos_id = static_cast<std::int32_t>(f.get_int("tokenizer.ggml.eos_token_id"));
+    try {
+        c.validate();
+    } catch (const ConfigError& e) {
+        throw FormatError(fmt::format("GGUF metadata: {}", e.what()));
+    }
+    return c;
+}
+
+DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, bool keep_quantized) {
+    DecoderWeights w;
+    w.config = DecoderConfig::from_gguf(file);
+    const DecoderConfig& c = w.config;
+    w.token_embedding = load_matrix(file, "token_embd.weight", c.vocab_size, c.d_model, keep_quantized);
+    w.output_norm = load_vector(file, "output_norm.weight", c.d_model);
+    if (file.find_tensor("output.weight")) {
+        w.output = load_matrix(file, "output.weight", c.vocab_size, c.d_model, keep_quantized);
+    }
+    w.layers.resize(c.n_layers);
+    for (std::size_t i = 0; i < c.n_layers; ++i) {
+        const std::string p = fmt::format("blk.{}.", i);
+        LayerWeights& l = w.layers[i];
+        l.attn_norm = load_vector(file, p + "attn_norm.weight", c.d_model);
+        l.wq = load_matrix(file, p + "attn_q.weight", c.q_dim(), c.d_model, keep_quantized);
+        l.wk = load_matrix(file, p + "attn_k.weight", c.kv_dim(), c.d_model, keep_quantized);
+        l.wv = load_matrix(file, p + "attn_v.weight", c.kv_dim(), c.d_model, keep_quantized);
+        if (c.qkv_bias) {
+            l.bq = load_vector(file, p + "attn_q.bias", c.q_dim());
+            l.bk = load_vector(file, p + "attn_k.bias", c.kv_dim());
+            l.bv = load_vector(file, p + "attn_v.bias", c.kv_dim());
+        }
+        l.wo = load_matrix(file, p + "attn_output.weight", c.d_model, c.q_dim(), keep_quantized);
+        l.ffn_norm = load_vector(file, p + "ffn_norm.weight", c.d_model);
+        l.w_gate = load_matrix(file, p + "ffn_gate.weight", c.d_ff, c.d_model, keep_quantized);
+        l.w_up = load_matrix(file, p + "ffn_up.weight", c.d_ff, c.d_model, keep_quantized);
+        l.w_down = load_matrix(file, p + "ffn_down.weight", c.d_model, c.d_ff, keep_quantized);
+    }
+    return w;
+}
+
+Decoder Decoder::load(const std::filesystem::path& path, const DecoderOptions& options) {
+    const gguf::File file = gguf::File::open(path);
+    return Decoder(DecoderWeights::from_gguf(file, options.keep_quantized), options.threads);
+}
+
+}  // namespace kvcache

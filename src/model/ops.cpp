@@ -1,0 +1,55 @@
+// Norm, RoPE, SwiGLU: out-of-line so every caller runs the same machine code (one order per token).
+#include "kvcache/model/ops.hpp"
+
+#include <cmath>
+
+namespace kvcache {
+
+void rms_norm(const float* x, const float* weight, std::size_t n_tokens, std::size_t dim, float eps, float* out) {
+    for (std::size_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * dim;
+        float* ot = out + t * dim;
+        double ss = 0;  // double: the sum of 500-5000 squares, once per token, costs nothing
+        for (std::size_t i = 0; i < dim; ++i) ss += double(xt[i]) * double(xt[i]);
+        const float inv = static_cast<float>(1.0 / std::sqrt(ss / double(dim) + double(eps)));
+        for (std::size_t i = 0; i < dim; ++i) ot[i] = xt[i] * inv * weight[i];
+    }
+}
+
+void apply_rope(float* x, std::size_t n_tokens, std::size_t n_heads, std::size_t head_dim, std::size_t rope_dim,
+                std::size_t first_position, const double* inv_freq, RopeStyle style) {
+    const std::size_t half = rope_dim / 2;
+    for (std::size_t t = 0; t < n_tokens; ++t) {
+        const double pos = static_cast<double>(first_position + t);
+        for (std::size_t i = 0; i < half; ++i) {
+            const double angle = pos * inv_freq[i];
+            const float c = static_cast<float>(std::cos(angle));
+            const float s = static_cast<float>(std::sin(angle));
+            for (std::size_t h = 0; h < n_heads; ++h) {
+                float* v = x + (t * n_heads + h) * head_dim;
+                const std::size_t a = style == RopeStyle::Interleaved ? 2 * i : i;
+                const std::size_t b = style == RopeStyle::Interleaved ? 2 * i + 1 : i + half;
+                const float x0 = v[a], x1 = v[b];
+                v[a] = std::fma(x0, c, -x1 * s);
+                v[b] = std::fma(x0, s, x1 * c);
+            }
+        }
+    }
+}
+
+void swiglu(float* gate, const float* up, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) {
+        const float g = gate[i];
+        gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+}
+
+void add_into(float* acc, const float* x, std::size_t count) {
+    for (std::size_t i = 0; i < count; ++i) acc[i] += x[i];
+}
+
+void add_bias(float* acc, const float* bias, std::size_t n_tokens, std::size_t dim) {
+    for (std::size_t t = 0; t < n_tokens; ++t) add_into(acc + t * dim, bias, dim);
+}
+
+}  // namespace kvcache

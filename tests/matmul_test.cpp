@@ -1,0 +1,133 @@
+// Tests of the weight matrices and matmul kernels: against the scalar reference, and batch/thread invariance.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kvcache/element_types.hpp"
+#include "kvcache/error.hpp"
+#include "kvcache/model/matmul.hpp"
+
+using namespace kvcache;
+
+namespace {
+
+std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 g(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float((g() >> 11) * 0x1.0p-53) * 2 - 1) * scale;
+    return v;
+}
+
+/// Random blocks of a quantised format with sane fp16 scales.
+std::vector<std::byte> random_blocks(WeightFormat f, std::size_t rows, std::size_t cols, std::uint64_t seed) {
+    std::mt19937_64 g(seed);
+    const std::size_t nb = rows * cols / 32;
+    const std::size_t bb = f == WeightFormat::Q8_0 ? 34 : 20;
+    std::vector<std::byte> out(nb * bb);
+    for (std::size_t b = 0; b < nb; ++b) {
+        std::byte* blk = out.data() + b * bb;
+        const std::uint16_t d = fp16::from_float(0.01f + float(g() % 100) * 1e-4f);
+        const std::uint16_t m = fp16::from_float(-0.05f + float(g() % 100) * 1e-3f);
+        std::memcpy(blk, &d, 2);
+        std::size_t payload = 2;
+        if (f == WeightFormat::Q4_1) {
+            std::memcpy(blk + 2, &m, 2);
+            payload = 4;
+        }
+        for (std::size_t j = payload; j < bb; ++j) blk[j] = static_cast<std::byte>(g() & 0xFF);
+    }
+    return out;
+}
+
+}  // namespace
+
+TEST_CASE("quantised rows decode as ggml defines them") {
+    // Q4_1 block: d = 0.5, m = -1, byte j = (hi << 4) | lo with lo = j % 16, hi = 15 - j % 16.
+    std::vector<std::byte> q4(20);
+    const std::uint16_t d = fp16::from_float(0.5f), m = fp16::from_float(-1.0f);
+    std::memcpy(q4.data(), &d, 2);
+    std::memcpy(q4.data() + 2, &m, 2);
+    for (int j = 0; j < 16; ++j) q4[4 + j] = static_cast<std::byte>(((15 - j) << 4) | j);
+    auto w = WeightMatrix::from_blocks(WeightFormat::Q4_1, 1, 32, q4);
+    std::vector<float> row(32);
+    w.dequantize_row(0, row.data());
+    for (int j = 0; j < 16; ++j) {
+        CHECK(row[j] == 0.5f * j - 1.0f);
+        CHECK(row[j + 16] == 0.5f * (15 - j) - 1.0f);
+    }
+    // Q8_0 block: d = 0.25, q_j = j - 16.
+    std::vector<std::byte> q8(34);
+    const std::uint16_t d8 = fp16::from_float(0.25f);
+    std::memcpy(q8.data(), &d8, 2);
+    for (int j = 0; j < 32; ++j) q8[2 + j] = static_cast<std::byte>(static_cast<std::int8_t>(j - 16));
+    auto w8 = WeightMatrix::from_blocks(WeightFormat::Q8_0, 1, 32, q8);
+    w8.dequantize_row(0, row.data());
+    for (int j = 0; j < 32; ++j) CHECK(row[j] == 0.25f * (j - 16));
+    CHECK_THROWS_AS(w8.dequantize_row(1, row.data()), IndexError);
+}
+
+TEST_CASE("matmul agrees with the scalar reference for every format") {
+    const std::size_t rows = 37, cols = 96, n = 7;  // rows not a multiple of the 16-row task, n not of 4
+    auto x = random_floats(n * cols, 5);
+    for (WeightFormat f : {WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_1}) {
+        CAPTURE(weight_format_name(f));
+        WeightMatrix w = f == WeightFormat::F32
+                             ? WeightMatrix::from_floats(rows, cols, random_floats(rows * cols, 3))
+                             : WeightMatrix::from_blocks(f, rows, cols, random_blocks(f, rows, cols, 3));
+        std::vector<float> y(n * rows), ref(n * rows);
+        matmul(w, x.data(), n, y.data(), 2);
+        matmul_reference(w, x.data(), n, ref.data());
+        for (std::size_t i = 0; i < y.size(); ++i) {
+            // float accumulation over 96 terms of |w x| <= ~1: error well under 1e-4 absolute
+            CHECK(y[i] == Approx(ref[i]).margin(1e-4));
+        }
+    }
+    SECTION("F32 rows whose length is not a multiple of 16 use the scalar tail") {
+        auto w = WeightMatrix::from_floats(5, 21, random_floats(5 * 21, 8));
+        auto x2 = random_floats(3 * 21, 9);
+        std::vector<float> y(15), ref(15);
+        matmul(w, x2.data(), 3, y.data(), 1);
+        matmul_reference(w, x2.data(), 3, ref.data());
+        for (std::size_t i = 0; i < y.size(); ++i) CHECK(y[i] == Approx(ref[i]).margin(1e-5));
+    }
+}
+
+TEST_CASE("matmul gives bitwise the same rows for any batch size and thread count") {
+    const std::size_t rows = 70, cols = 128, n = 11;
+    auto x = random_floats(n * cols, 11);
+    for (WeightFormat f : {WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_1}) {
+        CAPTURE(weight_format_name(f));
+        WeightMatrix w = f == WeightFormat::F32
+                             ? WeightMatrix::from_floats(rows, cols, random_floats(rows * cols, 4))
+                             : WeightMatrix::from_blocks(f, rows, cols, random_blocks(f, rows, cols, 4));
+        std::vector<float> batched(n * rows);
+        matmul(w, x.data(), n, batched.data(), 2);
+        for (int threads : {1, 2, 3}) {
+            for (std::size_t t = 0; t < n; ++t) {
+                std::vector<float> single(rows);
+                matmul(w, x.data() + t * cols, 1, single.data(), threads);
+                CHECK(std::memcmp(single.data(), batched.data() + t * rows, rows * sizeof(float)) == 0);
+            }
+        }
+        // and a different split of the batch (3 + 8)
+        std::vector<float> split(n * rows);
+        matmul(w, x.data(), 3, split.data(), 1);
+        matmul(w, x.data() + 3 * cols, 8, split.data() + 3 * rows, 2);
+        CHECK(std::memcmp(split.data(), batched.data(), split.size() * sizeof(float)) == 0);
+    }
+}
+
+TEST_CASE("weight matrices reject bad shapes") {
+    CHECK_THROWS_AS(WeightMatrix::from_floats(2, 3, std::vector<float>(5)), ShapeError);
+    CHECK_THROWS_AS(WeightMatrix::from_blocks(WeightFormat::Q4_1, 1, 33, std::vector<std::byte>(20)), ShapeError);
+    CHECK_THROWS_AS(WeightMatrix::from_blocks(WeightFormat::Q8_0, 2, 32, std::vector<std::byte>(34)), ShapeError);
+    auto w = WeightMatrix::from_blocks(WeightFormat::Q8_0, 2, 64, std::vector<std::byte>(2 * 2 * 34));
+    CHECK(w.rows() == 2);
+    CHECK(w.cols() == 64);
+    CHECK(w.bytes() == 136);
+    CHECK(w.row_bytes() == 68);
+    CHECK(weight_format_name(WeightFormat::Q4_1) == "Q4_1");
+}

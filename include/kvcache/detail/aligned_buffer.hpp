@@ -3,14 +3,33 @@
 
 #include <cstddef>
 #include <cstring>
+#include <initializer_list>
+#include <limits>
 #include <memory>
 #include <new>
 #include <type_traits>
+
+#include <fmt/format.h>
+
+#include "kvcache/error.hpp"
 
 namespace kvcache::detail {
 
 /// 64-byte alignment: a cache line, and enough for any AVX-512 load.
 inline constexpr std::size_t kAlignment = 64;
+
+/// The product of sizes, or ConfigError naming `what` if it overflows (a hostile or mistaken shape must
+/// not wrap around into a small allocation).
+inline std::size_t checked_product(std::initializer_list<std::size_t> factors, const char* what) {
+    std::size_t product = 1;
+    for (std::size_t f : factors) {
+        if (f != 0 && product > std::numeric_limits<std::size_t>::max() / f) {
+            throw ConfigError(fmt::format("{}: size overflows (factors too large)", what));
+        }
+        product *= f;
+    }
+    return product;
+}
 
 template <class T>
 class AlignedBuffer {
@@ -20,8 +39,15 @@ public:
     AlignedBuffer() = default;
     explicit AlignedBuffer(std::size_t count) : size_(count) {
         if (count == 0) return;
-        void* p = ::operator new(count * sizeof(T), std::align_val_t{kAlignment});
-        std::memset(p, 0, count * sizeof(T));
+        const std::size_t bytes = checked_product({count, sizeof(T)}, "AlignedBuffer");
+        void* p = nullptr;
+        try {
+            p = ::operator new(bytes, std::align_val_t{kAlignment});
+        } catch (const std::bad_alloc&) {
+            throw CapacityError(fmt::format("cannot allocate {} bytes ({:.2f} GiB) for a cache", bytes,
+                                            static_cast<double>(bytes) / (1 << 30)));
+        }
+        std::memset(p, 0, bytes);
         data_.reset(static_cast<T*>(p));
     }
     AlignedBuffer(AlignedBuffer&&) noexcept = default;

@@ -443,6 +443,10 @@ EncoderDecoder EncoderDecoder::random(EncoderDecoderConfig config, std::uint64_t
 
 // ---------------------------------------------------------------- layer stages
 
+int EncoderDecoder::attention_threads(std::size_t n_queries, std::size_t n_keys) const {
+    return n_queries * n_keys * config_.d_model >= (std::size_t{1} << 20) ? threads_ : 1;
+}
+
 void EncoderDecoder::check_tokens(std::span<const std::int32_t> tokens, std::size_t first_position, bool target) const {
     const std::size_t vocab = target ? config_.tgt_vocab_size : config_.src_vocab_size;
     if (first_position + tokens.size() > config_.max_positions)
@@ -541,7 +545,7 @@ std::vector<float> EncoderDecoder::encode(std::span<const std::int32_t> source) 
     ws_.attn.resize(n * d);
     AttentionOptions full;
     full.causal = false;
-    full.threads = threads_;
+    full.threads = attention_threads(n, n);
     for (const EncoderLayerWeights& w : weights_.encoder) {
         const float* h = sublayer_input(w.norm1, x.data(), n);
         project(w.self_attn.in_proj, 0, d, d, h, n, ws_.q.data());

@@ -209,6 +209,8 @@ private:
     struct Workspace {
         std::vector<float> x, h, q, k, v, attn, tmp, ff;
     };
+    /// Threads for one attention call: 1 when the work is too small to pay for waking a second thread.
+    int attention_threads(std::size_t n_queries, std::size_t n_keys) const;
     void check_tokens(std::span<const std::int32_t> tokens, std::size_t first_position, bool target) const;
     template <KVCacheReadable C>
     void check_cache(const C& cache, std::size_t row, const char* which) const;
@@ -291,10 +293,11 @@ void EncoderDecoder::decode(std::span<const std::int32_t> tokens, std::size_t ro
     float* x = ws_.x.data();  // (n, d_model): the residual stream
     embed_target(tokens, p0, x);
     AttentionOptions causal;
-    causal.threads = threads_;
-    AttentionOptions full = causal;
+    AttentionOptions full;
     full.causal = false;
     for (std::size_t l = 0; l < config_.n_decoder_layers; ++l) {
+        causal.threads = attention_threads(n, self.seq_len(l, row) + n);
+        full.threads = attention_threads(n, cross.seq_len(l, row));
         const DecoderLayerWeights& w = weights_.decoder[l];
         // masked self-attention: the new positions' K/V go into the cache first, then attend over all of it
         const float* h = sublayer_input(w.norm1, x, n);

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include <nlohmann/json.hpp>
+#include <sys/mman.h>
 
 #include "kvcache/model/gguf.hpp"
 #include "kvcache/model/tokenizer.hpp"
@@ -195,6 +196,16 @@ TEST_CASE("decode and piece lookups reject ids outside the vocabulary", "[tokeni
     kvcache::TokenStreamDecoder stream(tok);
     CHECK_THROWS_AS(stream.push(268), kvcache::IndexError);
     CHECK_THROWS_WITH(tok.decode(Ids{268}), Catch::Contains("268"));
+}
+
+TEST_CASE("encode refuses texts over 512 MiB", "[tokenizer][errors]") {
+    const Tokenizer tok(byte_level_spec());
+    // A valid but untouched mapping: the check must fire before a single byte is read.
+    const std::size_t size = (std::size_t{1} << 29) + 1;
+    void* p = mmap(nullptr, size, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    REQUIRE(p != MAP_FAILED);
+    CHECK_THROWS_AS(tok.encode(std::string_view(static_cast<const char*>(p), size)), kvcache::CapacityError);
+    munmap(p, size);
 }
 
 TEST_CASE("malformed tokenizer specs are FormatErrors", "[tokenizer][errors]") {

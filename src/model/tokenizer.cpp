@@ -262,6 +262,7 @@ std::pair<std::size_t, std::int32_t> Tokenizer::Impl::match_special(std::string_
 }
 
 void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<std::int32_t>& out) const {
+    if (word.empty()) return;
     if (ignore_merges) {
         std::string spelled;
         for (const char c : word) unicode::append_utf8(spelled, byte_to_codepoint()[static_cast<unsigned char>(c)]);
@@ -415,6 +416,10 @@ Tokenizer::~Tokenizer() = default;
 
 std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
     const Impl& m = *impl_;
+    // Symbol lists index with int32 (half the memory of size_t on the hot path); longer inputs are refused.
+    if (text.size() > static_cast<std::size_t>(INT32_MAX) / 4)
+        throw CapacityError("tokenizer: text of " + std::to_string(text.size()) + " bytes is longer than the " +
+                            std::to_string(INT32_MAX / 4) + " bytes encode accepts");
     std::vector<std::int32_t> out;
     out.reserve(text.size() / 3 + 2);
     if (add_special && m.spec.add_bos && m.spec.bos_id >= 0) out.push_back(m.spec.bos_id);

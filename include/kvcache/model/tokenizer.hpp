@@ -50,6 +50,7 @@ struct TokenizerSpec {
     std::string chat_template;             ///< tokenizer.chat_template, may be empty
 };
 
+/// Immutable after construction: encode/decode are const and may run concurrently from several threads.
 class Tokenizer {
 public:
     /// Validates the spec and builds the lookup tables. Throws FormatError naming the problem (empty vocabulary,
@@ -64,7 +65,8 @@ public:
 
     /// Text to token ids. add_special: BOS/EOS as the spec's add_bos/add_eos say. parse_special: control
     /// token text in the input (e.g. "<|im_start|>") becomes that token instead of being split into pieces.
-    /// Any byte string is accepted; malformed UTF-8 is tokenised byte by byte.
+    /// Any byte string is accepted; malformed UTF-8 is tokenised byte by byte. Throws CapacityError for texts
+    /// over 512 MiB.
     std::vector<std::int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = false) const;
 
     /// Token ids to text. Control tokens are written as their text when render_special is set, else dropped.

@@ -1,0 +1,62 @@
+// Text generation with the reference decoder: with a KV cache (each step runs only the new token) and
+// without one (each step runs the whole sequence again), so the two can be compared and timed.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <optional>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kvcache/model/decoder.hpp"
+#include "kvcache/model/sampling.hpp"
+
+namespace kvcache {
+
+class Tokenizer;
+
+struct GenerateOptions {
+    std::size_t max_new_tokens = 64;
+    SamplingOptions sampling;
+    /// Positions the cache holds; default prompt + max_new_tokens (never the model's training context).
+    /// Smaller than that is a CapacityError, raised before anything is allocated.
+    std::optional<std::size_t> cache_capacity;
+    /// Stop at the tokenizer's end-of-generation tokens (EOS, <|im_end|>, ...).
+    bool stop_at_eos = true;
+    /// Threads for this call; 0 keeps the decoder's setting.
+    int threads = 0;
+    /// Called with each generated token and the text it completes (whole UTF-8; may be empty);
+    /// return false to stop. Not called for the stop token. At the end, bytes still held back (an
+    /// incomplete UTF-8 sequence) are passed once with token -1.
+    std::function<bool(std::int32_t token, std::string_view piece)> on_token;
+};
+
+struct GenerationResult {
+    std::string text;                  ///< the generated text (without the prompt and the stop token)
+    std::vector<std::int32_t> tokens;  ///< generated ids, including the stop token if one ended generation
+    double prompt_seconds = 0;         ///< the forward pass over the prompt that yields the first token
+    double seconds_per_token = 0;      ///< mean time of each later step (forward + sampling)
+    double tokens_per_second = 0;      ///< 1 / seconds_per_token (0 if there were no later steps)
+    double total_seconds = 0;
+    std::size_t cache_bytes = 0;       ///< KV cache allocated (0 without a cache: it is rebuilt each step)
+};
+
+/// Bytes the KV cache of generate_with_cache will allocate for this prompt length and these options.
+std::size_t generation_cache_bytes(const Decoder& model, std::size_t prompt_tokens, const GenerateOptions& options);
+
+/// Prefills the prompt into a fresh cache, then feeds one token per step. Throws ConfigError for an empty
+/// prompt or bad sampling options, CapacityError if cache_capacity is below prompt + max_new_tokens,
+/// IndexError for a prompt token outside the vocabulary.
+GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
+                                     std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options);
+
+/// The same generation where every step runs the whole sequence (prompt + generated so far) through the
+/// model from scratch — O(n) work per step, O(n²) in all. Same tokens as generate_with_cache for the same
+/// options (the decoder's logits do not depend on how tokens are batched).
+GenerationResult generate_without_cache(Decoder& model, const Tokenizer& tokenizer,
+                                        std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options);
+
+}  // namespace kvcache

@@ -1,7 +1,11 @@
 #!/usr/bin/env python3
 """Generates tests/fixtures/tokenizer/smollm2.json: golden token ids and chat-template outputs for SmolLM2.
 
-The reference is an independent implementation: Hugging Face `tokenizers`, built by transformers from the GGUF
+Also writes tests/fixtures/tokenizer/spm_bpe_small.json: a 400-piece SentencePiece BPE model (byte fallback, dummy
+prefix, identity normalisation) trained here on a fixed corpus, with sentencepiece's own ids for varied texts, to check
+the "llama" tokenizer model against the reference implementation.
+
+The SmolLM2 reference is an independent implementation: Hugging Face `tokenizers`, built by transformers from the GGUF
 vocabulary (AutoTokenizer.from_pretrained(dir, gguf_file=...), offline). One correction is applied: transformers'
 GGUF converter does not know the pre-tokenizer name "smollm" and falls back to plain GPT-2 byte-level splitting,
 whereas llama.cpp (and SmolLM2's own tokenizer.json: Digits(individual_digits) + ByteLevel) first isolate every
@@ -15,7 +19,11 @@ import json
 import os
 import sys
 
+import io
+import random
+
 import jinja2
+import sentencepiece as spm
 from gguf import GGUFReader
 from tokenizers import Regex, pre_tokenizers
 from transformers import AutoTokenizer
@@ -23,6 +31,20 @@ from transformers import AutoTokenizer
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODEL = sys.argv[1] if len(sys.argv) > 1 else os.path.join(ROOT, "models", "SmolLM2-135M-Instruct.Q4_1.gguf")
 OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer", "smollm2.json")
+SPM_OUT = os.path.join(ROOT, "tests", "fixtures", "tokenizer", "spm_bpe_small.json")
+
+SPM_CORPUS = """A key-value cache stores the keys and values of every token a transformer has already seen.
+Without the cache, the whole sequence runs through every layer at every step; with it, only the new token does.
+The cache grows by one position per generated token, and attention reads all positions up to the current one.
+Paged caches split the memory into blocks, share common prefixes between sequences and copy a block on write.
+Quantised caches keep keys and values in eight or four bits, trading a little accuracy for a lot of memory.
+Tokenizers turn text into integer ids: byte pair encoding merges the most frequent adjacent symbols first.
+SentencePiece treats the input as a raw stream, writes spaces as a visible marker and falls back to bytes.
+Numbers like 2024, 3.14159 and 1,000,000 appear in text too, as do names such as Ada, Grace and Linus."""
+
+SPM_TEXTS = ["", " ", "a", "Hello world", "  two leading spaces", "trailing  ", "tab\tand\nnewline",
+             "The cache grows by one position.", "keys and values", "Caché naïve 日本 😀", "x\u0301",
+             "2024-01-01 12:34", "SentencePiece writes ▁ as text", "ALL CAPS AND lower", "zzzz qqqq"]
 
 TEXTS = [
     "",
@@ -80,7 +102,35 @@ CONVERSATIONS = [
 ]
 
 
+def make_spm_fixture():
+    corpus = [line for line in SPM_CORPUS.splitlines()] * 4
+    model = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus), model_writer=model, vocab_size=400, model_type="bpe", byte_fallback=True,
+        normalization_rule_name="identity", add_dummy_prefix=True, remove_extra_whitespaces=False,
+        character_coverage=1.0, num_threads=1, minloglevel=2)
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    tokens, scores, types = [], [], []
+    for i in range(sp.get_piece_size()):
+        tokens.append(sp.id_to_piece(i))
+        scores.append(sp.get_score(i))
+        # GGUF token types: 1 normal, 2 unknown, 3 control, 5 unused, 6 byte
+        types.append(2 if sp.is_unknown(i) else 3 if sp.is_control(i) else 6 if sp.is_byte(i)
+                     else 5 if sp.is_unused(i) else 1)
+    rng = random.Random(7)
+    alphabet = list("abcdefghiklmnoprstuvwyKTV") + [" ", "  ", "\n", "é", "日", "😀", "the", " cache", "ing", "1", "23"]
+    texts = SPM_TEXTS + ["".join(rng.choice(alphabet) for _ in range(rng.randint(1, 24))) for _ in range(40)]
+    # sentencepiece's decode is the expected decode (a literal "▁" in the input comes back as a space).
+    cases = [{"text": t, "ids": sp.encode(t), "decoded": sp.decode(sp.encode(t))} for t in texts]
+    data = {"tokens": tokens, "scores": scores, "token_types": types, "unk_id": sp.unk_id(), "bos_id": sp.bos_id(),
+            "eos_id": sp.eos_id(), "cases": cases}
+    with open(SPM_OUT, "w", encoding="utf-8") as f:
+        json.dump(data, f, ensure_ascii=False, indent=0)
+    print(f"wrote {SPM_OUT}: {len(tokens)} pieces, {len(cases)} texts")
+
+
 def main():
+    make_spm_fixture()
     reader = GGUFReader(MODEL)
     fields = reader.fields
     template = fields["tokenizer.chat_template"].contents()

@@ -374,3 +374,30 @@ TEST_CASE("streaming decoder holds back incomplete UTF-8", "[tokenizer][stream]"
     std::vector<std::string> spm_chunks;
     CHECK(stream_all(spm, spm.encode("hello é", true), &spm_chunks) == "<s>hello é");
 }
+
+TEST_CASE("SentencePiece BPE matches sentencepiece on a trained 400-piece model", "[tokenizer][spm]") {
+    std::ifstream in(std::string(KVCACHE_FIXTURES_DIR) + "/tokenizer/spm_bpe_small.json");
+    REQUIRE(in.good());
+    const auto fixture = nlohmann::json::parse(in);
+    TokenizerSpec spec;
+    spec.model = "llama";
+    spec.tokens = fixture["tokens"].get<std::vector<std::string>>();
+    spec.scores = fixture["scores"].get<std::vector<float>>();
+    spec.token_types = fixture["token_types"].get<std::vector<std::int32_t>>();
+    spec.unk_id = fixture["unk_id"];
+    spec.bos_id = fixture["bos_id"];
+    spec.eos_id = fixture["eos_id"];
+    spec.add_bos = true;
+    const Tokenizer tok(spec);
+    REQUIRE(fixture["cases"].size() >= 50);
+    for (const auto& c : fixture["cases"]) {
+        const std::string text = c["text"];
+        INFO("text: " << text);
+        const Ids ids = tok.encode(text, false);
+        CHECK(ids == c["ids"].get<Ids>());
+        CHECK(tok.decode(ids) == c["decoded"].get<std::string>());
+        Ids with_bos = ids;
+        with_bos.insert(with_bos.begin(), spec.bos_id);
+        CHECK(tok.encode(text, true) == with_bos);
+    }
+}

@@ -261,10 +261,11 @@ TEST_CASE("SmolLM2: config read from the GGUF") {
 }
 
 TEST_CASE("SmolLM2: logits match the numpy float64 reference") {
-    // The reference (scripts/make_decoder_fixtures.py) uses the same dequantised weights in float64. Ours
-    // accumulates in float32 through 30 layers; logits are O(10-30), and float32 rounding of the
-    // residual stream and of 576/1536-term dot products drifts by ~1e-5 relative per layer, so we allow
-    // 0.02 absolute (measured worst: see the test output with -s). Greedy continuations must match exactly.
+    // The reference (scripts/make_decoder_fixtures.py) runs the same dequantised weights in float64; ours
+    // accumulates in float32 (FMA, 8-lane partial sums) through 30 layers. Logits are O(10-30); measured
+    // worst difference 6e-5 on this machine (the fixture itself is rounded to 1e-5). We allow 1e-3: 16x the
+    // measured error, room for another compiler's libm (exp/cos) without hiding a real bug — a wrong RoPE
+    // pairing, a missing bias or a mis-decoded nibble moves logits by 0.1-10. Greedy tokens must match.
     std::ifstream in(std::filesystem::path(KVCACHE_FIXTURES_DIR) / "decoder" / "smollm2_logits.json");
     REQUIRE(in.good());
     const auto fixture = nlohmann::json::parse(in);
@@ -284,7 +285,7 @@ TEST_CASE("SmolLM2: logits match the numpy float64 reference") {
             for (std::size_t i = 0; i < ids.size(); ++i) {
                 const double ours = logits[p * vocab + static_cast<std::size_t>(ids[i])];
                 worst = std::max(worst, std::abs(ours - vals[i]));
-                CHECK(ours == Approx(vals[i]).margin(0.02));
+                CHECK(ours == Approx(vals[i]).margin(1e-3));
             }
             CHECK(argmax(std::span(logits).subspan(p * vocab, vocab)) == ids[0]);
         }

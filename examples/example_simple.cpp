@@ -1,0 +1,103 @@
+// example_simple: chat with SmolLM2 through the KV cache, then generate the same answer without the cache,
+// and print both timings. Run scripts/fetch-model.sh first.
+//
+//   example_simple "Why is the sky blue?" --max-tokens 64 --threads 2
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <string>
+#include <vector>
+
+#include "kvcache/error.hpp"
+#include "kvcache/model/chat.hpp"
+#include "kvcache/model/decoder.hpp"
+#include "kvcache/model/generate.hpp"
+#include "kvcache/model/gguf.hpp"
+#include "kvcache/model/tokenizer.hpp"
+
+#ifndef KVCACHE_SOURCE_DIR
+#define KVCACHE_SOURCE_DIR "."
+#endif
+
+namespace {
+
+std::filesystem::path default_model() {
+    if (const char* env = std::getenv("KVCACHE_MODEL")) return env;
+    return std::filesystem::path(KVCACHE_SOURCE_DIR) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
+std::string mib(std::size_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1024.0 * 1024.0)); }
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"Generate text with SmolLM2 through a KV cache, then without one, and compare the time."};
+    std::string prompt = "Explain in two sentences what a KV cache does in a transformer.";
+    std::string model_path = default_model().string();
+    std::size_t max_tokens = 64;
+    int threads = 0;
+    bool skip_uncached = false;
+    kvcache::SamplingOptions sampling;
+    app.add_option("prompt", prompt, "The user message (formatted with the model's chat template)");
+    app.add_option("-m,--model", model_path, "GGUF model file (default: $KVCACHE_MODEL or models/ in the source tree)");
+    app.add_option("-n,--max-tokens", max_tokens, "Most tokens to generate")->check(CLI::PositiveNumber);
+    app.add_option("-t,--temperature", sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
+    app.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0 = off)");
+    app.add_option("--top-p", sampling.top_p, "Nucleus sampling threshold in (0, 1]");
+    app.add_option("--seed", sampling.seed, "Sampling seed");
+    app.add_option("--threads", threads, "Threads (0 = all cores)");
+    app.add_flag("--no-uncached", skip_uncached, "Skip the run without a cache");
+    CLI11_PARSE(app, argc, argv);
+
+    try {
+        if (!std::filesystem::exists(model_path)) {
+            fmt::print(stderr, "error: model file not found: {}\nFetch it with: scripts/fetch-model.sh "
+                               "(or pass --model / set KVCACHE_MODEL)\n", model_path);
+            return 1;
+        }
+        const auto file = kvcache::gguf::File::open(model_path);
+        const kvcache::Tokenizer tokenizer = kvcache::Tokenizer::from_gguf(file);
+        kvcache::Decoder model(kvcache::DecoderWeights::from_gguf(file), threads);
+        const auto& c = model.config();
+        fmt::print(stderr, "model: {} ({}, {} layers, d_model {}, {} heads / {} kv heads), weights {}\n", model_path,
+                   c.architecture, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, mib(model.weights().bytes()));
+
+        const std::vector<kvcache::ChatMessage> messages{{"user", prompt}};
+        const std::string text = kvcache::apply_chat_template(tokenizer.chat_template(), messages, true);
+        const auto prompt_tokens = tokenizer.encode(text, true, true);
+
+        kvcache::GenerateOptions options;
+        options.max_new_tokens = max_tokens;
+        options.sampling = sampling;
+        options.threads = threads;
+        fmt::print(stderr, "prompt: {} tokens; KV cache for {} positions: {} (float, {} per token)\n",
+                   prompt_tokens.size(), prompt_tokens.size() + max_tokens,
+                   mib(kvcache::generation_cache_bytes(model, prompt_tokens.size(), options)),
+                   fmt::format("{} bytes", model.cache_bytes(1)));
+
+        options.on_token = [](std::int32_t, std::string_view piece) {
+            std::fwrite(piece.data(), 1, piece.size(), stdout);
+            std::fflush(stdout);
+            return true;
+        };
+        const auto cached = kvcache::generate_with_cache(model, tokenizer, prompt_tokens, options);
+        std::fputs("\n", stdout);
+        fmt::print(stderr, "\nwith cache:    {} tokens in {:.3f} s (prompt {:.3f} s, then {:.1f} tokens/s)\n",
+                   cached.tokens.size(), cached.total_seconds, cached.prompt_seconds, cached.tokens_per_second);
+        if (skip_uncached) return 0;
+
+        options.on_token = nullptr;
+        const auto uncached = kvcache::generate_without_cache(model, tokenizer, prompt_tokens, options);
+        fmt::print(stderr, "without cache: {} tokens in {:.3f} s ({:.1f} tokens/s after the prompt)\n",
+                   uncached.tokens.size(), uncached.total_seconds, uncached.tokens_per_second);
+        fmt::print(stderr, "speedup: {:.2f}x{}\n", uncached.total_seconds / cached.total_seconds,
+                   uncached.tokens == cached.tokens ? " (same tokens)" : " (the two runs produced different tokens!)");
+        return 0;
+    } catch (const kvcache::Error& e) {
+        fmt::print(stderr, "error: {}\n", e.what());
+        return 1;
+    }
+}

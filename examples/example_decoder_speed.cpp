@@ -1,0 +1,119 @@
+// example_decoder_speed: decode and prefill throughput of the reference decoder, against memory bandwidth.
+//
+//   example_decoder_speed --threads 2            (default model; see --help)
+// Prints: read bandwidth (sum of a 1 GiB array), decode tokens/s at contexts 128 and 1024, prefill
+// tokens/s for a 512-token prompt, and the bytes of weights + KV read per decode token.
+#include <CLI/CLI.hpp>
+#include <fmt/format.h>
+
+#include <chrono>
+#include <cstdlib>
+#include <filesystem>
+#include <numeric>
+#include <vector>
+
+#include "kvcache/model/decoder.hpp"
+#include "kvcache/model/generate.hpp"
+#include "kvcache/model/gguf.hpp"
+#include "kvcache/model/tokenizer.hpp"
+
+#ifndef KVCACHE_SOURCE_DIR
+#define KVCACHE_SOURCE_DIR "."
+#endif
+
+namespace {
+using Clock = std::chrono::steady_clock;
+double since(Clock::time_point t) { return std::chrono::duration<double>(Clock::now() - t).count(); }
+
+/// GB/s of summing 1 GiB of floats with `threads` threads (best of 3).
+double read_bandwidth(int threads) {
+    std::vector<float> a(std::size_t(1) << 28, 1.0f);
+    double best = 0;
+    for (int rep = 0; rep < 3; ++rep) {
+        const auto t = Clock::now();
+        double total = 0;
+#pragma omp parallel for num_threads(threads) reduction(+ : total) schedule(static)
+        for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(a.size()); i += 8) {
+            total += double(a[i] + a[i + 1] + a[i + 2] + a[i + 3] + a[i + 4] + a[i + 5] + a[i + 6] + a[i + 7]);
+        }
+        const double s = since(t);
+        if (total != double(a.size())) std::abort();
+        best = std::max(best, double(a.size() * sizeof(float)) / s / 1e9);
+    }
+    return best;
+}
+}  // namespace
+
+int main(int argc, char** argv) {
+    CLI::App app{"Decode/prefill speed of the reference decoder"};
+    std::string path = std::getenv("KVCACHE_MODEL") ? std::getenv("KVCACHE_MODEL")
+                                                    : std::string(KVCACHE_SOURCE_DIR) +
+                                                          "/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+    int threads = 2;
+    bool float_weights = false;
+    bool no_bandwidth = false;
+    std::size_t gen_tokens = 256;
+    app.add_option("-m,--model", path, "GGUF model");
+    app.add_option("--threads", threads, "Threads");
+    app.add_flag("--float-weights", float_weights, "Dequantise all weights to float at load");
+    app.add_flag("--no-bandwidth", no_bandwidth, "Skip the 1 GiB bandwidth measurement");
+    app.add_option("--generate", gen_tokens, "New tokens for the with/without cache comparison (0: skip)");
+    CLI11_PARSE(app, argc, argv);
+    if (!std::filesystem::exists(path)) {
+        fmt::print(stderr, "error: model file not found: {} (run scripts/fetch-model.sh)\n", path);
+        return 1;
+    }
+    const auto file = kvcache::gguf::File::open(path);
+    kvcache::Decoder d(kvcache::DecoderWeights::from_gguf(file, !float_weights), threads);
+    const auto& c = d.config();
+    const std::size_t weight_bytes = d.weights().bytes();
+    double bw = 0;
+    if (!no_bandwidth) {
+        bw = read_bandwidth(threads);
+        fmt::print("read bandwidth ({} threads, 1 GiB sum): {:.1f} GB/s\n", threads, bw);
+    }
+    fmt::print("weights: {:.1f} MiB ({})\n", double(weight_bytes) / 1048576.0, float_weights ? "float" : "as stored");
+
+    std::vector<float> logits(c.vocab_size);
+    for (std::size_t context : {128, 1024}) {
+        auto cache = d.make_cache(context + 64);
+        std::vector<std::int32_t> prompt(context);
+        for (std::size_t i = 0; i < context; ++i) prompt[i] = std::int32_t((i * 7919) % c.vocab_size);
+        d.forward(prompt, cache, 0, logits);
+        const int steps = 32;
+        const auto t = Clock::now();
+        std::int32_t tok = 42;
+        for (int i = 0; i < steps; ++i) d.forward(std::span(&tok, 1), cache, 0, logits);
+        const double s = since(t) / steps;
+        const std::size_t kv = d.cache_bytes(context + steps / 2);
+        fmt::print("decode at context {}: {:.1f} tokens/s ({:.2f} ms/token); reads ~{:.1f} MiB/token "
+                   "(weights {:.1f} + KV {:.1f}) = {:.1f} GB/s{}\n",
+                   context, 1 / s, s * 1e3, double(weight_bytes + kv) / 1048576.0, double(weight_bytes) / 1048576.0,
+                   double(kv) / 1048576.0, double(weight_bytes + kv) / s / 1e9,
+                   bw > 0 ? fmt::format(" ({:.0f}% of the measured bandwidth)", 100 * double(weight_bytes + kv) / s / 1e9 / bw)
+                          : "");
+    }
+    {
+        auto cache = d.make_cache(512);
+        std::vector<std::int32_t> prompt(512);
+        for (std::size_t i = 0; i < 512; ++i) prompt[i] = std::int32_t((i * 104729) % c.vocab_size);
+        const auto t = Clock::now();
+        d.forward(prompt, cache, 0, logits);
+        const double s = since(t);
+        fmt::print("prefill of 512 tokens: {:.3f} s = {:.1f} tokens/s\n", s, 512 / s);
+    }
+    if (gen_tokens > 0) {
+        const auto tok = kvcache::Tokenizer::from_gguf(file);
+        std::vector<std::int32_t> prompt = tok.encode("The history of the printing press", false, false);
+        kvcache::GenerateOptions o;
+        o.max_new_tokens = gen_tokens;
+        o.stop_at_eos = false;
+        auto with = kvcache::generate_with_cache(d, tok, prompt, o);
+        fmt::print("{} new tokens with the cache: {:.2f} s\n", gen_tokens, with.total_seconds);
+        auto without = kvcache::generate_without_cache(d, tok, prompt, o);
+        fmt::print("{} new tokens without the cache: {:.2f} s ({:.1f}x slower; same tokens: {})\n", gen_tokens,
+                   without.total_seconds, without.total_seconds / with.total_seconds,
+                   with.tokens == without.tokens ? "yes" : "NO");
+    }
+    return 0;
+}

@@ -64,7 +64,20 @@ int main(int argc, char** argv) {
         return 1;
     }
     const auto file = kvcache::gguf::File::open(path);
-    kvcache::Decoder d(kvcache::DecoderWeights::from_gguf(file, !float_weights), threads);
+    auto weights = kvcache::DecoderWeights::from_gguf(file);
+    if (float_weights) {  // the "dequantise at load" variant: every matrix as float, the same values
+        auto to_float = [](kvcache::WeightMatrix& w) {
+            std::vector<float> all(w.rows() * w.cols());
+            for (std::size_t r = 0; r < w.rows(); ++r) w.dequantize_row(r, all.data() + r * w.cols());
+            w = kvcache::WeightMatrix::from_floats(w.rows(), w.cols(), all);
+        };
+        to_float(weights.token_embedding);
+        if (!weights.tied_output()) to_float(weights.output);
+        for (auto& l : weights.layers) {
+            for (auto* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) to_float(*m);
+        }
+    }
+    kvcache::Decoder d(std::move(weights), threads);
     const auto& c = d.config();
     const std::size_t weight_bytes = d.weights().bytes();
     double bw = 0;

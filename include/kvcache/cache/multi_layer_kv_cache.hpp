@@ -131,7 +131,12 @@ private:
     void reallocate(std::size_t new_capacity) {
         std::vector<detail::AlignedBuffer<T>> old = std::move(storage_);
         const std::size_t old_capacity = this->capacity_;
-        allocate(new_capacity);
+        try {
+            allocate(new_capacity);
+        } catch (...) {  // a failed growth must leave the cache as it was, not without storage
+            storage_ = std::move(old);
+            throw;
+        }
         for (std::size_t l = 0; l < shapes_.size(); ++l) {
             const LayerShape& s = shapes_[l];
             for (std::size_t kind = 0; kind < 2; ++kind) {

@@ -22,7 +22,9 @@ auto xtensor_view(const C& cache, std::size_t layer, std::size_t row, KV kind) {
     const auto* data = kind == KV::Keys ? cache.key_data(layer, row) : cache.value_data(layer, row);
     std::array<std::size_t, 3> shape{heads, seq, d};
     std::array<std::size_t, 3> strides{capacity * d, d, 1};
-    return xt::adapt(data, heads * capacity * d, xt::no_ownership(), shape, strides);
+    // The size given must be the element count of the shape (xtensor checks it against shape, not strides,
+    // and cannot resize a borrowed buffer); the strides still reach across the whole capacity.
+    return xt::adapt(data, heads * seq * d, xt::no_ownership(), shape, strides);
 }
 
 }  // namespace kvcache

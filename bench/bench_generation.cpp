@@ -3,7 +3,10 @@
 // encoder-decoder (6+6 layers × 8 heads × 512), plus the latency of one step against its context length,
 // prefill, and the cache operations a step performs. scripts/plot_bench.py reads the JSON it writes.
 //
-//   bench_generation [--quick] [--models=random,real,seq2seq] [--max-uncached-real=N] [google-benchmark flags]
+//   bench_generation [--quick] [--models=random,real,seq2seq] [--max-uncached-real=N] [--threads=N]
+//                    [google-benchmark flags]
+// --threads: threads of every model (0, the default: all the hardware offers). The kernels use OpenMP with
+// one barrier per matmul, so a core taken by another process stalls every step: measure on a quiet machine.
 //
 // What "without the cache" means here: every step runs the whole sequence so far (prompt + generated)
 // through the model from scratch. The model still needs somewhere to put K/V while attending inside that
@@ -26,6 +29,7 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <map>
 #include <memory>
@@ -48,6 +52,7 @@ namespace {
 using Clock = std::chrono::steady_clock;
 constexpr std::size_t kPromptTokens = 8;
 constexpr std::size_t kSourceTokens = 64;  // encoder-decoder source length
+int g_threads = 0;                          // --threads
 
 std::string model_path() {
     if (const char* env = std::getenv("KVCACHE_MODEL")) return env;
@@ -57,12 +62,17 @@ std::string model_path() {
 // ---- the models (loaded once, on first use) ----
 
 kvcache::Decoder& random_decoder() {
-    static kvcache::Decoder d(kvcache::DecoderWeights::random(kvcache::DecoderConfig::small_test_model(), 42), 0);
+    static kvcache::Decoder d(kvcache::DecoderWeights::random(kvcache::DecoderConfig::small_test_model(), 42),
+                              g_threads);
     return d;
 }
 
 kvcache::Decoder& real_decoder() {
-    static kvcache::Decoder d = kvcache::Decoder::load(model_path());
+    static kvcache::Decoder d = [] {
+        kvcache::Decoder m = kvcache::Decoder::load(model_path());
+        m.set_threads(g_threads);
+        return m;
+    }();
     return d;
 }
 
@@ -82,7 +92,11 @@ kvcache::model::EncoderDecoderConfig seq2seq_config() {
 }
 
 kvcache::model::EncoderDecoder& seq2seq() {
-    static kvcache::model::EncoderDecoder m = kvcache::model::EncoderDecoder::random(seq2seq_config(), 1234);
+    static kvcache::model::EncoderDecoder m = [] {
+        auto e = kvcache::model::EncoderDecoder::random(seq2seq_config(), 1234);
+        e.set_threads(g_threads);
+        return e;
+    }();
     return m;
 }
 
@@ -366,13 +380,41 @@ std::vector<std::int64_t> contexts(std::int64_t to) {
     return v;
 }
 
-void add(const std::string& name, std::vector<std::int64_t> args, auto fn, bool manual_time = false,
-         double min_time = 0.2) {
-    auto* b = benchmark::RegisterBenchmark(name.c_str(), fn);
-    for (auto a : args) b->Arg(a);
-    b->Unit(benchmark::kMillisecond)->MinTime(min_time);
-    if (manual_time) b->UseManualTime();
-    else b->UseRealTime();
+/// Prints "running <case>" to stderr when a case starts (Google Benchmark prints only when one ends, and the
+/// uncached cases take minutes), once per case although the function is entered once per trial run.
+void announce(const std::string& family, const benchmark::State& state) {
+    static std::string last;
+    const std::string name = family + "/" + std::to_string(state.range(0));
+    if (name == last) return;
+    last = name;
+    std::fprintf(stderr, "running %s\n", name.c_str());
+    std::fflush(stderr);
+}
+
+/// Registers one case per argument. `repetitions` > 1: the case runs that many times and only the fastest
+/// is reported (name suffix _min) — on a shared machine the minimum is the run least disturbed by others.
+/// Long cases run once: a run of many seconds averages over the disturbances itself.
+void add(const std::string& name, const std::vector<std::int64_t>& args, auto fn, bool manual_time, double min_time,
+         auto repetitions_for) {
+    for (const std::int64_t arg : args) {
+        auto* b = benchmark::RegisterBenchmark(name.c_str(), [name, fn](benchmark::State& s) {
+            announce(name, s);
+            try {
+                fn(s);
+            } catch (const std::exception& e) {  // e.g. the model file is unreadable: report, go on
+                s.SkipWithError(e.what());
+            }
+        });
+        b->Arg(arg)->Unit(benchmark::kMillisecond)->MinTime(min_time);
+        if (manual_time) b->UseManualTime();
+        else b->UseRealTime();
+        if (const int reps = repetitions_for(arg); reps > 1) {
+            b->Repetitions(reps)->ComputeStatistics("min", [](const std::vector<double>& v) {
+                return *std::min_element(v.begin(), v.end());
+            });
+            b->ReportAggregatesOnly(true);
+        }
+    }
 }
 
 void register_all(const Plan& p) {
@@ -391,26 +433,37 @@ void register_all(const Plan& p) {
         if (real && p.max_uncached_real) max_uncached = std::int64_t(p.max_uncached_real);
         const std::int64_t max_cached = p.quick && real ? 256 : max_n;
         const std::int64_t max_context = p.quick ? (real ? 256 : 512) : max_n;
+        const double short_time = p.quick ? 0.05 : 0.2;
+        // Repetitions: best of 3 for cases that take about a second or less, one run for longer ones.
+        const auto best_of_3 = [](std::int64_t) { return 3; };
+        const auto once = [](std::int64_t) { return 1; };
+        const std::int64_t long_uncached = real ? 64 : 128;
         add("BM_Generate/" + model + "/cached", powers_of_two(16, max_cached),
-            [model](benchmark::State& s) { BM_Generate(s, model, true); });
+            [model](benchmark::State& s) { BM_Generate(s, model, true); }, false, short_time,
+            [real](std::int64_t n) { return real && n >= 512 ? 1 : 3; });
         add("BM_Generate/" + model + "/uncached", powers_of_two(16, max_uncached),
-            [model](benchmark::State& s) { BM_Generate(s, model, false); }, false, p.quick ? 0.05 : 0.2);
+            [model](benchmark::State& s) { BM_Generate(s, model, false); }, false, short_time,
+            [long_uncached](std::int64_t n) { return n >= long_uncached ? 1 : 3; });
         add("BM_Step/" + model + "/cached", contexts(max_context), [model](benchmark::State& s) { BM_Step(s, model); },
-            true, p.quick ? 0.05 : 0.2);
+            true, short_time, best_of_3);
         add("BM_Prefill/" + model, contexts(max_context), [model](benchmark::State& s) { BM_Prefill(s, model); }, false,
-            p.quick ? 0.05 : 0.2);
+            short_time, [real](std::int64_t L) { return L >= (real ? 512 : 1024) ? 1 : 3; });
         const std::vector<std::int64_t> op_lengths = p.quick ? std::vector<std::int64_t>{128, 1024}
                                                              : std::vector<std::int64_t>{128, 512, 1024, 4096};
-        add("BM_CacheAppend/" + model, op_lengths, [model](benchmark::State& s) { BM_CacheAppend(s, model); }, false, 0.05);
-        add("BM_CacheCopy/" + model, op_lengths, [model](benchmark::State& s) { BM_CacheCopy(s, model); }, false, 0.05);
+        add("BM_CacheAppend/" + model, op_lengths, [model](benchmark::State& s) { BM_CacheAppend(s, model); }, false,
+            0.05, once);
+        add("BM_CacheCopy/" + model, op_lengths, [model](benchmark::State& s) { BM_CacheCopy(s, model); }, false, 0.05,
+            once);
         add("BM_DecodeAttention/" + model, op_lengths,
-            [model](benchmark::State& s) { BM_DecodeAttention(s, model); }, false, 0.05);
+            [model](benchmark::State& s) { BM_DecodeAttention(s, model); }, false, 0.05, once);
     }
     if (p.models.count("seq2seq")) {
         add("BM_Generate/seq2seq/cached", powers_of_two(16, p.quick ? 256 : max_n),
-            [](benchmark::State& s) { BM_Seq2SeqGenerate(s, true); });
+            [](benchmark::State& s) { BM_Seq2SeqGenerate(s, true); }, false, p.quick ? 0.05 : 0.2,
+            [](std::int64_t) { return 3; });
         add("BM_Generate/seq2seq/uncached", powers_of_two(16, p.quick ? 128 : 512),
-            [](benchmark::State& s) { BM_Seq2SeqGenerate(s, false); }, false, p.quick ? 0.05 : 0.2);
+            [](benchmark::State& s) { BM_Seq2SeqGenerate(s, false); }, false, p.quick ? 0.05 : 0.2,
+            [](std::int64_t n) { return n >= 128 ? 1 : 3; });
     }
 }
 
@@ -427,6 +480,8 @@ int main(int argc, char** argv) {
             plan.models.clear();
             std::stringstream list(a.substr(9));
             for (std::string m; std::getline(list, m, ',');) plan.models.insert(m);
+        } else if (a.rfind("--threads=", 0) == 0) {
+            g_threads = std::stoi(a.substr(10));
         } else if (a.rfind("--max-uncached-real=", 0) == 0) {
             plan.max_uncached_real = std::stoul(a.substr(20));
         } else {

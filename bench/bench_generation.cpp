@@ -23,6 +23,7 @@
 // the point, kv_bytes (what cache.bytes_allocated() reports), token_forwards (positions run through the
 // model), same_tokens (1 when the uncached run generated exactly the cached run's tokens).
 #include <benchmark/benchmark.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -318,6 +319,29 @@ void BM_DecodeAttention(benchmark::State& state, const std::string& model) {
                                                   benchmark::Counter::kIsIterationInvariantRate);
 }
 
+/// Read bandwidth of this machine: summing 256 MiB of floats on the models' threads. A decode step cannot
+/// be faster than (bytes of weights it streams) / this.
+void BM_ReadBandwidth(benchmark::State& state) {
+    const std::size_t n = std::size_t(64) << 20;
+    std::vector<float> a(n, 1.0f);
+    const int threads = g_threads > 0 ? g_threads : omp_get_max_threads();
+    for (auto _ : state) {
+        double total = 0;
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+        {
+            // 32 independent lanes (vertical adds, so the compiler vectorises without reassociating).
+            float lanes[32] = {};
+#pragma omp for schedule(static)
+            for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); i += 32) {
+                for (std::size_t j = 0; j < 32; ++j) lanes[j] += a[std::size_t(i) + j];
+            }
+            for (float lane : lanes) total += double(lane);
+        }
+        benchmark::DoNotOptimize(total);
+    }
+    state.counters["bytes/s"] = benchmark::Counter(double(n * sizeof(float)), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // ---- the encoder-decoder ----
 
 void BM_Seq2SeqGenerate(benchmark::State& state, bool use_cache) {
@@ -419,6 +443,8 @@ void add(const std::string& name, const std::vector<std::int64_t>& args, auto fn
 
 void register_all(const Plan& p) {
     const std::int64_t max_n = 1024;
+    add("BM_ReadBandwidth", {256}, [](benchmark::State& s) { BM_ReadBandwidth(s); }, false, 0.3,
+        [](std::int64_t) { return 3; });
     for (const std::string model : {"random", "real"}) {
         if (!p.models.count(model)) continue;
         const bool real = model == "real";

@@ -58,6 +58,8 @@ def load_generation(path):
             model, mode, n = parts[1], "cached", int(parts[3])
         elif kind in ("BM_Prefill", "BM_CacheAppend", "BM_CacheCopy", "BM_DecodeAttention"):
             model, mode, n = parts[1], "-", int(parts[2])
+        elif kind == "BM_ReadBandwidth":
+            model, mode, n = "-", "-", int(parts[1])
         else:
             continue
         rec = dict(b)
@@ -278,6 +280,37 @@ def plot_memory(memories, gen, out, suffix, summary):
     return path
 
 
+def cost_model_summary(gen, summary):
+    """The numbers behind the speedup: decode streams the weights (bandwidth-bound), the uncached path runs
+    batched GEMMs (compute-bound). Speedup ~ (n/2 + prompt) * t_prefill_per_token / t_decode_step."""
+    bw = None
+    if "BM_ReadBandwidth" in gen:
+        rec = gen["BM_ReadBandwidth"]["-"]["-"][256]
+        bw = 256 * 2**20 / rec["seconds"] / 1e9
+        summary.append(f"machine  read bandwidth (sum of 256 MiB, model threads): {bw:.1f} GB/s")
+    for model in ("random", "real"):
+        if model not in gen.get("BM_Step", {}) or model not in gen.get("BM_Prefill", {}):
+            continue
+        steps = gen["BM_Step"][model]["cached"]
+        pre = gen["BM_Prefill"][model]["-"]
+        L0 = min(steps)
+        st = steps[L0]
+        wbytes = st.get("weight_bytes", 0)
+        fpt = st.get("flops_per_token", 0)
+        dec_s = st["seconds"]
+        line = (f"model    {model:8s} weights streamed per token {wbytes / 2**20:.1f} MiB, {fpt / 1e6:.0f} MFLOP/token; "
+                f"decode step at L={L0}: {dec_s * 1e3:.2f} ms = {wbytes / dec_s / 1e9:.1f} GB/s of weights")
+        if bw:
+            line += f" ({100 * wbytes / dec_s / 1e9 / bw:.0f}% of read bandwidth)"
+        summary.append(line)
+        Lp = max(L for L in pre if L <= 512)
+        t_tok = pre[Lp]["seconds"] / Lp
+        summary.append(f"model    {model:8s} prefill at L={Lp}: {t_tok * 1e3:.3f} ms/token = {fpt / t_tok / 1e9:.1f} GFLOP/s "
+                       f"of weight matmuls; decode/prefill time per token = {dec_s / t_tok:.1f}; "
+                       f"speedup model (n/2)*t_prefill_token/t_decode at n=128/512/1024: "
+                       + "/".join(f"{n / 2 * t_tok / dec_s:.0f}x" for n in (128, 512, 1024)))
+
+
 def cache_ops_summary(gen, summary):
     for kind, what in (("BM_CacheAppend", "append 1 token, all layers"), ("BM_CacheCopy", "copy()"),
                        ("BM_DecodeAttention", "attention 1 query, all layers")):
@@ -310,6 +343,7 @@ def main():
              plot_speedup(gen, args.out, args.suffix, summary)]
     if memories:
         paths.append(plot_memory(memories, gen, args.out, args.suffix, summary))
+    cost_model_summary(gen, summary)
     cache_ops_summary(gen, summary)
     for line in summary:
         print(line)

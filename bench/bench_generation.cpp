@@ -54,6 +54,7 @@ using Clock = std::chrono::steady_clock;
 constexpr std::size_t kPromptTokens = 8;
 constexpr std::size_t kSourceTokens = 64;  // encoder-decoder source length
 int g_threads = 0;                          // --threads
+bool g_quick = false;                       // --quick: fewer, shorter cases, each run once
 
 std::string model_path() {
     if (const char* env = std::getenv("KVCACHE_MODEL")) return env;
@@ -432,7 +433,7 @@ void add(const std::string& name, const std::vector<std::int64_t>& args, auto fn
         b->Arg(arg)->Unit(benchmark::kMillisecond)->MinTime(min_time);
         if (manual_time) b->UseManualTime();
         else b->UseRealTime();
-        if (const int reps = repetitions_for(arg); reps > 1) {
+        if (const int reps = g_quick ? 1 : repetitions_for(arg); reps > 1) {
             b->Repetitions(reps)->ComputeStatistics("min", [](const std::vector<double>& v) {
                 return *std::min_element(v.begin(), v.end());
             });
@@ -501,7 +502,7 @@ int main(int argc, char** argv) {
     for (int i = 1; i < argc; ++i) {
         const std::string a = argv[i];
         if (a == "--quick") {
-            plan.quick = true;
+            plan.quick = g_quick = true;
         } else if (a.rfind("--models=", 0) == 0) {
             plan.models.clear();
             std::stringstream list(a.substr(9));

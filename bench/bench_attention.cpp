@@ -1,0 +1,193 @@
+// bench_attention: decode attention (one query token) over the KV cache, against the machine's read bandwidth.
+//
+// Shape: 9 query heads, 3 kv heads (GQA, group 3), head size 64, fp32 and fp16 caches, contexts 128 … 32768.
+// One call reads the whole cache of one layer: 2 (K and V) * kv_heads * head_dim * sizeof(T) bytes per position.
+// It does 4 * q_heads * head_dim FLOP per position (a multiply-add for q·k and one for p·v, per query head).
+//
+// Cold vs hot. In a real decode step every layer's cache is read once and then the other layers' caches are,
+// so a layer's cache is not in any CPU cache when its turn comes again. BM_DecodeAttention reproduces that: it
+// builds as many layers of the given context as make up at least --attn_cold_mib (default 256 MiB, 8 times
+// this machine's 32 MiB L3) and each call reads the next layer in turn. BM_DecodeAttentionHot reads one layer
+// over and over, so small contexts sit in L2/L3: that shows the kernel's compute limit, not the memory's.
+//
+// Counters: GB/s = cache bytes read per second (1e9 bytes); bw_GB/s = the best 1 GiB read-bandwidth pass on the
+// same thread count, measured once at start in this process; %bw = GB/s / bw_GB/s * 100; GFLOP/s.
+// BM_DecodeAttentionReference runs attention_reference (double precision, one thread) at small contexts for
+// comparison.
+//
+// Run: bench_attention [--attn_cold_mib=256] [--attn_skip_bandwidth] [--benchmark_filter=...]
+//                      [--benchmark_format=json] [--benchmark_repetitions=N]
+#include <benchmark/benchmark.h>
+
+#include <chrono>
+#include <cstddef>
+#include <cstdlib>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "kvcache/attention/attention.hpp"
+#include "kvcache/attention/reference.hpp"
+#include "kvcache/cache/multi_layer_kv_cache.hpp"
+#include "kvcache/testing/random.hpp"
+#include "read_bandwidth.hpp"
+
+namespace {
+
+using namespace kvcache;
+
+constexpr std::size_t kQHeads = 9;
+constexpr std::size_t kKVHeads = 3;
+constexpr std::size_t kHeadDim = 64;
+
+std::size_t g_cold_bytes = std::size_t(256) << 20;
+double g_read_bw[3] = {0, 0, 0};  // best read GB/s for 1 and 2 threads (index = threads)
+
+template <class T>
+constexpr const char* type_name() {
+    return std::is_same_v<T, float> ? "fp32" : "fp16";
+}
+
+template <class T>
+std::size_t layer_bytes(std::size_t context) {
+    return 2 * kKVHeads * kHeadDim * sizeof(T) * context;
+}
+
+/// `layers` layers of `context` random positions each (the same positions in every layer: the contents do not
+/// change the work, only where it is read from). Kept between benchmark runs of the same context.
+template <class T>
+struct Caches {
+    std::size_t context = 0;
+    std::size_t layers = 0;
+    std::unique_ptr<MultiLayerKVCache<T>> cache;
+};
+
+template <class T>
+const Caches<T>& caches(std::size_t context, bool cold) {
+    static Caches<T> held[2];  // [cold]
+    Caches<T>& c = held[cold ? 1 : 0];
+    if (c.context == context && c.cache) return c;
+    c.cache.reset();  // free the old set before building the next
+    c.context = context;
+    c.layers = cold ? std::max<std::size_t>(1, (g_cold_bytes + layer_bytes<T>(context) - 1) / layer_bytes<T>(context)) : 1;
+    c.cache = std::make_unique<MultiLayerKVCache<T>>(c.layers, kKVHeads, kHeadDim, 1, context);
+    const std::size_t width = kKVHeads * kHeadDim;
+    const auto k = testing::random_normal(context * width, 11), v = testing::random_normal(context * width, 12);
+    for (std::size_t l = 0; l < c.layers; ++l) c.cache->append(l, 0, k, v, context);
+    return c;
+}
+
+enum class Kernel { Fast, Reference };
+
+template <class T>
+void BM_Decode(benchmark::State& state, bool cold, Kernel kernel) {
+    const auto context = static_cast<std::size_t>(state.range(0));
+    const int threads = kernel == Kernel::Fast ? static_cast<int>(state.range(1)) : 1;
+    const Caches<T>& c = caches<T>(context, cold);
+    const auto q = testing::random_normal(kQHeads * kHeadDim, 13);
+    std::vector<float> out(q.size());
+    AttentionOptions opts;
+    opts.threads = threads;
+    attention(*c.cache, 0, 0, q, 1, kQHeads, out, opts);  // warm-up: scratch and thread pool in place
+
+    double seconds = 0;
+    std::size_t layer = 0;
+    for (auto _ : state) {
+        const auto t0 = std::chrono::steady_clock::now();
+        if (kernel == Kernel::Fast) {
+            attention(*c.cache, layer, 0, q, 1, kQHeads, out, opts);
+        } else {
+            attention_reference(*c.cache, layer, 0, q, 1, kQHeads, out, opts);
+        }
+        const auto t1 = std::chrono::steady_clock::now();
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+        const double s = std::chrono::duration<double>(t1 - t0).count();
+        state.SetIterationTime(s);
+        seconds += s;
+        if (++layer == c.layers) layer = 0;
+    }
+    const double calls = double(state.iterations());
+    const double gbps = calls * double(layer_bytes<T>(context)) / seconds / 1e9;
+    state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(layer_bytes<T>(context)));
+    state.counters["GB/s"] = gbps;
+    state.counters["GFLOP/s"] = calls * 4.0 * kQHeads * kHeadDim * double(context) / seconds / 1e9;
+    state.counters["layers"] = double(c.layers);
+    if (threads <= 2 && g_read_bw[threads] > 0) {
+        state.counters["bw_GB/s"] = g_read_bw[threads];
+        state.counters["%bw"] = 100.0 * gbps / g_read_bw[threads];
+    }
+}
+
+std::vector<std::int64_t> contexts(std::int64_t hi) {
+    std::vector<std::int64_t> out;
+    for (std::int64_t c = 128; c <= hi; c *= 2) out.push_back(c);
+    return out;
+}
+
+template <class T>
+void register_type() {
+    const std::vector<std::int64_t> thread_counts = kvcache_bench::available_threads() >= 2
+                                                        ? std::vector<std::int64_t>{1, 2}
+                                                        : std::vector<std::int64_t>{1};
+    const std::string t = type_name<T>();
+    benchmark::RegisterBenchmark(("BM_DecodeAttention/" + t).c_str(),
+                                 [](benchmark::State& s) { BM_Decode<T>(s, true, Kernel::Fast); })
+        ->ArgsProduct({contexts(32768), thread_counts})
+        ->ArgNames({"context", "threads"})
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("BM_DecodeAttentionHot/" + t).c_str(),
+                                 [](benchmark::State& s) { BM_Decode<T>(s, false, Kernel::Fast); })
+        ->ArgsProduct({contexts(32768), thread_counts})
+        ->ArgNames({"context", "threads"})
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("BM_DecodeAttentionReference/" + t).c_str(),
+                                 [](benchmark::State& s) { BM_Decode<T>(s, true, Kernel::Reference); })
+        ->ArgsProduct({contexts(1024), {1}})
+        ->ArgNames({"context", "threads"})
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+}
+
+/// Takes --attn_* flags out of argv (Google Benchmark rejects flags it does not know).
+void parse_own_flags(int& argc, char** argv, bool& skip_bandwidth) {
+    int kept = 1;
+    for (int i = 1; i < argc; ++i) {
+        const std::string a = argv[i];
+        if (a.rfind("--attn_cold_mib=", 0) == 0) {
+            g_cold_bytes = std::size_t(std::stoul(a.substr(16))) << 20;
+        } else if (a == "--attn_skip_bandwidth") {
+            skip_bandwidth = true;
+        } else {
+            argv[kept++] = argv[i];
+        }
+    }
+    argc = kept;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    bool skip_bandwidth = false;
+    parse_own_flags(argc, argv, skip_bandwidth);
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    if (!skip_bandwidth) {
+        for (int t = 1; t <= std::min(2, kvcache_bench::available_threads()); ++t) {
+            const auto bw = kvcache_bench::measure_read_bandwidth(t);
+            g_read_bw[t] = bw.best_gbps;
+            benchmark::AddCustomContext(fmt::format("read_GB/s_{}_threads", t),
+                                        fmt::format("best {:.2f} median {:.2f} (1 GiB sum)", bw.best_gbps, bw.median_gbps));
+        }
+    }
+    benchmark::AddCustomContext("attention_cold_set_MiB", std::to_string(g_cold_bytes >> 20));
+    register_type<float>();
+    register_type<fp16>();
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+    return 0;
+}

@@ -1,0 +1,149 @@
+// read_bandwidth.hpp: the machine's memory read bandwidth, measured STREAM-style (a sum over a large array),
+// so a memory-bound kernel can be reported as a fraction of what this machine can actually stream.
+//
+// Shared by bench_bandwidth (which reports it) and bench_attention (which measures it once at start and
+// divides by it). Bench-only: not part of the library.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstring>
+#include <vector>
+
+#if defined(_OPENMP)
+#include <omp.h>
+#endif
+#if defined(__AVX2__)
+#include <immintrin.h>
+#endif
+
+#include "kvcache/detail/aligned_buffer.hpp"
+
+namespace kvcache_bench {
+
+/// Best and median of several timed passes, in GB/s (1e9 bytes per second).
+struct Bandwidth {
+    double best_gbps = 0;
+    double median_gbps = 0;
+};
+
+inline Bandwidth summarise_rates(std::vector<double> gbps) {
+    if (gbps.empty()) return {};
+    std::sort(gbps.begin(), gbps.end());
+    const std::size_t n = gbps.size();
+    const double median = n % 2 ? gbps[n / 2] : 0.5 * (gbps[n / 2 - 1] + gbps[n / 2]);
+    return {gbps.back(), median};
+}
+
+inline int available_threads() {
+#if defined(_OPENMP)
+    return omp_get_max_threads();
+#else
+    return 1;
+#endif
+}
+
+/// Σ a[0..n). Eight independent 8-wide accumulators (64 floats = 4 cache lines per step) so the adds'
+/// latency never limits the loop: one core issues loads as fast as the memory system answers them.
+inline float sum_floats(const float* a, std::size_t n) {
+    std::size_t i = 0;
+    float total = 0.0f;
+#if defined(__AVX2__)
+    __m256 s[8];
+    for (auto& v : s) v = _mm256_setzero_ps();
+    for (; i + 64 <= n; i += 64) {
+        for (int k = 0; k < 8; ++k) s[k] = _mm256_add_ps(s[k], _mm256_load_ps(a + i + 8 * k));
+    }
+    for (int k = 1; k < 8; ++k) s[0] = _mm256_add_ps(s[0], s[k]);
+    alignas(32) float lanes[8];
+    _mm256_store_ps(lanes, s[0]);
+    for (float x : lanes) total += x;
+#else
+    float s[16] = {};
+    for (; i + 16 <= n; i += 16) {
+        for (std::size_t k = 0; k < 16; ++k) s[k] += a[i + k];
+    }
+    for (float x : s) total += x;
+#endif
+    for (; i < n; ++i) total += a[i];
+    return total;
+}
+
+/// [begin, end) of part `t` of `parts` equal parts of n elements, cut at multiples of 64 elements.
+inline void split_range(std::size_t n, int parts, int t, std::size_t& begin, std::size_t& end) {
+    const std::size_t blocks = n / 64;
+    begin = blocks * std::size_t(t) / std::size_t(parts) * 64;
+    end = t + 1 == parts ? n : blocks * std::size_t(t + 1) / std::size_t(parts) * 64;
+}
+
+/// A page-touched, 64-byte aligned array of n floats (written by the threads that will read it).
+inline kvcache::detail::AlignedBuffer<float> make_array(std::size_t n, int threads) {
+    kvcache::detail::AlignedBuffer<float> a(n);
+    float* p = a.data();
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+    {
+        std::size_t b = 0, e = 0;
+        split_range(n, omp_get_num_threads(), omp_get_thread_num(), b, e);
+        for (std::size_t i = b; i < e; ++i) p[i] = float(i % 7) * 0.25f;
+    }
+#else
+    (void)threads;
+    for (std::size_t i = 0; i < n; ++i) p[i] = float(i % 7) * 0.25f;
+#endif
+    return a;
+}
+
+/// One pass: `threads` threads each sum their contiguous part of a; returns the seconds it took.
+inline double timed_sum_pass(const float* a, std::size_t n, int threads, float& sink) {
+    const auto t0 = std::chrono::steady_clock::now();
+    float total = 0.0f;
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads) reduction(+ : total)
+    {
+        std::size_t b = 0, e = 0;
+        split_range(n, omp_get_num_threads(), omp_get_thread_num(), b, e);
+        total += sum_floats(a + b, e - b);
+    }
+#else
+    (void)threads;
+    total = sum_floats(a, n);
+#endif
+    const auto t1 = std::chrono::steady_clock::now();
+    sink += total;
+    return std::chrono::duration<double>(t1 - t0).count();
+}
+
+/// One pass: `threads` threads each copy their contiguous part of src to dst with memcpy.
+inline double timed_copy_pass(const float* src, float* dst, std::size_t n, int threads) {
+    const auto t0 = std::chrono::steady_clock::now();
+#if defined(_OPENMP)
+#pragma omp parallel num_threads(threads)
+    {
+        std::size_t b = 0, e = 0;
+        split_range(n, omp_get_num_threads(), omp_get_thread_num(), b, e);
+        std::memcpy(dst + b, src + b, (e - b) * sizeof(float));
+    }
+#else
+    (void)threads;
+    std::memcpy(dst, src, n * sizeof(float));
+#endif
+    const auto t1 = std::chrono::steady_clock::now();
+    return std::chrono::duration<double>(t1 - t0).count();
+}
+
+/// Read bandwidth with `threads` threads: `reps` timed sums over a `bytes` array (after one warm-up pass).
+inline Bandwidth measure_read_bandwidth(int threads, std::size_t bytes = std::size_t(1) << 30, int reps = 7) {
+    const std::size_t n = bytes / sizeof(float);
+    const auto a = make_array(n, threads);
+    float sink = 0.0f;
+    timed_sum_pass(a.data(), n, threads, sink);
+    std::vector<double> rates;
+    for (int r = 0; r < reps; ++r) rates.push_back(double(bytes) / timed_sum_pass(a.data(), n, threads, sink) / 1e9);
+    volatile float keep = sink;
+    (void)keep;
+    return summarise_rates(std::move(rates));
+}
+
+}  // namespace kvcache_bench

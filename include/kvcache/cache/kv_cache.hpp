@@ -68,11 +68,8 @@ public:
         this->check_layer_row(layer, row);
         detail::check_size("keys", keys.size(), n_tokens * kTokenWidth);
         detail::check_size("values", values.size(), n_tokens * kTokenWidth);
+        make_room(layer, row, n_tokens);
         std::uint32_t& length = this->length(layer, row);
-        if (!this->fits(layer, row, n_tokens)) {
-            throw CapacityError(fmt::format("KVCache layer {} row {}: appending {} tokens to {} exceeds capacity {}",
-                                            layer, row, n_tokens, length, this->capacity_));
-        }
         detail::scatter_tokens(keys.data(), n_tokens, Heads, HeadDim, block(layer, 0, row), this->capacity_, length);
         detail::scatter_tokens(values.data(), n_tokens, Heads, HeadDim, block(layer, 1, row), this->capacity_, length);
         length += static_cast<std::uint32_t>(n_tokens);
@@ -82,6 +79,13 @@ public:
     std::size_t bytes_allocated() const { return storage_.bytes(); }
 
 private:
+    // Throws CapacityError unless n_tokens more positions fit (layer, row): a fixed cache never grows.
+    void make_room(std::size_t layer, std::size_t row, std::size_t n_tokens) const {
+        if (!this->fits(layer, row, n_tokens)) {
+            throw CapacityError(fmt::format("KVCache layer {} row {}: appending {} tokens to {} exceeds capacity {}",
+                                            layer, row, n_tokens, this->seq_len(layer, row), this->capacity_));
+        }
+    }
     T* block(std::size_t layer, std::size_t kind, std::size_t row) {
         return storage_.data() + ((layer * 2 + kind) * this->batch_ + row) * Heads * this->capacity_ * HeadDim;
     }

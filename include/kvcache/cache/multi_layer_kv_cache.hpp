@@ -90,15 +90,8 @@ public:
         const LayerShape& shape = shapes_[layer];
         detail::check_size("keys", keys.size(), n_tokens * shape.token_width());
         detail::check_size("values", values.size(), n_tokens * shape.token_width());
+        make_room(layer, row, n_tokens);
         const std::size_t length = this->length(layer, row);
-        if (!this->fits(layer, row, n_tokens)) {
-            if (growth_ == Growth::Fixed) {
-                throw CapacityError(
-                    fmt::format("MultiLayerKVCache layer {} row {}: appending {} tokens to {} exceeds capacity {}",
-                                layer, row, n_tokens, length, this->capacity_));
-            }
-            reallocate(std::max(length + n_tokens, 2 * this->capacity_));
-        }
         detail::scatter_tokens(keys.data(), n_tokens, shape.kv_heads, shape.head_dim, block(layer, 0, row),
                                this->capacity_, length);
         detail::scatter_tokens(values.data(), n_tokens, shape.kv_heads, shape.head_dim, block(layer, 1, row),
@@ -120,6 +113,18 @@ public:
     }
 
 private:
+    // Makes n_tokens more positions fit (layer, row): a fixed cache throws CapacityError, a growing one
+    // reallocates to at least twice its capacity (amortised O(1) per token).
+    void make_room(std::size_t layer, std::size_t row, std::size_t n_tokens) {
+        if (this->fits(layer, row, n_tokens)) return;
+        const std::size_t length = this->length(layer, row);
+        if (growth_ == Growth::Fixed) {
+            throw CapacityError(
+                fmt::format("MultiLayerKVCache layer {} row {}: appending {} tokens to {} exceeds capacity {}", layer,
+                            row, n_tokens, length, this->capacity_));
+        }
+        reallocate(std::max(length + n_tokens, 2 * this->capacity_));
+    }
     void allocate(std::size_t capacity) {
         storage_.clear();
         for (const auto& s : shapes_) {

@@ -6,6 +6,7 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <limits>
 #include <new>
 #include <span>
 #include <vector>
@@ -15,6 +16,7 @@
 #include "kvcache/cache/kv_chunk.hpp"
 #include "kvcache/detail/aligned_buffer.hpp"
 #include "kvcache/detail/format.hpp"
+#include "kvcache/detail/head_major.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
 
@@ -61,6 +63,28 @@ public:
         const std::size_t n = seq_len(layer, row);
         check_index("kv head", head, self().num_kv_heads(layer));
         return {KVChunk<T>{head_ptr(layer, 0, row, head), head_ptr(layer, 1, row, head), 0, n, 0}};
+    }
+
+    /// Appends n_tokens positions already in the storage type: keys and values are [n_tokens][kv_heads *
+    /// head_dim] elements of T each (a cache file's payload), copied bit for bit with no float round trip.
+    /// Like append: a full fixed cache throws CapacityError and a growing one grows; nothing is written then.
+    void append_elements(std::size_t layer, std::size_t row, const T* keys, const T* values, std::size_t n_tokens) {
+        check_layer_row(layer, row);
+        if (n_tokens == 0) return;
+        if (keys == nullptr || values == nullptr) {
+            throw ShapeError(fmt::format("append_elements: null keys or values for {} tokens", n_tokens));
+        }
+        if (n_tokens > std::numeric_limits<std::uint32_t>::max() - seq_len(layer, row)) {  // lengths are 32-bit
+            throw CapacityError(fmt::format("append_elements: {} tokens after {} overflow a 32-bit length", n_tokens,
+                                            seq_len(layer, row)));
+        }
+        Derived& cache = static_cast<Derived&>(*this);
+        cache.make_room(layer, row, n_tokens);
+        const std::size_t heads = cache.num_kv_heads(layer), dim = cache.head_dim(layer);
+        std::uint32_t& n = length(layer, row);
+        detail::scatter_elements(keys, n_tokens, heads, dim, cache.block(layer, 0, row), capacity_, n);
+        detail::scatter_elements(values, n_tokens, heads, dim, cache.block(layer, 1, row), capacity_, n);
+        n += static_cast<std::uint32_t>(n_tokens);
     }
 
     /// Keeps the first n positions of every layer of every row (shorter rows are unchanged).

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstring>
 
 #include "kvcache/element_types.hpp"
 
@@ -17,6 +18,19 @@ inline void scatter_tokens(const float* src, std::size_t n_tokens, std::size_t k
         for (std::size_t h = 0; h < kv_heads; ++h) {
             convert_from_float(src + (t * kv_heads + h) * head_dim, block + (h * capacity + at + t) * head_dim,
                                head_dim);
+        }
+    }
+}
+
+/// Like scatter_tokens, but from rows already in the storage type (a cache file's payload): a plain copy of
+/// each head's head_dim elements, no conversion.
+template <StorageElement T>
+inline void scatter_elements(const T* src, std::size_t n_tokens, std::size_t kv_heads, std::size_t head_dim, T* block,
+                             std::size_t capacity, std::size_t at) {
+    for (std::size_t t = 0; t < n_tokens; ++t) {
+        for (std::size_t h = 0; h < kv_heads; ++h) {
+            std::memcpy(block + (h * capacity + at + t) * head_dim, src + (t * kv_heads + h) * head_dim,
+                        head_dim * sizeof(T));
         }
     }
 }

@@ -1,0 +1,289 @@
+// Cache files: one sequence of a KV cache, with its token ids and fingerprint, saved to disk and loaded back.
+// The byte layout, checksums and versioning are documented in docs/cache-file-format.md.
+#pragma once
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <memory>
+#include <span>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <fmt/format.h>
+
+#include "kvcache/cache/concept.hpp"
+#include "kvcache/cache/layer_shape.hpp"
+#include "kvcache/detail/format.hpp"
+#include "kvcache/element_types.hpp"
+#include "kvcache/error.hpp"
+
+namespace kvcache {
+
+/// What a cache's keys and values were computed with. A file only loads into a cache whose fingerprint is
+/// equal, because K/V computed by another model (or stored another way) would silently give wrong output.
+struct CacheFingerprint {
+    /// The caller's identity of the model and of everything else that changes K/V for the same tokens
+    /// (weights, RoPE settings, ...): e.g. fingerprint_digest() of the model file's metadata.
+    std::string model;
+    /// The cache configuration: element type and per-layer shapes, as cache_fingerprint(cache) builds it.
+    std::string cache;
+    friend bool operator==(const CacheFingerprint&, const CacheFingerprint&) = default;
+};
+
+/// The cache-configuration part of a fingerprint: element type, layer count and per-layer shapes, e.g.
+/// "f16 layers=30 kv_heads x head_dim=3x64" (or a list "=3x64,3x64,4x128" when layers differ).
+template <KVCacheReadable C>
+std::string cache_fingerprint(const C& cache) {
+    const std::size_t layers = cache.num_layers();
+    bool uniform = true;
+    for (std::size_t l = 1; l < layers; ++l) {
+        uniform = uniform && cache.num_kv_heads(l) == cache.num_kv_heads(0) && cache.head_dim(l) == cache.head_dim(0);
+    }
+    std::string out = fmt::format("{} layers={} kv_heads x head_dim=", element_name<typename C::element_type>(), layers);
+    for (std::size_t l = 0; l < (uniform ? std::min<std::size_t>(layers, 1) : layers); ++l) {
+        out += fmt::format("{}{}x{}", l ? "," : "", cache.num_kv_heads(l), cache.head_dim(l));
+    }
+    return out;
+}
+
+/// A model fingerprint plus the configuration of `cache`.
+template <KVCacheReadable C>
+CacheFingerprint make_fingerprint(std::string model, const C& cache) {
+    return CacheFingerprint{std::move(model), cache_fingerprint(cache)};
+}
+
+/// A short digest of any bytes (model metadata, a config file) for CacheFingerprint::model:
+/// "xxh3-64:" followed by 16 hex digits.
+std::string fingerprint_digest(std::span<const std::byte> bytes);
+std::string fingerprint_digest(std::string_view text);
+
+/// The checksum of the format: XXH3-64 with seed 0 (what `xxhsum -H3` prints), over a section's bytes.
+std::uint64_t cache_file_checksum(std::span<const std::byte> bytes);
+
+/// A file whose fingerprint is not the one expected: for another model, or another cache configuration.
+class FingerprintMismatch : public FormatError {
+public:
+    using FormatError::FormatError;
+};
+
+/// What a cache file holds besides the keys and values.
+struct CacheFileInfo {
+    std::uint32_t version = 0;
+    std::string element;              ///< "f32", "f16" or "bf16"
+    std::vector<LayerShape> layers;   ///< kv heads and head size of each layer
+    std::vector<std::int32_t> tokens; ///< the sequence's token ids; one cached position per token
+    CacheFingerprint fingerprint;
+    std::uint64_t file_bytes = 0;
+};
+
+struct SaveOptions {
+    /// fsync the file and its directory before returning, so the file survives a crash or power loss.
+    /// Off only for scratch files (it is what bounds save speed on a disk).
+    bool durable = true;
+};
+
+namespace detail {
+
+template <StorageElement T>
+constexpr std::uint32_t element_code() {
+    if constexpr (std::same_as<T, float>) return 1;
+    else if constexpr (std::same_as<T, fp16>) return 2;
+    else return 3;
+}
+
+/// Writes a cache file to a temporary file next to the target and renames it into place on commit(), so a
+/// reader sees either the old file or the complete new one. The destructor removes an uncommitted temp file.
+/// Payload sections come in file order: layer 0 keys, layer 0 values, layer 1 keys, ...
+class CacheFileWriter {
+public:
+    CacheFileWriter(std::filesystem::path path, std::uint32_t element_code, std::size_t element_bytes,
+                    std::vector<LayerShape> layers, std::span<const std::int32_t> tokens,
+                    const CacheFingerprint& fingerprint, SaveOptions options);
+    ~CacheFileWriter();
+    CacheFileWriter(const CacheFileWriter&) = delete;
+    CacheFileWriter& operator=(const CacheFileWriter&) = delete;
+
+    /// Appends bytes to the current payload section (moving to the next one when it is full).
+    void write(const void* data, std::size_t bytes);
+    /// Writes the section table and header, makes the file durable (if asked) and renames it into place.
+    void commit();
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+/// A validated, memory-mapped cache file. The constructor checks everything but the payload (magic, version,
+/// header and table checksums, sizes, offsets, the metadata sections' checksums); verify_payload() checks the
+/// rest. Throws FormatError (truncated, corrupted, not a cache file) or IoError.
+class CacheFileReader {
+public:
+    explicit CacheFileReader(std::filesystem::path path);
+    ~CacheFileReader();
+    CacheFileReader(const CacheFileReader&) = delete;
+    CacheFileReader& operator=(const CacheFileReader&) = delete;
+
+    const CacheFileInfo& info() const;
+    std::uint32_t element_code() const;
+    /// Throws FingerprintMismatch naming both sides unless the file's fingerprint equals `expected`.
+    void check_fingerprint(const CacheFingerprint& expected) const;
+    /// Checks the checksum of every payload section and that the padding between sections is zero.
+    void verify_payload() const;
+    /// Start of a layer's keys (kind 0) or values (kind 1): [tokens][kv_heads * head_dim] elements, 64-byte aligned.
+    const std::byte* payload(std::size_t layer, std::size_t kind) const;
+    const std::filesystem::path& path() const;
+
+private:
+    struct State;
+    std::unique_ptr<State> state_;
+};
+
+template <class C>
+concept AppendsElements = requires(C& cache, std::size_t layer, std::size_t row, const typename C::element_type* p,
+                                   std::size_t n) { cache.append_elements(layer, row, p, p, n); };
+
+/// Copies positions [t0, t1) of one (layer, row) of K (kind 0) or V (kind 1) out of the cache's chunks into
+/// `out` as [t1 - t0][heads][dim]; throws if the chunks do not cover every position exactly once.
+template <KVCacheReadable C>
+void gather_positions(const C& cache, std::size_t layer, std::size_t row, std::size_t kind, std::size_t t0,
+                      std::size_t t1, typename C::element_type* out) {
+    using T = typename C::element_type;
+    const std::size_t heads = cache.num_kv_heads(layer), dim = cache.head_dim(layer);
+    for (std::size_t h = 0; h < heads; ++h) {
+        std::size_t covered = 0;
+        for (const KVChunk<T>& chunk : cache.chunks(layer, row, h)) {
+            const std::size_t from = std::max(chunk.start, t0), to = std::min(chunk.start + chunk.length, t1);
+            const std::size_t stride = chunk.row_stride(dim);
+            const T* base = kind == 0 ? chunk.keys : chunk.values;
+            for (std::size_t p = from; p < to; ++p) {
+                std::copy_n(base + (p - chunk.start) * stride, dim, out + ((p - t0) * heads + h) * dim);
+            }
+            covered += from < to ? to - from : 0;
+        }
+        if (covered != t1 - t0) {
+            throw ShapeError(fmt::format("cache chunks of layer {} row {} head {} cover {} of positions [{}, {})",
+                                         layer, row, h, covered, t0, t1));
+        }
+    }
+}
+
+}  // namespace detail
+
+/// Saves batch row `row` of `cache` — every layer's keys and values for the positions of `tokens` — with the
+/// token ids and fingerprint to `path`, atomically (a temporary file in the same directory, fsync, rename):
+/// an existing file is replaced only by a complete new one. Every layer of the row must hold exactly
+/// tokens.size() positions (ShapeError otherwise, and no file is written).
+template <KVCacheReadable C>
+void save_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
+                     std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,
+                     SaveOptions options = {}) {
+    using T = typename C::element_type;
+    detail::check_index("batch row", row, cache.batch_size());
+    const std::size_t layers = cache.num_layers(), n = tokens.size();
+    std::vector<LayerShape> shapes(layers);
+    std::size_t max_width = 1;
+    for (std::size_t l = 0; l < layers; ++l) {
+        if (cache.seq_len(l, row) != n) {
+            throw ShapeError(fmt::format("save_cache_file: layer {} row {} holds {} positions but {} token ids were given",
+                                         l, row, cache.seq_len(l, row), n));
+        }
+        shapes[l] = LayerShape{cache.num_kv_heads(l), cache.head_dim(l)};
+        max_width = std::max(max_width, shapes[l].token_width());
+    }
+    detail::CacheFileWriter writer(path, detail::element_code<T>(), sizeof(T), shapes, tokens, fingerprint, options);
+    // Gather through a staging block of ~256 KiB: it stays in cache between gathering, hashing and writing.
+    const std::size_t block_tokens = std::max<std::size_t>(1, (256u << 10) / (max_width * sizeof(T)));
+    std::vector<T> staging(std::min(block_tokens, std::max<std::size_t>(n, 1)) * max_width);
+    for (std::size_t l = 0; l < layers; ++l) {
+        for (std::size_t kind = 0; kind < 2; ++kind) {
+            for (std::size_t t0 = 0; t0 < n; t0 += block_tokens) {
+                const std::size_t t1 = std::min(n, t0 + block_tokens);
+                detail::gather_positions(cache, l, row, kind, t0, t1, staging.data());
+                writer.write(staging.data(), (t1 - t0) * shapes[l].token_width() * sizeof(T));
+            }
+        }
+    }
+    writer.commit();
+}
+
+/// Reads a cache file's header, fingerprint and token ids, checking everything but the payload's
+/// checksums (or those too, with verify_payload). Nothing is loaded.
+CacheFileInfo read_cache_file_info(const std::filesystem::path& path, bool verify_payload = false);
+
+/// Loads a file written by save_cache_file into batch row `row` of `cache`, which must be empty in every
+/// layer, and returns what the file holds (its token ids above all). The file is memory-mapped and all of it
+/// is validated before the cache is touched: a file that is not a cache file, truncated or corrupted
+/// (FormatError), for another model or cache configuration (FingerprintMismatch), or larger than the
+/// cache's capacity (CapacityError) leaves the cache unchanged. Copies storage elements bit for bit through
+/// the cache's append_elements when it has one, else converts through append(floats).
+template <KVCacheLike C>
+CacheFileInfo load_cache_file(const std::filesystem::path& path, C& cache, std::size_t row,
+                              const CacheFingerprint& expected) {
+    using T = typename C::element_type;
+    detail::CacheFileReader file(path);
+    const CacheFileInfo& info = file.info();
+    file.check_fingerprint(expected);
+    // The caller's fingerprint says which configuration to expect; the target cache must have it too.
+    const std::size_t layers = cache.num_layers(), n = info.tokens.size();
+    bool same_shape = file.element_code() == detail::element_code<T>() && info.layers.size() == layers;
+    for (std::size_t l = 0; same_shape && l < layers; ++l) {
+        same_shape = info.layers[l] == LayerShape{cache.num_kv_heads(l), cache.head_dim(l)};
+    }
+    if (!same_shape) {
+        throw FingerprintMismatch(fmt::format("{}: file is for another cache configuration: file has \"{}\", cache is \"{}\"",
+                                              path.string(), info.fingerprint.cache, cache_fingerprint(cache)));
+    }
+    detail::check_index("batch row", row, cache.batch_size());
+    for (std::size_t l = 0; l < layers; ++l) {
+        if (cache.seq_len(l, row) != 0) {
+            throw ConfigError(fmt::format("load_cache_file: layer {} row {} already holds {} positions; load into an "
+                                          "empty row",
+                                          l, row, cache.seq_len(l, row)));
+        }
+    }
+    // Fail before the (long) payload check when the cache visibly cannot take the file.
+    bool fixed_capacity = false;
+    if constexpr (requires { { cache.growth() } -> std::same_as<Growth>; }) {
+        fixed_capacity = cache.growth() == Growth::Fixed;
+    } else if constexpr (requires { cache.capacity(); }) {
+        fixed_capacity = !requires { cache.reserve(n); };
+    }
+    if constexpr (requires { { cache.capacity() } -> std::convertible_to<std::size_t>; }) {
+        if (fixed_capacity && n > static_cast<std::size_t>(cache.capacity())) {
+            throw CapacityError(fmt::format("{}: {} cached positions do not fit a cache of capacity {}", path.string(),
+                                            n, static_cast<std::size_t>(cache.capacity())));
+        }
+    }
+    file.verify_payload();
+    if constexpr (requires { cache.reserve(n); }) {
+        cache.reserve(n);  // a growing cache allocates once, before anything is written
+    }
+    try {
+        std::vector<float> keys, values;  // only for caches without append_elements
+        for (std::size_t l = 0; l < layers; ++l) {
+            const T* k = reinterpret_cast<const T*>(file.payload(l, 0));
+            const T* v = reinterpret_cast<const T*>(file.payload(l, 1));
+            if constexpr (detail::AppendsElements<C>) {
+                cache.append_elements(l, row, k, v, n);
+            } else {
+                const std::size_t count = n * info.layers[l].token_width();
+                keys.resize(count);
+                values.resize(count);
+                convert_to_float(k, keys.data(), count);
+                convert_to_float(v, values.data(), count);
+                cache.append(l, row, std::span<const float>(keys), std::span<const float>(values), n);
+            }
+        }
+    } catch (...) {
+        // Only a cache whose appends can fail after the checks above gets here (out of pool blocks, say):
+        // undo the layers already written where the cache lets us.
+        if constexpr (requires { cache.truncate_row(row, std::size_t{0}); }) cache.truncate_row(row, 0);
+        throw;
+    }
+    return info;
+}
+
+}  // namespace kvcache

@@ -1,0 +1,590 @@
+// Cache files: the byte layout (docs/cache-file-format.md), the atomic writer and the mapping reader.
+#include "kvcache/persist/cache_file.hpp"
+
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <array>
+#include <bit>
+#include <cerrno>
+#include <cstring>
+#include <limits>
+#include <optional>
+#include <system_error>
+
+// xxHash is used header-only (inlined into this file), so the library has no link-time dependency on it.
+#define XXH_INLINE_ALL
+#if defined(__AVX512F__) && defined(__AVX2__)
+// GCC 12's AVX-512 intrinsics trip -Wmaybe-uninitialized (a false positive in avx512fintrin.h) once inlined;
+// the AVX2 path hashes faster than memory delivers anyway.
+#define XXH_VECTOR XXH_AVX2
+#endif
+#include <xxhash.h>
+
+namespace kvcache {
+namespace {
+
+namespace fs = std::filesystem;
+
+// ---- the format (docs/cache-file-format.md) ----
+constexpr std::array<unsigned char, 8> kMagic = {'K', 'V', 'C', 'A', 'C', 'H', 'E', 0x1a};
+constexpr std::uint32_t kVersion = 1;
+constexpr std::uint64_t kHeaderBytes = 64;
+constexpr std::uint64_t kEntryBytes = 32;
+constexpr std::uint64_t kSectionAlignment = 64;
+
+enum SectionKind : std::uint32_t {
+    kModelFingerprint = 1,
+    kCacheFingerprint = 2,
+    kLayerShapes = 3,
+    kTokens = 4,
+    kKeys = 5,
+    kValues = 6,
+};
+constexpr std::uint32_t kMetadataSections = 4;  // model, cache, shapes, tokens: then keys/values per layer
+
+struct Header {
+    std::uint32_t version = 0;
+    std::uint32_t header_bytes = 0;
+    std::uint64_t file_bytes = 0;
+    std::uint64_t num_tokens = 0;
+    std::uint32_t element_code = 0;
+    std::uint32_t element_bytes = 0;
+    std::uint32_t num_layers = 0;
+    std::uint32_t num_sections = 0;
+    std::uint64_t table_checksum = 0;
+    std::uint64_t header_checksum = 0;
+};
+
+struct Section {
+    std::uint32_t kind = 0;
+    std::uint32_t layer = 0;
+    std::uint64_t offset = 0;
+    std::uint64_t bytes = 0;
+    std::uint64_t checksum = 0;
+};
+
+// Little-endian fields, read and written byte by byte so the code is the documentation of the layout.
+void put_u32(std::byte* p, std::uint32_t v) {
+    for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xffu);
+}
+void put_u64(std::byte* p, std::uint64_t v) {
+    for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xffu);
+}
+std::uint32_t get_u32(const std::byte* p) {
+    std::uint32_t v = 0;
+    for (int i = 3; i >= 0; --i) v = (v << 8) | static_cast<std::uint32_t>(p[i]);
+    return v;
+}
+std::uint64_t get_u64(const std::byte* p) {
+    std::uint64_t v = 0;
+    for (int i = 7; i >= 0; --i) v = (v << 8) | static_cast<std::uint64_t>(p[i]);
+    return v;
+}
+
+std::uint64_t checksum(const void* data, std::size_t bytes) { return XXH3_64bits(data, bytes); }
+
+void encode_header(const Header& h, std::byte* out) {
+    std::memcpy(out, kMagic.data(), kMagic.size());
+    put_u32(out + 8, h.version);
+    put_u32(out + 12, h.header_bytes);
+    put_u64(out + 16, h.file_bytes);
+    put_u64(out + 24, h.num_tokens);
+    put_u32(out + 32, h.element_code);
+    put_u32(out + 36, h.element_bytes);
+    put_u32(out + 40, h.num_layers);
+    put_u32(out + 44, h.num_sections);
+    put_u64(out + 48, h.table_checksum);
+    put_u64(out + 56, checksum(out, 56));
+}
+
+void encode_section(const Section& s, std::byte* out) {
+    put_u32(out, s.kind);
+    put_u32(out + 4, s.layer);
+    put_u64(out + 8, s.offset);
+    put_u64(out + 16, s.bytes);
+    put_u64(out + 24, s.checksum);
+}
+
+Section decode_section(const std::byte* p) {
+    return Section{get_u32(p), get_u32(p + 4), get_u64(p + 8), get_u64(p + 16), get_u64(p + 24)};
+}
+
+std::uint64_t align_up(std::uint64_t x) { return (x + kSectionAlignment - 1) / kSectionAlignment * kSectionAlignment; }
+
+// Products and sums of sizes read from a file: a hostile header must not wrap around into a small size.
+std::optional<std::uint64_t> mul(std::uint64_t a, std::uint64_t b) {
+    if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return std::nullopt;
+    return a * b;
+}
+
+std::string_view element_name_of(std::uint32_t code) {
+    switch (code) {
+        case 1: return "f32";
+        case 2: return "f16";
+        case 3: return "bf16";
+        default: return {};
+    }
+}
+std::uint32_t element_bytes_of(std::uint32_t code) { return code == 1 ? 4 : 2; }
+
+std::string_view kind_name(std::uint32_t kind) {
+    switch (kind) {
+        case kModelFingerprint: return "model fingerprint";
+        case kCacheFingerprint: return "cache fingerprint";
+        case kLayerShapes: return "layer shapes";
+        case kTokens: return "tokens";
+        case kKeys: return "keys";
+        case kValues: return "values";
+        default: return "extension";
+    }
+}
+
+std::string section_label(const Section& s) {
+    if (s.kind == kKeys || s.kind == kValues) return fmt::format("{} of layer {}", kind_name(s.kind), s.layer);
+    return std::string(kind_name(s.kind));
+}
+
+[[noreturn]] void throw_errno(std::string_view what, const fs::path& path) {
+    const int err = errno;
+    throw IoError(fmt::format("{} {}: {}", what, path.string(), std::generic_category().message(err)));
+}
+
+void check_little_endian() {
+    if constexpr (std::endian::native != std::endian::little) {
+        throw FormatError("cache files are read and written on little-endian machines only");
+    }
+}
+
+/// The sections of a file in order and where each starts: the one layout both writer and reader use.
+std::vector<Section> plan_sections(std::uint64_t model_bytes, std::uint64_t cache_bytes,
+                                   const std::vector<LayerShape>& layers, std::uint64_t num_tokens,
+                                   std::uint64_t element_bytes) {
+    std::vector<Section> sections;
+    sections.push_back({kModelFingerprint, 0, 0, model_bytes, 0});
+    sections.push_back({kCacheFingerprint, 0, 0, cache_bytes, 0});
+    sections.push_back({kLayerShapes, 0, 0, 8 * static_cast<std::uint64_t>(layers.size()), 0});
+    sections.push_back({kTokens, 0, 0, 4 * num_tokens, 0});
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        const std::uint64_t bytes = num_tokens * layers[l].token_width() * element_bytes;
+        sections.push_back({kKeys, static_cast<std::uint32_t>(l), 0, bytes, 0});
+        sections.push_back({kValues, static_cast<std::uint32_t>(l), 0, bytes, 0});
+    }
+    std::uint64_t at = kHeaderBytes + kEntryBytes * sections.size();
+    for (auto& s : sections) {
+        s.offset = align_up(at);
+        at = s.offset + s.bytes;
+    }
+    return sections;
+}
+
+}  // namespace
+
+std::uint64_t cache_file_checksum(std::span<const std::byte> bytes) { return checksum(bytes.data(), bytes.size()); }
+
+std::string fingerprint_digest(std::span<const std::byte> bytes) {
+    return fmt::format("xxh3-64:{:016x}", checksum(bytes.data(), bytes.size()));
+}
+std::string fingerprint_digest(std::string_view text) { return fingerprint_digest(std::as_bytes(std::span(text))); }
+
+namespace detail {
+
+// ================================ writer ================================
+
+struct CacheFileWriter::State {
+    fs::path path, temp;
+    int fd = -1;
+    bool durable = true;
+    Header header;
+    std::vector<Section> sections;
+    std::size_t current = kMetadataSections;  // the payload section being written
+    std::uint64_t written = 0;                // bytes of it so far
+    XXH3_state_t* hash = nullptr;
+
+    void write_all(const void* data, std::size_t bytes) {
+        const char* p = static_cast<const char*>(data);
+        while (bytes > 0) {
+            const ssize_t n = ::write(fd, p, std::min<std::size_t>(bytes, 1u << 30));
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                throw_errno("cannot write", temp);
+            }
+            p += n;
+            bytes -= static_cast<std::size_t>(n);
+        }
+    }
+    void pwrite_all(const void* data, std::size_t bytes, std::uint64_t offset) {
+        const char* p = static_cast<const char*>(data);
+        while (bytes > 0) {
+            const ssize_t n = ::pwrite(fd, p, bytes, static_cast<off_t>(offset));
+            if (n < 0) {
+                if (errno == EINTR) continue;
+                throw_errno("cannot write", temp);
+            }
+            p += n;
+            bytes -= static_cast<std::size_t>(n);
+            offset += static_cast<std::uint64_t>(n);
+        }
+    }
+    // Zero padding up to the start of `section` (the file position is the end of the previous one).
+    void pad_to(const Section& section, std::uint64_t end_of_previous) {
+        static constexpr std::array<std::byte, kSectionAlignment> zeros{};
+        write_all(zeros.data(), section.offset - end_of_previous);
+    }
+    void start_payload_section() {
+        const Section& prev = sections[current - 1];
+        pad_to(sections[current], prev.offset + prev.bytes);
+        XXH3_64bits_reset(hash);
+        written = 0;
+    }
+    void finish_payload_section() {
+        sections[current].checksum = XXH3_64bits_digest(hash);
+        ++current;
+        if (current < sections.size()) start_payload_section();
+    }
+};
+
+CacheFileWriter::CacheFileWriter(fs::path path, std::uint32_t element_code, std::size_t element_bytes,
+                                 std::vector<LayerShape> layers, std::span<const std::int32_t> tokens,
+                                 const CacheFingerprint& fingerprint, SaveOptions options)
+    : state_(std::make_unique<State>()) {
+    check_little_endian();
+    State& s = *state_;
+    s.path = std::move(path);
+    s.durable = options.durable;
+    if (layers.empty() || layers.size() > std::numeric_limits<std::uint32_t>::max()) {
+        throw ConfigError(fmt::format("save_cache_file: {} layers; a cache file holds 1 to 2^32-1", layers.size()));
+    }
+    s.sections = plan_sections(fingerprint.model.size(), fingerprint.cache.size(), layers, tokens.size(), element_bytes);
+    s.header.version = kVersion;
+    s.header.header_bytes = kHeaderBytes;
+    s.header.file_bytes = s.sections.back().offset + s.sections.back().bytes;
+    s.header.num_tokens = tokens.size();
+    s.header.element_code = element_code;
+    s.header.element_bytes = static_cast<std::uint32_t>(element_bytes);
+    s.header.num_layers = static_cast<std::uint32_t>(layers.size());
+    s.header.num_sections = static_cast<std::uint32_t>(s.sections.size());
+
+    // Header, table (both rewritten by commit) and the metadata sections, assembled in memory.
+    std::vector<std::byte> prefix(s.sections[kMetadataSections - 1].offset + s.sections[kMetadataSections - 1].bytes);
+    auto fill = [&](std::size_t index, const void* data, std::size_t bytes) {
+        Section& section = s.sections[index];
+        if (bytes) std::memcpy(prefix.data() + section.offset, data, bytes);
+        section.checksum = checksum(prefix.data() + section.offset, bytes);
+    };
+    fill(0, fingerprint.model.data(), fingerprint.model.size());
+    fill(1, fingerprint.cache.data(), fingerprint.cache.size());
+    std::vector<std::byte> shapes(8 * layers.size());
+    for (std::size_t l = 0; l < layers.size(); ++l) {
+        if (layers[l].kv_heads > std::numeric_limits<std::uint32_t>::max() ||
+            layers[l].head_dim > std::numeric_limits<std::uint32_t>::max()) {
+            throw ConfigError(fmt::format("save_cache_file: layer {} shape {}x{} does not fit 32-bit fields", l,
+                                          layers[l].kv_heads, layers[l].head_dim));
+        }
+        put_u32(shapes.data() + 8 * l, static_cast<std::uint32_t>(layers[l].kv_heads));
+        put_u32(shapes.data() + 8 * l + 4, static_cast<std::uint32_t>(layers[l].head_dim));
+    }
+    fill(2, shapes.data(), shapes.size());
+    std::vector<std::byte> ids(4 * tokens.size());
+    for (std::size_t i = 0; i < tokens.size(); ++i) put_u32(ids.data() + 4 * i, static_cast<std::uint32_t>(tokens[i]));
+    fill(3, ids.data(), ids.size());
+
+    // mkstemp in the target's directory: rename is atomic only within one file system.
+    std::string temp = s.path.string() + ".tmp.XXXXXX";
+    s.fd = ::mkstemp(temp.data());
+    if (s.fd < 0) throw_errno("cannot create a temporary file for", s.path);
+    s.temp = temp;
+    s.hash = XXH3_createState();
+    if (s.hash == nullptr) throw CapacityError("cannot allocate a checksum state");
+    s.write_all(prefix.data(), prefix.size());
+    s.start_payload_section();
+    while (s.current < s.sections.size() && s.sections[s.current].bytes == 0) s.finish_payload_section();
+}
+
+CacheFileWriter::~CacheFileWriter() {
+    if (!state_) return;
+    if (state_->hash) XXH3_freeState(state_->hash);
+    if (state_->fd >= 0) {
+        ::close(state_->fd);
+        ::unlink(state_->temp.c_str());  // not committed: leave nothing behind
+    }
+}
+
+void CacheFileWriter::write(const void* data, std::size_t bytes) {
+    State& s = *state_;
+    const auto* p = static_cast<const std::byte*>(data);
+    while (bytes > 0) {
+        if (s.current >= s.sections.size()) {
+            throw ShapeError(fmt::format("cache file writer: {} bytes more than the layout holds", bytes));
+        }
+        const std::uint64_t room = s.sections[s.current].bytes - s.written;
+        const std::size_t n = static_cast<std::size_t>(std::min<std::uint64_t>(room, bytes));
+        XXH3_64bits_update(s.hash, p, n);
+        s.write_all(p, n);
+        s.written += n;
+        p += n;
+        bytes -= n;
+        while (s.current < s.sections.size() && s.written == s.sections[s.current].bytes) s.finish_payload_section();
+    }
+}
+
+void CacheFileWriter::commit() {
+    State& s = *state_;
+    if (s.current != s.sections.size()) {
+        throw ShapeError(fmt::format("cache file writer: committed with {} of {} sections written", s.current,
+                                     s.sections.size()));
+    }
+    std::vector<std::byte> table(kEntryBytes * s.sections.size());
+    for (std::size_t i = 0; i < s.sections.size(); ++i) encode_section(s.sections[i], table.data() + kEntryBytes * i);
+    s.header.table_checksum = checksum(table.data(), table.size());
+    std::array<std::byte, kHeaderBytes> header{};
+    encode_header(s.header, header.data());
+    s.pwrite_all(table.data(), table.size(), kHeaderBytes);
+    s.pwrite_all(header.data(), header.size(), 0);
+    if (s.durable && ::fsync(s.fd) != 0) throw_errno("cannot fsync", s.temp);
+    if (::close(s.fd) != 0) {
+        s.fd = -1;
+        ::unlink(s.temp.c_str());
+        throw_errno("cannot close", s.temp);
+    }
+    s.fd = -1;
+    if (::rename(s.temp.c_str(), s.path.c_str()) != 0) {
+        const int err = errno;
+        ::unlink(s.temp.c_str());
+        errno = err;
+        throw_errno("cannot rename the temporary file onto", s.path);
+    }
+    if (s.durable) {  // the rename itself is durable only once the directory is
+        const fs::path dir = s.path.has_parent_path() ? s.path.parent_path() : fs::path(".");
+        const int dfd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        if (dfd >= 0) {
+            const int rc = ::fsync(dfd);
+            ::close(dfd);
+            if (rc != 0) throw_errno("cannot fsync directory", dir);
+        }
+    }
+}
+
+// ================================ reader ================================
+
+struct CacheFileReader::State {
+    fs::path path;
+    const std::byte* data = nullptr;
+    std::size_t size = 0;
+    Header header;
+    std::vector<Section> sections;
+    CacheFileInfo info;
+
+    ~State() {
+        if (data) ::munmap(const_cast<std::byte*>(data), size);
+    }
+
+    [[noreturn]] void fail(const std::string& what) const {
+        throw FormatError(fmt::format("{}: {}", path.string(), what));
+    }
+    void check_section(const Section& s) const {
+        if (checksum(data + s.offset, s.bytes) != s.checksum) {
+            fail(fmt::format("corrupted: checksum of the {} section ({} bytes at offset {}) does not match",
+                             section_label(s), s.bytes, s.offset));
+        }
+    }
+    // Padding between sections must be zero: then every byte of the file is checked by something.
+    void check_padding(std::uint64_t from, std::uint64_t to) const {
+        for (std::uint64_t i = from; i < to; ++i) {
+            if (data[i] != std::byte{0}) fail(fmt::format("corrupted: non-zero padding byte at offset {}", i));
+        }
+    }
+    std::uint64_t end_of_previous(std::size_t index) const {
+        return index == 0 ? kHeaderBytes + kEntryBytes * sections.size()
+                          : sections[index - 1].offset + sections[index - 1].bytes;
+    }
+    std::string text(std::size_t index) const {
+        return std::string(reinterpret_cast<const char*>(data + sections[index].offset), sections[index].bytes);
+    }
+};
+
+CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>()) {
+    check_little_endian();
+    State& s = *state_;
+    s.path = std::move(path);
+
+    const int fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
+    if (fd < 0) throw_errno("cannot open", s.path);
+    struct stat st {};
+    if (::fstat(fd, &st) != 0) {
+        ::close(fd);
+        throw_errno("cannot stat", s.path);
+    }
+    s.size = static_cast<std::size_t>(st.st_size);
+    if (s.size > 0) {
+        // MAP_POPULATE: the whole file is read anyway, so fault it in at once rather than page by page.
+        void* p = ::mmap(nullptr, s.size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
+        if (p == MAP_FAILED) {
+            ::close(fd);
+            throw_errno("cannot map", s.path);
+        }
+        s.data = static_cast<const std::byte*>(p);
+    }
+    ::close(fd);  // the mapping keeps the file
+
+    // ---- header ----
+    if (std::memcmp(s.data, kMagic.data(), std::min<std::size_t>(s.size, kMagic.size())) != 0) {
+        std::string seen;
+        for (std::size_t i = 0; i < std::min<std::size_t>(s.size, kMagic.size()); ++i) {
+            seen += fmt::format("{:02x}", static_cast<unsigned>(s.data[i]));
+        }
+        s.fail(fmt::format("not a kvcache cache file: starts with bytes {}, expected 4b5643414348451a (\"KVCACHE\\x1a\")",
+                           seen));
+    }
+    if (s.size < kHeaderBytes) s.fail(fmt::format("truncated: {} bytes, the header alone is {}", s.size, kHeaderBytes));
+    Header& h = s.header;
+    h.version = get_u32(s.data + 8);
+    if (h.version == 0 || h.version > kVersion) {
+        s.fail(fmt::format("format version {} is not one this reader knows (it reads version 1 to {}); a newer "
+                           "kvcache wrote it",
+                           h.version, kVersion));
+    }
+    h.header_bytes = get_u32(s.data + 12);
+    h.file_bytes = get_u64(s.data + 16);
+    h.num_tokens = get_u64(s.data + 24);
+    h.element_code = get_u32(s.data + 32);
+    h.element_bytes = get_u32(s.data + 36);
+    h.num_layers = get_u32(s.data + 40);
+    h.num_sections = get_u32(s.data + 44);
+    h.table_checksum = get_u64(s.data + 48);
+    h.header_checksum = get_u64(s.data + 56);
+    if (checksum(s.data, 56) != h.header_checksum) s.fail("corrupted: header checksum does not match");
+    if (h.header_bytes != kHeaderBytes) s.fail(fmt::format("header size {} (version 1 has {})", h.header_bytes, kHeaderBytes));
+    if (s.size < h.file_bytes) s.fail(fmt::format("truncated: {} bytes, the header says {}", s.size, h.file_bytes));
+    if (s.size > h.file_bytes) {
+        s.fail(fmt::format("{} unexpected bytes after the end the header gives ({})", s.size - h.file_bytes, h.file_bytes));
+    }
+    if (element_name_of(h.element_code).empty() || element_bytes_of(h.element_code) != h.element_bytes) {
+        s.fail(fmt::format("unknown element type {} of {} bytes", h.element_code, h.element_bytes));
+    }
+    if (h.num_layers == 0) s.fail("0 layers");
+    const std::uint64_t required = kMetadataSections + 2 * static_cast<std::uint64_t>(h.num_layers);
+    if (h.num_sections < required) {
+        s.fail(fmt::format("{} sections for {} layers, needs at least {}", h.num_sections, h.num_layers, required));
+    }
+    const std::uint64_t table_end = kHeaderBytes + kEntryBytes * h.num_sections;  // no overflow: 32-bit count
+    if (table_end > h.file_bytes) {
+        s.fail(fmt::format("section table of {} entries ends at {}, past the end of the file ({})", h.num_sections,
+                           table_end, h.file_bytes));
+    }
+
+    // ---- section table ----
+    if (checksum(s.data + kHeaderBytes, table_end - kHeaderBytes) != h.table_checksum) {
+        s.fail("corrupted: section table checksum does not match");
+    }
+    s.sections.resize(h.num_sections);
+    std::uint64_t at = table_end;
+    for (std::size_t i = 0; i < s.sections.size(); ++i) {
+        Section& sec = s.sections[i] = decode_section(s.data + kHeaderBytes + kEntryBytes * i);
+        std::uint32_t expect_kind = 0, expect_layer = 0;
+        if (i < kMetadataSections) {
+            expect_kind = static_cast<std::uint32_t>(i + 1);
+        } else if (i < required) {
+            expect_kind = (i - kMetadataSections) % 2 == 0 ? kKeys : kValues;
+            expect_layer = static_cast<std::uint32_t>((i - kMetadataSections) / 2);
+        } else if (sec.kind >= kModelFingerprint && sec.kind <= kValues) {
+            s.fail(fmt::format("section {} repeats the {} section", i, kind_name(sec.kind)));
+        }
+        if (expect_kind && (sec.kind != expect_kind || sec.layer != expect_layer)) {
+            s.fail(fmt::format("section {} is kind {} layer {}, expected the {} section", i, sec.kind, sec.layer,
+                               section_label(Section{expect_kind, expect_layer, 0, 0, 0})));
+        }
+        if (sec.offset != align_up(at) || sec.offset > h.file_bytes || sec.bytes > h.file_bytes - sec.offset) {
+            s.fail(fmt::format("{} section at offset {} ({} bytes) is out of place (expected offset {}, file {} bytes)",
+                               section_label(sec), sec.offset, sec.bytes, align_up(at), h.file_bytes));
+        }
+        at = sec.offset + sec.bytes;
+    }
+    if (at != h.file_bytes) s.fail(fmt::format("sections end at {}, the header says the file ends at {}", at, h.file_bytes));
+
+    // ---- metadata sections ----
+    for (std::size_t i = 0; i < kMetadataSections; ++i) {
+        s.check_padding(s.end_of_previous(i), s.sections[i].offset);
+        s.check_section(s.sections[i]);
+    }
+    if (s.sections[2].bytes != 8ull * h.num_layers) {
+        s.fail(fmt::format("layer shapes section has {} bytes, {} layers need {}", s.sections[2].bytes, h.num_layers,
+                           8ull * h.num_layers));
+    }
+    const auto token_bytes = mul(h.num_tokens, 4);
+    if (!token_bytes || s.sections[3].bytes != *token_bytes) {
+        s.fail(fmt::format("tokens section has {} bytes for {} tokens", s.sections[3].bytes, h.num_tokens));
+    }
+    CacheFileInfo& info = s.info;
+    info.version = h.version;
+    info.element = element_name_of(h.element_code);
+    info.file_bytes = h.file_bytes;
+    info.fingerprint.model = s.text(0);
+    info.fingerprint.cache = s.text(1);
+    info.layers.resize(h.num_layers);
+    for (std::size_t l = 0; l < info.layers.size(); ++l) {
+        const std::byte* p = s.data + s.sections[2].offset + 8 * l;
+        info.layers[l] = LayerShape{get_u32(p), get_u32(p + 4)};
+        const auto bytes = mul(h.num_tokens, info.layers[l].token_width());
+        const auto payload = bytes ? mul(*bytes, h.element_bytes) : std::nullopt;
+        if (info.layers[l].kv_heads == 0 || info.layers[l].head_dim == 0) {
+            s.fail(fmt::format("layer {} has {} kv heads of size {}", l, info.layers[l].kv_heads, info.layers[l].head_dim));
+        }
+        for (std::size_t kind = 0; kind < 2; ++kind) {
+            const Section& sec = s.sections[kMetadataSections + 2 * l + kind];
+            if (!payload || sec.bytes != *payload) {
+                s.fail(fmt::format("{} section has {} bytes; {} tokens of {}x{} {} need {}", section_label(sec),
+                                   sec.bytes, h.num_tokens, info.layers[l].kv_heads, info.layers[l].head_dim,
+                                   info.element, payload ? fmt::format("{}", *payload) : std::string("more than 2^64")));
+            }
+        }
+    }
+    info.tokens.resize(h.num_tokens);
+    for (std::size_t i = 0; i < info.tokens.size(); ++i) {
+        info.tokens[i] = static_cast<std::int32_t>(get_u32(s.data + s.sections[3].offset + 4 * i));
+    }
+}
+
+CacheFileReader::~CacheFileReader() = default;
+
+const CacheFileInfo& CacheFileReader::info() const { return state_->info; }
+std::uint32_t CacheFileReader::element_code() const { return state_->header.element_code; }
+const fs::path& CacheFileReader::path() const { return state_->path; }
+
+void CacheFileReader::check_fingerprint(const CacheFingerprint& expected) const {
+    const CacheFingerprint& have = state_->info.fingerprint;
+    if (have.model != expected.model) {
+        throw FingerprintMismatch(fmt::format("{}: file is for another model: file has \"{}\", expected \"{}\"",
+                                              state_->path.string(), have.model, expected.model));
+    }
+    if (have.cache != expected.cache) {
+        throw FingerprintMismatch(fmt::format("{}: file is for another cache configuration: file has \"{}\", expected \"{}\"",
+                                              state_->path.string(), have.cache, expected.cache));
+    }
+}
+
+void CacheFileReader::verify_payload() const {
+    const State& s = *state_;
+    for (std::size_t i = kMetadataSections; i < s.sections.size(); ++i) {
+        s.check_padding(s.end_of_previous(i), s.sections[i].offset);
+        s.check_section(s.sections[i]);
+    }
+}
+
+const std::byte* CacheFileReader::payload(std::size_t layer, std::size_t kind) const {
+    const State& s = *state_;
+    detail::check_index("layer", layer, s.info.layers.size());
+    return s.data + s.sections[kMetadataSections + 2 * layer + (kind ? 1 : 0)].offset;
+}
+
+}  // namespace detail
+
+CacheFileInfo read_cache_file_info(const fs::path& path, bool verify_payload) {
+    detail::CacheFileReader file(path);
+    if (verify_payload) file.verify_payload();
+    return file.info();
+}
+
+}  // namespace kvcache

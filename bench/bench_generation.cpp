@@ -18,6 +18,8 @@
 //   BM_Step/<model>/cached/<L>                  one decode step with L-1 positions cached (1 token in)
 //   BM_Prefill/<model>/<L>                      L tokens into an empty cache. A step *without* the cache at
 //                                               context L is exactly this, so it is also the uncached step.
+//                                               (seq2seq: the decoder over L target positions without caches,
+//                                               cross K/V re-projected — one step of uncached generation.)
 //   BM_CacheAppend/<model>/<L>, BM_CacheCopy/<model>/<L>, BM_DecodeAttention/<model>/<L>   cache operations
 // Counters: FLOP/s of the weight matmuls + attention actually run (model below), bytes/s where memory is
 // the point, kv_bytes (what cache.bytes_allocated() reports), token_forwards (positions run through the
@@ -381,6 +383,46 @@ void BM_Seq2SeqGenerate(benchmark::State& state, bool use_cache) {
     state.counters["same_tokens"] = tokens == reference ? 1.0 : 0.0;
 }
 
+/// One decoder step of the encoder-decoder at target length L: the self cache holds L-1 positions, the cross
+/// cache the encoded source, one token goes in. (The encoder ran once, before; it is not part of a step.)
+void BM_Seq2SeqStep(benchmark::State& state) {
+    auto& m = seq2seq();
+    const std::size_t L = static_cast<std::size_t>(state.range(0));
+    const auto source = some_tokens(kSourceTokens, 997, 4);
+    auto cache = m.make_cache<float>(1, L, kSourceTokens);
+    const std::vector<float> memory = m.encode(source);
+    m.write_cross(memory, kSourceTokens, cache.cross, 0);
+    const std::size_t V = m.config().tgt_vocab_size;
+    const auto prefix = some_tokens(L - 1, V, 5);
+    std::vector<float> logits((L - 1) * V);
+    m.decode(std::span<const std::int32_t>(prefix), 0, cache.self, cache.cross, logits);
+    const std::int32_t next = 5;
+    logits.resize(V);
+    for (auto _ : state) {
+        const auto t0 = Clock::now();
+        m.decode(std::span<const std::int32_t>(&next, 1), 0, cache.self, cache.cross, logits);
+        state.SetIterationTime(std::chrono::duration<double>(Clock::now() - t0).count());
+        cache.self.truncate(L - 1);
+    }
+    state.counters["L"] = double(L);
+    state.counters["kv_bytes"] = double(cache.bytes_allocated());
+}
+
+/// The encoder-decoder's step *without* caches at target length L: the decoder over all L target positions,
+/// re-projecting the source's cross K/V (exactly one step of generate with use_cache = false).
+void BM_Seq2SeqPrefill(benchmark::State& state) {
+    auto& m = seq2seq();
+    const std::size_t L = static_cast<std::size_t>(state.range(0));
+    const std::vector<float> memory = m.encode(some_tokens(kSourceTokens, 997, 4));
+    const auto target = some_tokens(L, m.config().tgt_vocab_size, 6);
+    for (auto _ : state) {
+        auto logits = m.decode_uncached(memory, kSourceTokens, target);
+        benchmark::DoNotOptimize(logits.data());
+    }
+    state.counters["L"] = double(L);
+    state.counters["tokens/s"] = benchmark::Counter(double(L), benchmark::Counter::kIsIterationInvariantRate);
+}
+
 // ---- which cases run ----
 
 struct Plan {
@@ -395,13 +437,17 @@ std::vector<std::int64_t> powers_of_two(std::int64_t from, std::int64_t to) {
     return v;
 }
 
-/// Step/prefill context lengths: powers of two and the points halfway between them on a log scale.
+/// Step/prefill context lengths: powers of two from the prompt length up to `to` and the points halfway
+/// between them on a log scale, then `to` + the prompt. Generating n tokens runs steps at contexts
+/// prompt+1 .. prompt+n-1, so these points bracket every step of every n <= `to`: the plotting script
+/// predicts the speedup from them by interpolation, never extrapolation.
 std::vector<std::int64_t> contexts(std::int64_t to) {
     std::vector<std::int64_t> v;
-    for (std::int64_t x = 16; x <= to; x *= 2) {
+    for (std::int64_t x = std::int64_t(kPromptTokens); x <= to; x *= 2) {
         v.push_back(x);
         if (x * 3 / 2 <= to && x < to) v.push_back(x * 3 / 2);
     }
+    v.push_back(to + std::int64_t(kPromptTokens));
     return v;
 }
 
@@ -491,6 +537,11 @@ void register_all(const Plan& p) {
         add("BM_Generate/seq2seq/uncached", powers_of_two(16, p.quick ? 128 : 512),
             [](benchmark::State& s) { BM_Seq2SeqGenerate(s, false); }, false, p.quick ? 0.05 : 0.2,
             [](std::int64_t n) { return n >= 128 ? 1 : 3; });
+        const std::vector<std::int64_t> lengths = contexts(p.quick ? 256 : max_n);
+        add("BM_Step/seq2seq/cached", lengths, [](benchmark::State& s) { BM_Seq2SeqStep(s); }, true,
+            p.quick ? 0.05 : 0.2, [](std::int64_t) { return 3; });
+        add("BM_Prefill/seq2seq", lengths, [](benchmark::State& s) { BM_Seq2SeqPrefill(s); }, false,
+            p.quick ? 0.05 : 0.2, [](std::int64_t L) { return L >= 512 ? 1 : 3; });
     }
 }
 

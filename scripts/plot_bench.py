@@ -1,21 +1,23 @@
 #!/usr/bin/env python3
 """Plots bench_generation's JSON (Google Benchmark) and memory_report's JSON as PNG, and prints the fitted
-slopes and speedups.
+slopes, the speedups and the cost model that explains them.
 
     python3 scripts/plot_bench.py --generation bench/results/generation.json \
-        --memory bench/results/memory_random.json [--memory bench/results/memory_real.json] --out bench/plots
+        --memory bench/results/memory_random.json [--memory bench/results/memory_real.json] \
+        [--note "2 cores, load 0.1"] --out bench/plots [--suffix _quick]
 
-Writes generation_total.png (total time vs n, log-log, with least-squares slopes), step_latency.png (time of
-one step vs context length), speedup.png (uncached / cached total time vs n, with the cost-model prediction)
-and kv_memory.png (KV-cache bytes vs length: formula, bytes_allocated() and RSS growth).
+Writes
+  generation_total.png  total time vs n (log-log) with least-squares slopes: ~2 without the cache, ~1 with it
+  step_latency.png      time of one generation step vs its context length (log-log, and linear for the cache)
+  speedup.png           time without / time with the cache vs n, measured and predicted from the step curves
+  kv_memory.png         KV-cache bytes vs length: formula, bytes_allocated() and the process's RSS growth
 
-Honesty rules the plots keep: measured points are markers, fits and predictions are dashed lines drawn only
-over the range they were fitted on or predicted from; a series ends where its measurements end (the text says
-so), and nothing is extrapolated. Uses matplotlib from Debian's python3-matplotlib.
+Honesty rules the plots keep: measured points are markers; fits and predictions are dashed lines drawn only
+over the range they were fitted on or predicted from; a series ends where its measurements end, and nothing
+is extrapolated. Uses matplotlib from Debian's python3-matplotlib.
 """
 import argparse
 import json
-import math
 import os
 import sys
 
@@ -24,14 +26,29 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.lines import Line2D  # noqa: E402
+from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter  # noqa: E402
 
+MODELS = ("random", "real", "seq2seq")
 MODEL_LABEL = {
-    "random": "random-weight decoder 6x8x512 (fp32 weights)",
-    "real": "SmolLM2-135M Q4_1 (30 layers, GQA 9/3)",
-    "seq2seq": "encoder-decoder 6+6 x 8 x 512 (fp32)",
+    "random": "random decoder 6L×8H×512, fp32",
+    "real": "SmolLM2-135M Q4_1, 30L",
+    "seq2seq": "encoder-decoder 6+6L×8H×512, fp32",
 }
-MODEL_COLOR = {"random": "tab:blue", "real": "tab:red", "seq2seq": "tab:green"}
-FIT_MIN_N = 64  # the slopes are fitted over n >= this: below it the prompt and fixed costs dominate
+MODEL_COLOR = {"random": "#1f77b4", "real": "#d62728", "seq2seq": "#2ca02c"}
+FIT_MIN_N = 64  # slopes are fitted over n >= this: below it the prompt pass and fixed costs dominate
+QUOTED_N = (128, 512, 1024)
+
+plt.rcParams.update({
+    "font.size": 10,
+    "axes.titlesize": 11.5,
+    "axes.labelsize": 10,
+    "legend.fontsize": 8,
+    "legend.framealpha": 0.92,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "savefig.dpi": 100,
+})
 
 
 def to_seconds(b):
@@ -45,26 +62,29 @@ def load_generation(path):
         data = json.load(f)
     out = {}
     for b in data["benchmarks"]:
-        # Repeated cases report only aggregates; of those, keep the minimum (the least disturbed run).
-        if "error_occurred" in b or b.get("error_occurred"):
+        if b.get("error_occurred"):
             continue
+        # Repeated cases report only aggregates; of those, keep the minimum (the least disturbed run).
         if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "min":
             continue
         parts = b.get("run_name", b["name"]).split("/")
         kind = parts[0]
-        if kind == "BM_Generate":  # BM_Generate/<model>/<mode>/<n>/...
-            model, mode, n = parts[1], parts[2], int(parts[3])
-        elif kind == "BM_Step":  # BM_Step/<model>/cached/<L>
-            model, mode, n = parts[1], "cached", int(parts[3])
-        elif kind in ("BM_Prefill", "BM_CacheAppend", "BM_CacheCopy", "BM_DecodeAttention"):
-            model, mode, n = parts[1], "-", int(parts[2])
-        elif kind == "BM_ReadBandwidth":
-            model, mode, n = "-", "-", int(parts[1])
-        else:
+        try:
+            if kind == "BM_Generate":  # BM_Generate/<model>/<mode>/<n>/...
+                model, mode, n = parts[1], parts[2], int(parts[3])
+            elif kind == "BM_Step":  # BM_Step/<model>/cached/<L>
+                model, mode, n = parts[1], "cached", int(parts[3])
+            elif kind in ("BM_Prefill", "BM_CacheAppend", "BM_CacheCopy", "BM_DecodeAttention"):
+                model, mode, n = parts[1], "-", int(parts[2])
+            elif kind == "BM_ReadBandwidth":
+                model, mode, n = "-", "-", int(parts[1])
+            else:
+                continue
+        except (IndexError, ValueError):
+            print(f"plot_bench: ignoring unexpected benchmark name {b['name']}", file=sys.stderr)
             continue
         rec = dict(b)
         rec["seconds"] = to_seconds(b)
-        rec["repetitions"] = b.get("repetitions", 1)
         out.setdefault(kind, {}).setdefault(model, {}).setdefault(mode, {})[n] = rec
     return data.get("context", {}), out
 
@@ -80,162 +100,213 @@ def fit_slope(x, y, min_x=FIT_MIN_N):
     if keep.sum() < 3:
         return None
     slope, intercept = np.polyfit(np.log(x[keep]), np.log(y[keep]), 1)
-    return slope, intercept, x[keep].min(), x[keep].max()
+    return slope, intercept, x[keep].min(), x[keep].max(), int(keep.sum())
 
 
-def plot_total(gen, out, suffix, summary):
-    fig, ax = plt.subplots(figsize=(8.5, 6))
-    generate = gen.get("BM_Generate", {})
-    for model in ("random", "real", "seq2seq"):
-        if model not in generate:
-            continue
-        color = MODEL_COLOR[model]
-        for mode, marker, fill in (("uncached", "s", "none"), ("cached", "o", color)):
-            if mode not in generate[model]:
-                continue
-            x, y = series(generate[model][mode])
-            label = f"{model}, {'without' if mode == 'uncached' else 'with'} cache"
-            ax.plot(x, y, marker=marker, linestyle="none", color=color, markerfacecolor=fill, markersize=7,
-                    label=label + " (measured)")
-            ax.plot(x, y, linestyle=":", color=color, linewidth=0.8, alpha=0.6)
-            fit = fit_slope(x, y)
-            if fit:
-                slope, intercept, lo, hi = fit
-                xs = np.geomspace(lo, hi, 20)
-                ax.plot(xs, np.exp(intercept) * xs ** slope, linestyle="--", color=color, linewidth=1.6,
-                        label=f"  fit n={lo:.0f}..{hi:.0f}: slope {slope:.2f}")
-                summary.append(f"slope {model:8s} {mode:9s} {slope:5.2f}  (log-log least squares over n = "
-                               f"{lo:.0f}..{hi:.0f}, {int(((x >= lo) & (x <= hi)).sum())} points)")
-            if mode == "uncached" and "cached" in generate[model]:
-                cached_max = max(generate[model]["cached"])
-                if x.max() < cached_max:
-                    ax.annotate(f"{model}: no runs without the cache\nbeyond n={x.max():.0f} (cost ~n²)",
-                                xy=(x.max(), y[-1]), xytext=(8, -4), textcoords="offset points", fontsize=8,
-                                color=color)
+def fmt_seconds(s):
+    if s >= 60:
+        return f"{s / 60:.1f} min"
+    if s >= 1:
+        return f"{s:.1f} s"
+    return f"{s * 1e3:.0f} ms"
+
+
+def log2_axis(ax):
+    """x axis in powers of two, labelled 16, 32, ... 1024 (plain numbers read faster than 2^k)."""
     ax.set_xscale("log", base=2)
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:.0f}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
+def log10_axis_y(ax, unit="", subs=(1.0,)):
+    """Log y axis labelled in plain numbers with a unit; subs=(1, 2, 5) labels 1-2-5 steps for short ranges."""
     ax.set_yscale("log")
-    ax.set_xlabel("new tokens generated, n")
-    ax.set_ylabel("total generation time (s)")
-    ax.set_title("Generation time: O(n²) without the KV cache, O(n) with it")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, loc="upper left")
-    fig.tight_layout()
-    path = os.path.join(out, f"generation_total{suffix}.png")
-    fig.savefig(path, dpi=100)
+    ax.yaxis.set_major_locator(LogLocator(base=10, subs=subs))
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}{unit}"))
+    ax.yaxis.set_minor_formatter(NullFormatter())
+
+
+def footer(fig, note):
+    if note:
+        fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4")
+
+
+def save(fig, out, name, suffix, note):
+    footer(fig, note)
+    fig.tight_layout(rect=(0, 0.025 if note else 0, 1, 1))
+    path = os.path.join(out, f"{name}{suffix}.png")
+    fig.savefig(path)
     plt.close(fig)
     return path
 
 
-def plot_steps(gen, out, suffix, summary):
+# ------------------------------------------------------------------------------------------------ plots
+
+
+def plot_total(gen, out, suffix, note, summary):
+    fig, ax = plt.subplots(figsize=(8.6, 6.0))
+    generate = gen.get("BM_Generate", {})
+    for model in MODELS:
+        if model not in generate:
+            continue
+        color = MODEL_COLOR[model]
+        for mode in ("uncached", "cached"):
+            if mode not in generate[model]:
+                continue
+            x, y = series(generate[model][mode])
+            cached = mode == "cached"
+            fit = fit_slope(x, y)
+            label = f"{MODEL_LABEL[model]}, {'with' if cached else 'without'} cache"
+            if fit:
+                slope, intercept, lo, hi, k = fit
+                label += f": slope {slope:.2f}"
+                xs = np.geomspace(lo, hi, 20)
+                ax.plot(xs, np.exp(intercept) * xs ** slope, linestyle="--", color=color, linewidth=1.3, alpha=0.8)
+                summary.append(f"slope    {model:8s} {'with' if cached else 'without'} cache {slope:5.2f}  "
+                               f"(least squares on log-log, n = {lo:.0f}..{hi:.0f}, {k} points)")
+            ax.plot(x, y, marker="o" if cached else "s", linestyle="-" if cached else ":", linewidth=0.9,
+                    color=color, markerfacecolor=color if cached else "white", markersize=6.5, label=label)
+            if not cached and "cached" in generate[model] and x.max() < max(generate[model]["cached"]):
+                ax.annotate(f"stopped at n={x.max():.0f} ({fmt_seconds(y[-1])})", xy=(x[-1], y[-1]),
+                            xytext=(6, -2), textcoords="offset points", fontsize=7.5, color=color, va="top")
+    log2_axis(ax)
+    log10_axis_y(ax, " s")
+    ax.set_xlabel("new tokens generated, n (after an 8-token prompt)")
+    ax.set_ylabel("total generation time")
+    ax.set_title("Generation time: O(n²) without the KV cache, O(n) with it")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", axis="y", alpha=0.12)
+    handles, labels = ax.get_legend_handles_labels()
+    handles.append(Line2D([], [], linestyle="--", color="0.3"))
+    labels.append(f"least-squares fit over n ≥ {FIT_MIN_N} (slope = exponent)")
+    ax.legend(handles, labels, loc="upper left")
+    return save(fig, out, "generation_total", suffix, note)
+
+
+def plot_steps(gen, out, suffix, note, summary):
     steps = gen.get("BM_Step", {})
     prefill = gen.get("BM_Prefill", {})
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12, 5))
-    for model in ("random", "real"):
-        color = MODEL_COLOR.get(model)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(12.5, 5.2))
+    for model in MODELS:
+        color = MODEL_COLOR[model]
         if model in prefill:
             x, y = series(prefill[model]["-"])
-            ax1.plot(x, y * 1e3, marker="s", markerfacecolor="none", color=color, linestyle="-",
-                     label=f"{model}, without cache (= prefill of L tokens)")
+            ax1.plot(x, y * 1e3, marker="s", markerfacecolor="white", color=color, linestyle=":", linewidth=1,
+                     markersize=5.5, label=f"{model}, without cache")
+            summary.append(f"step     {model:8s} without cache: {y[0] * 1e3:7.1f} ms at L={x[0]:.0f} .. "
+                           f"{y[-1] * 1e3:7.1f} ms at L={x[-1]:.0f}  ({x[-1] / y[-1]:.0f} tokens/s at L={x[-1]:.0f})")
         if model in steps:
             x, y = series(steps[model]["cached"])
-            ax1.plot(x, y * 1e3, marker="o", color=color, linestyle="-", label=f"{model}, with cache (1 token)")
-            ax2.plot(x, y * 1e3, marker="o", color=color, linestyle="-", label=f"{model}, with cache")
-            summary.append(f"step     {model:8s} with cache: {y[0]*1e3:.2f} ms at L={x[0]:.0f} .. "
-                           f"{y[-1]*1e3:.2f} ms at L={x[-1]:.0f}")
-        if model in prefill:
-            x, y = series(prefill[model]["-"])
-            summary.append(f"step     {model:8s} without cache: {y[0]*1e3:.1f} ms at L={x[0]:.0f} .. "
-                           f"{y[-1]*1e3:.1f} ms at L={x[-1]:.0f}  (prefill {x[-1]/y[-1]:.0f} tokens/s at L={x[-1]:.0f})")
-    ax1.set_xscale("log", base=2)
-    ax1.set_yscale("log")
-    ax1.set_xlabel("context length L (tokens the step sees)")
-    ax1.set_ylabel("time of one generation step (ms)")
-    ax1.set_title("One step: O(L) without the cache, ~O(1) with it", fontsize=11)
-    ax1.grid(True, which="both", alpha=0.3)
-    ax1.legend(fontsize=8)
+            ax1.plot(x, y * 1e3, marker="o", color=color, linestyle="-", linewidth=1, markersize=5.5,
+                     label=f"{model}, with cache")
+            ax2.plot(x, y * 1e3, marker="o", color=color, linestyle="-", linewidth=1, markersize=4.5,
+                     label=MODEL_LABEL[model])
+            summary.append(f"step     {model:8s} with cache:    {y[0] * 1e3:7.2f} ms at L={x[0]:.0f} .. "
+                           f"{y[-1] * 1e3:7.2f} ms at L={x[-1]:.0f}")
+    log2_axis(ax1)
+    log10_axis_y(ax1, " ms")
+    ax1.set_xlabel("context length L (positions the step attends over)")
+    ax1.set_ylabel("time of one generation step")
+    ax1.set_title("One step: O(L) without the cache, ~constant with it")
+    ax1.grid(True, which="major", alpha=0.35)
+    ax1.grid(True, which="minor", axis="y", alpha=0.12)
+    ax1.legend(loc="upper left", ncol=1)
     ax2.set_xlabel("context length L")
     ax2.set_ylabel("time of one step with the cache (ms)")
     ax2.set_ylim(bottom=0)
     ax2.set_xlim(left=0)
-    ax2.set_title("With the cache (linear axes): attention adds O(L)", fontsize=11)
-    ax2.grid(True, alpha=0.3)
-    ax2.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out, f"step_latency{suffix}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    ax2.set_title("With the cache, linear axes: attention adds a slope")
+    ax2.grid(True, alpha=0.35)
+    ax2.legend(loc="lower right")
+    return save(fig, out, "step_latency", suffix, note)
 
 
 def interp_loglog(d, L):
-    """Step time at context L from measured points d {L: rec}: log-log interpolation, clamped to the ends."""
+    """Time at context L from measured points d {L: rec}: log-log interpolation inside the measured range."""
     x, y = series(d)
     return float(np.exp(np.interp(np.log(L), np.log(x), np.log(y))))
 
 
 def predicted_speedup(gen, model, n):
-    """Cost model: uncached total = sum of prefills of length P+i; cached = prefill(P) + sum of decode steps,
-    each from the measured per-step curves. Only defined where both curves were measured."""
-    prompt = gen["BM_Generate"][model]["cached"][min(gen["BM_Generate"][model]["cached"])].get("prompt", 8)
-    prompt = int(prompt)
+    """Cost model from the per-step curves: without the cache, the step at context L costs a prefill of L
+    tokens; with it, one decode step at L. The prompt pass is common to both. None outside the measured range."""
+    g = gen["BM_Generate"][model]["cached"]
+    prompt = int(g[min(g)].get("prompt", 8))
     pre = gen["BM_Prefill"][model]["-"]
     step = gen["BM_Step"][model]["cached"]
+    lo = max(min(pre), min(step))
     hi = min(max(pre), max(step))
-    if prompt + n - 1 > hi:
+    first = prompt + 1
+    if first < lo or prompt + n - 1 > hi:
         return None
-    lengths = np.arange(prompt + 1, prompt + n)  # contexts of the steps after the prompt pass
-    uncached = interp_loglog(pre, prompt) + sum(interp_loglog(pre, L) for L in lengths)
-    cached = interp_loglog(pre, prompt) + sum(interp_loglog(step, L) for L in lengths)
+    lengths = np.arange(first, prompt + n)  # the steps after the prompt pass
+    common = interp_loglog(pre, max(prompt, lo))
+    uncached = common + sum(interp_loglog(pre, L) for L in lengths)
+    cached = common + sum(interp_loglog(step, L) for L in lengths)
     return uncached / cached
 
 
-def plot_speedup(gen, out, suffix, summary):
+def plot_speedup(gen, out, suffix, note, summary):
     generate = gen.get("BM_Generate", {})
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    for model in ("random", "real", "seq2seq"):
+    fig, ax = plt.subplots(figsize=(8.6, 5.8))
+    for model in MODELS:
         g = generate.get(model, {})
-        if "cached" not in g or "uncached" not in g:
+        if "cached" not in g:
             continue
-        ns = sorted(set(g["cached"]) & set(g["uncached"]))
-        sp = [g["uncached"][n]["seconds"] / g["cached"][n]["seconds"] for n in ns]
         color = MODEL_COLOR[model]
-        ax.plot(ns, sp, marker="o", color=color, linestyle="-", label=f"{model} (measured)")
-        for n, s in zip(ns, sp):
-            if n in (128, 512, 1024) or n == ns[-1]:
-                ax.annotate(f"{s:.0f}x", (n, s), textcoords="offset points", xytext=(-10, 7), fontsize=8, color=color)
-        wanted = [n for n in (16, 64, 128, 256, 512, 1024) if n in ns]
-        summary.append(f"speedup  {model:8s} " + "  ".join(f"n={n}: {g['uncached'][n]['seconds'] / g['cached'][n]['seconds']:.1f}x"
-                                                       for n in wanted))
-        same = [g["uncached"][n].get("same_tokens", 1.0) for n in ns]
-        summary.append(f"tokens   {model:8s} uncached == cached tokens for every n: {'yes' if all(s == 1 for s in same) else 'NO'}")
+        ns = sorted(set(g["cached"]) & set(g.get("uncached", {})))
+        sp = [g["uncached"][n]["seconds"] / g["cached"][n]["seconds"] for n in ns]
+        if ns:
+            ax.plot(ns, sp, marker="o", color=color, linestyle="-", linewidth=1.2, markersize=6,
+                    label=f"{MODEL_LABEL[model]}: measured")
+            for n, s in zip(ns, sp):
+                if n in QUOTED_N or n == ns[-1]:
+                    ax.annotate(f"{s:.0f}×", (n, s), textcoords="offset points", xytext=(-4, 8), fontsize=8.5,
+                                color=color, ha="right", fontweight="bold")
+            same = [g["uncached"][n].get("same_tokens", 1.0) for n in ns]
+            summary.append(f"tokens   {model:8s} without cache == with cache, token for token, for every n: "
+                           f"{'yes' if all(s == 1 for s in same) else 'NO'}")
+        pred = {}
         if model in gen.get("BM_Prefill", {}) and model in gen.get("BM_Step", {}):
-            pn = [n for n in ns if predicted_speedup(gen, model, n)]
-            if pn:
-                pred = [predicted_speedup(gen, model, n) for n in pn]
-                ax.plot(pn, pred, linestyle="--", color=color, linewidth=1.2,
-                        label=f"{model}: predicted from the per-step curves")
-    ax.set_xscale("log", base=2)
-    ax.set_yscale("log")
+            for n in sorted(g["cached"]):
+                p = predicted_speedup(gen, model, n)
+                if p:
+                    pred[n] = p
+            if pred:
+                ax.plot(list(pred), list(pred.values()), linestyle="--", color=color, linewidth=1.2, alpha=0.85,
+                        label=f"{model}: predicted from the step curves")
+                for n, s in pred.items():
+                    if n not in ns and n in QUOTED_N:
+                        ax.annotate(f"~{s:.0f}×", (n, s), textcoords="offset points", xytext=(4, -12), fontsize=8.5,
+                                    color=color)
+        parts = []
+        for n in (16, 64) + QUOTED_N:
+            if n in ns:
+                parts.append(f"n={n}: {g['uncached'][n]['seconds'] / g['cached'][n]['seconds']:.1f}x")
+            elif n in pred:
+                parts.append(f"n={n}: ~{pred[n]:.1f}x (predicted, not run)")
+        summary.append(f"speedup  {model:8s} " + "  ".join(parts))
+        if pred:
+            summary.append(f"predict  {model:8s} from step curves: " + "  ".join(
+                f"n={n}: {pred[n]:.1f}x" for n in (16, 64) + QUOTED_N if n in pred))
+    log2_axis(ax)
+    log10_axis_y(ax, "×", subs=(1.0, 2.0, 5.0))
     ax.set_xlabel("new tokens generated, n")
     ax.set_ylabel("speedup = time without cache / time with cache")
-    ax.set_title("KV-cache speedup grows ~linearly with n (only where both were measured)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    path = os.path.join(out, f"speedup{suffix}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    ax.set_title("What the KV cache buys: speedup grows ~linearly with n")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", axis="y", alpha=0.12)
+    ax.legend(loc="upper left")
+    return save(fig, out, "speedup", suffix, note)
 
 
-def plot_memory(memories, gen, out, suffix, summary):
-    fig, ax = plt.subplots(figsize=(8, 5.5))
-    styles = {"fp32": "-", "fp16": "--", "bf16": ":"}
+def plot_memory(memories, gen, out, suffix, note, summary):
+    fig, ax = plt.subplots(figsize=(8.6, 5.8))
+    styles = {"fp32": "-", "fp16": "--"}
     for mem in memories:
-        name = mem["model"]
-        key = "random" if name.startswith("random") else "real"
+        key = "random" if mem["model"].startswith("random") else "real"
         color = MODEL_COLOR[key]
-        for dtype in ("fp32", "fp16", "bf16"):
+        for dtype in ("fp32", "fp16"):  # bf16 has fp16's bytes: one line for both
             rows = [r for r in mem["rows"] if r["dtype"] == dtype]
             if not rows:
                 continue
@@ -243,51 +314,50 @@ def plot_memory(memories, gen, out, suffix, summary):
             computed = np.array([r["computed"] for r in rows], dtype=float) / 2**20
             allocated = np.array([r["allocated"] for r in rows], dtype=float) / 2**20
             rss = np.array([r["rss_growth"] for r in rows], dtype=float) / 2**20
-            if dtype == "bf16":  # the same bytes as fp16: draw its formula only, not a third marker set
-                continue
-            ax.plot(L, computed, linestyle=styles[dtype], color=color, linewidth=1.2,
-                    label=f"{key} {dtype}{'/bf16' if dtype == 'fp16' else ''}: formula ({rows[0]['bytes_per_token']} B/token)")
-            ax.plot(L, allocated, marker="o", linestyle="none", color=color, markersize=6, markerfacecolor="none",
-                    label=f"{key} {dtype}: bytes_allocated()")
-            ax.plot(L, rss, marker="x", linestyle="none", color=color, markersize=6, label=f"{key} {dtype}: RSS growth")
-        r8 = [r for r in mem["rows"] if r["length"] == max(x["length"] for x in mem["rows"])]
+            name = "fp16/bf16" if dtype == "fp16" else dtype
+            ax.plot(L, computed, linestyle=styles[dtype], color=color, linewidth=1.3,
+                    label=f"{MODEL_LABEL[key].split(',')[0]}, {name}: {rows[0]['bytes_per_token'] / 1024:g} KiB/token")
+            ax.plot(L, allocated, marker="o", linestyle="none", color=color, markersize=7, markerfacecolor="none")
+            ax.plot(L, rss, marker="x", linestyle="none", color=color, markersize=5)
+        longest = max(r["length"] for r in mem["rows"])
         summary.append(f"memory   {key:8s} " + "  ".join(
-            f"{r['dtype']} {r['bytes_per_token']} B/token, {r['allocated'] / 2**20:.0f} MiB at {r['length']}" for r in r8))
-        summary.append(f"memory   {key:8s} bytes_allocated() == formula for all rows: "
-                       f"{'yes' if all(r['allocated'] == r['computed'] for r in mem['rows']) else 'NO'}; RSS growth / allocated: "
-                       f"{min(r['rss_growth'] / r['allocated'] for r in mem['rows']):.3f} .. "
+            f"{r['dtype']} {r['bytes_per_token']} B/token = {r['allocated'] / 2**20:.0f} MiB at {r['length']}"
+            for r in mem["rows"] if r["length"] == longest))
+        summary.append(f"memory   {key:8s} bytes_allocated() == formula for every row: "
+                       f"{'yes' if all(r['allocated'] == r['computed'] for r in mem['rows']) else 'NO'}; "
+                       f"RSS growth / allocated: {min(r['rss_growth'] / r['allocated'] for r in mem['rows']):.3f} .. "
                        f"{max(r['rss_growth'] / r['allocated'] for r in mem['rows']):.3f}")
-    # The generation benchmark's own caches (capacity prompt + n, fp32) as a cross-check.
-    for model, g in gen.get("BM_Generate", {}).items():
-        if model == "seq2seq" or "cached" not in g:
-            continue
-        ns = sorted(g["cached"])
-        cap = np.array([n + g["cached"][n].get("prompt", 0) for n in ns], dtype=float)
-        kv = np.array([g["cached"][n]["kv_bytes"] for n in ns]) / 2**20
-        ax.plot(cap, kv, marker="^", linestyle="none", color=MODEL_COLOR[model], markersize=5, alpha=0.7,
-                label=f"{model}: cache in bench_generation (fp32)")
-    ax.set_xscale("log", base=2)
+    handles, labels = ax.get_legend_handles_labels()
+    handles += [Line2D([], [], color="0.3", linestyle="-"),
+                Line2D([], [], marker="o", color="0.3", linestyle="none", markerfacecolor="none", markersize=7),
+                Line2D([], [], marker="x", color="0.3", linestyle="none", markersize=5)]
+    labels += ["line: formula 2·layers·kv_heads·head_dim·bytes·L", "cache.bytes_allocated()",
+               "growth of the process's resident memory"]
+    log2_axis(ax)
     ax.set_yscale("log")
-    ax.set_xlabel("tokens held in the cache")
-    ax.set_ylabel("KV-cache memory (MiB)")
-    ax.set_title("KV-cache memory grows linearly with length (batch 1)")
-    ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7)
-    fig.tight_layout()
-    path = os.path.join(out, f"kv_memory{suffix}.png")
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g} MiB"))
+    ax.set_xlabel("tokens held in the cache, L (batch 1)")
+    ax.set_ylabel("KV-cache memory")
+    ax.set_title("KV-cache memory grows linearly with the length")
+    ax.grid(True, which="major", alpha=0.35)
+    ax.grid(True, which="minor", axis="y", alpha=0.12)
+    ax.legend(handles, labels, loc="upper left")
+    return save(fig, out, "kv_memory", suffix, note)
+
+
+# ------------------------------------------------------------------------------------------------ text
 
 
 def cost_model_summary(gen, summary):
-    """The numbers behind the speedup: decode streams the weights (bandwidth-bound), the uncached path runs
-    batched GEMMs (compute-bound). Speedup ~ (n/2 + prompt) * t_prefill_per_token / t_decode_step."""
+    """The numbers behind the speedup. A decode step streams every weight once (memory-bound); a step without
+    the cache is a prefill of L tokens, batched matmuls (compute-bound). With t_dec the decode step and
+    t_tok the prefill time per token, the uncached step at L costs ~L·t_tok, so
+    speedup(n) ~ sum_L L·t_tok / sum_L t_dec ~ (P + n/2)·t_tok / t_dec."""
     bw = None
     if "BM_ReadBandwidth" in gen:
         rec = gen["BM_ReadBandwidth"]["-"]["-"][256]
-        bw = 256 * 2**20 / rec["seconds"] / 1e9
-        summary.append(f"machine  read bandwidth (sum of 256 MiB, model threads): {bw:.1f} GB/s")
+        bw = rec.get("bytes/s", 256 * 2**20 / rec["seconds"]) / 1e9
+        summary.append(f"machine  read bandwidth (sum over 256 MiB on the models' threads): {bw:.1f} GB/s")
     for model in ("random", "real"):
         if model not in gen.get("BM_Step", {}) or model not in gen.get("BM_Prefill", {}):
             continue
@@ -298,22 +368,24 @@ def cost_model_summary(gen, summary):
         wbytes = st.get("weight_bytes", 0)
         fpt = st.get("flops_per_token", 0)
         dec_s = st["seconds"]
-        line = (f"model    {model:8s} weights streamed per token {wbytes / 2**20:.1f} MiB, {fpt / 1e6:.0f} MFLOP/token; "
-                f"decode step at L={L0}: {dec_s * 1e3:.2f} ms = {wbytes / dec_s / 1e9:.1f} GB/s of weights")
+        line = (f"model    {model:8s} decode: {wbytes / 1e6:.1f} MB of weights streamed per token, step at L={L0} "
+                f"{dec_s * 1e3:.2f} ms = {wbytes / dec_s / 1e9:.1f} GB/s")
         if bw:
-            line += f" ({100 * wbytes / dec_s / 1e9 / bw:.0f}% of read bandwidth)"
+            line += f" ({100 * wbytes / dec_s / 1e9 / bw:.0f}% of the read bandwidth)"
+        line += f", {fpt / dec_s / 1e9:.1f} GFLOP/s"
         summary.append(line)
         Lp = max(L for L in pre if L <= 512)
         t_tok = pre[Lp]["seconds"] / Lp
-        summary.append(f"model    {model:8s} prefill at L={Lp}: {t_tok * 1e3:.3f} ms/token = {fpt / t_tok / 1e9:.1f} GFLOP/s "
-                       f"of weight matmuls; decode/prefill time per token = {dec_s / t_tok:.1f}; "
-                       f"speedup model (n/2)*t_prefill_token/t_decode at n=128/512/1024: "
-                       + "/".join(f"{n / 2 * t_tok / dec_s:.0f}x" for n in (128, 512, 1024)))
+        summary.append(f"model    {model:8s} prefill at L={Lp}: {t_tok * 1e3:.3f} ms/token, {fpt / 1e6:.0f} MFLOP/token "
+                       f"(weight matmuls) = {fpt / t_tok / 1e9:.1f} GFLOP/s; t_decode / t_prefill_token = "
+                       f"{dec_s / t_tok:.1f}")
+        summary.append(f"model    {model:8s} simple model speedup ~ (8 + n/2)·t_prefill_token / t_decode: " + "  ".join(
+            f"n={n}: {(8 + n / 2) * t_tok / dec_s:.0f}x" for n in QUOTED_N))
 
 
 def cache_ops_summary(gen, summary):
-    for kind, what in (("BM_CacheAppend", "append 1 token, all layers"), ("BM_CacheCopy", "copy()"),
-                       ("BM_DecodeAttention", "attention 1 query, all layers")):
+    for kind, what in (("BM_CacheAppend", "append 1 token to all layers"), ("BM_CacheCopy", "copy()"),
+                       ("BM_DecodeAttention", "attention, 1 query, all layers")):
         for model, d in gen.get(kind, {}).items():
             parts = []
             for L, rec in sorted(d["-"].items()):
@@ -328,6 +400,7 @@ def main():
     ap.add_argument("--memory", action="append", default=[], help="memory_report --json output (repeatable)")
     ap.add_argument("--out", default="bench/plots", help="directory for the PNGs")
     ap.add_argument("--suffix", default="", help="appended to each PNG's name (e.g. _quick)")
+    ap.add_argument("--note", default="", help="machine note printed in each figure's corner")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     context, gen = load_generation(args.generation)
@@ -335,20 +408,23 @@ def main():
     for m in args.memory:
         with open(m) as f:
             memories.append(json.load(f))
-    summary = []
-    load = context.get("load_avg")
-    summary.append(f"run      {context.get('date', '?')}, {context.get('num_cpus', '?')} CPUs, load average at start "
-                   f"{', '.join(f'{x:.2f}' for x in load) if load else '?'}")
-    paths = [plot_total(gen, args.out, args.suffix, summary), plot_steps(gen, args.out, args.suffix, summary),
-             plot_speedup(gen, args.out, args.suffix, summary)]
+    note = args.note
+    if not note:
+        load = context.get("load_avg")
+        note = (f"{context.get('num_cpus', '?')} CPUs, load at start "
+                f"{load[0]:.2f}" if load else f"{context.get('num_cpus', '?')} CPUs") + f", {context.get('date', '')}"
+    summary = [f"run      {context.get('date', '?')}, {context.get('num_cpus', '?')} CPUs; {args.note or note}"]
+    paths = [plot_total(gen, args.out, args.suffix, note, summary),
+             plot_steps(gen, args.out, args.suffix, note, summary),
+             plot_speedup(gen, args.out, args.suffix, note, summary)]
     if memories:
-        paths.append(plot_memory(memories, gen, args.out, args.suffix, summary))
+        paths.append(plot_memory(memories, gen, args.out, args.suffix, note, summary))
     cost_model_summary(gen, summary)
     cache_ops_summary(gen, summary)
     for line in summary:
         print(line)
     for p in paths:
-        print(f"wrote {p}")
+        print(f"wrote {p} ({os.path.getsize(p) // 1024} KB)")
     return 0
 
 

@@ -66,6 +66,7 @@ struct TensorInfo {
 
     std::size_t rows() const;          ///< product of shape[1..]
     std::size_t row_length() const;    ///< shape[0]
+    std::size_t row_bytes() const;     ///< bytes of one row: shape[0] / block_elements * block_bytes
 };
 
 /// An open, memory-mapped GGUF file.
@@ -119,7 +120,7 @@ void dequantize(TensorType type, const void* src, float* dst, std::size_t n);
 /// Dequantises a whole tensor to float (row-major in ggml order: shape[0] fastest).
 std::vector<float> dequantize(const TensorInfo& tensor);
 
-/// Dequantises one row (shape[0] elements) of a 2-D or higher tensor.
+/// Dequantises one row (shape[0] elements) of a tensor. Throws IndexError if row >= tensor.rows().
 void dequantize_row(const TensorInfo& tensor, std::size_t row, float* dst);
 
 }  // namespace kvcache::gguf

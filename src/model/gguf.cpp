@@ -293,7 +293,11 @@ void File::Impl::parse() {
                               std::to_string(per_block));
         }
         t.n_elements = n_elements;
-        t.n_bytes = n_elements / per_block * block_size;  // cannot overflow: block_size/per_block <= 8
+        // F32/F16/BF16 (and Q8_1/Q8_K) take more bytes than elements: 2^62 F32 elements would wrap to 0 bytes
+        if (multiply_overflows(n_elements / per_block, block_size, t.n_bytes)) {
+            throw FormatError("gguf: tensor '" + t.name + "' of " + std::to_string(n_elements) + " " +
+                              tensor_type_name(t.type) + " elements is larger than 2^64 bytes");
+        }
         t.offset = c.read<std::uint64_t>("tensor offset");
         if (t.offset % alignment != 0) {
             throw FormatError("gguf: tensor '" + t.name + "' offset " + std::to_string(t.offset) +
@@ -584,6 +588,12 @@ std::vector<float> File::get_float_array(std::string_view key) const {
 std::vector<std::int64_t> File::get_int_array(std::string_view key) const {
     const KeyValue& kv = impl_->require(key, "ARRAY of integers");
     const Array& a = array_of(kv, "ARRAY of integers");
+    // checked on the element type, not per element, so that an empty array of strings is refused too
+    switch (a.element_type) {
+        case ValueType::FLOAT32: case ValueType::FLOAT64: case ValueType::BOOL: case ValueType::STRING:
+        case ValueType::ARRAY: wrong_type(kv, "ARRAY of integers");
+        default: break;
+    }
     std::vector<std::int64_t> out;
     out.reserve(a.values.size());
     for (const Value& v : a.values) {

@@ -99,6 +99,16 @@ GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
     return result;
 }
 
+GenerationResult generate_with_step(Decoder& model, const Tokenizer& tokenizer,
+                                    std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options,
+                                    const GenerationStep& step) {
+    validate(options.sampling);
+    if (!step) throw ConfigError("generate_with_step: no step function");
+    ThreadScope threads(model, options.threads);
+    return run(model, tokenizer, prompt_tokens, options,
+               [&](std::span<const std::int32_t> sequence, std::vector<float>& logits) { step(sequence, logits); });
+}
+
 GenerationResult generate_without_cache(Decoder& model, const Tokenizer& tokenizer,
                                         std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options) {
     validate(options.sampling);

@@ -42,6 +42,7 @@ struct GenerationResult {
     double tokens_per_second = 0;      ///< 1 / seconds_per_token (0 if there were no later steps)
     double total_seconds = 0;
     std::size_t cache_bytes = 0;       ///< KV cache allocated (0 without a cache: it is rebuilt each step)
+    std::size_t reused_prompt_tokens = 0;  ///< prompt positions taken from a prefix cache (PagedSession)
 };
 
 /// Bytes the KV cache of generate_with_cache will allocate for this prompt length and these options.
@@ -52,6 +53,17 @@ std::size_t generation_cache_bytes(const Decoder& model, std::size_t prompt_toke
 /// IndexError for a prompt token outside the vocabulary.
 GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
                                      std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options);
+
+/// Computes the next-token logits of `sequence` (prompt + generated so far) into `logits` (vocab_size
+/// floats). The first call gets the prompt; each later call the same sequence one token longer.
+using GenerationStep = std::function<void(std::span<const std::int32_t> sequence, std::span<float> logits)>;
+
+/// The generation loop of generate_with_cache (sampling, stopping, streaming, timing, options.threads)
+/// around any way of computing logits — how PagedSession generates over a paged pool. Throws ConfigError
+/// for an empty prompt or bad sampling options; whatever `step` throws passes through.
+GenerationResult generate_with_step(Decoder& model, const Tokenizer& tokenizer,
+                                    std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options,
+                                    const GenerationStep& step);
 
 /// The same generation where every step runs the whole sequence (prompt + generated so far) through the
 /// model from scratch — O(n) work per step, O(n²) in all. Same tokens as generate_with_cache for the same

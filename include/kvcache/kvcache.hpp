@@ -13,6 +13,8 @@
 #include "kvcache/cache/layer_shape.hpp"
 #include "kvcache/cache/layout.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
+#include "kvcache/cache/paged_kv_cache.hpp"
+#include "kvcache/cache/prefix_cache.hpp"
 #include "kvcache/cache/views_eigen.hpp"
 #include "kvcache/cache/views_xtensor.hpp"
 #include "kvcache/element_types.hpp"

@@ -703,6 +703,7 @@ TEST_CASE("open reports missing files as IoError and malformed ones as FormatErr
         CHECK_THROWS_AS(File::open(tmp / "empty.gguf"), FormatError);
         std::ofstream(tmp / "text.gguf", std::ios::binary) << "this is not a gguf file at all, just text\n";
         CHECK_THROWS_AS(File::open(tmp / "text.gguf"), FormatError);
+        CHECK_THROWS_WITH(File::open(tmp / "text.gguf"), Catch::Contains("text.gguf"));  // says which file
         // a golden file cut short on disk
         const auto bytes = read_bytes(fixture_dir() / "all_types_v3.gguf");
         std::ofstream cut(tmp / "cut.gguf", std::ios::binary);

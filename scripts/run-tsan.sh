@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# Builds the multi-threaded tests with ThreadSanitizer and runs them; any data race fails the run.
+# Only tests whose threads are std::thread/std::jthread belong here: OpenMP regions (libgomp is not
+# instrumented) would report false races. Environment knobs (all optional):
+#   BUILD_DIR=build-tsan      where to build
+#   TSAN_TESTS="a_test b_test" which test executables (default: cache_store_test)
+#   CMAKE_ARGS="..."          extra arguments for cmake
+set -euo pipefail
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$root"
+build="${BUILD_DIR:-build-tsan}"
+tests="${TSAN_TESTS:-cache_store_test}"
+jobs="$(nproc)"
+# shellcheck disable=SC2086
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVCACHE_WERROR=ON -DKVCACHE_SANITIZE=thread \
+  -DKVCACHE_BUILD_BENCH=OFF -DKVCACHE_BUILD_EXAMPLES=OFF ${CMAKE_ARGS:-}
+# shellcheck disable=SC2086
+cmake --build "$build" -j "$jobs" --target $tests
+# halt_on_error: the first race fails the test with its report; second_deadlock_stack: full lock-order reports.
+export TSAN_OPTIONS="halt_on_error=1 second_deadlock_stack=1 ${TSAN_OPTIONS:-}"
+regex="^($(echo "$tests" | tr ' ' '|'))\$"
+ctest --test-dir "$build" --output-on-failure -R "$regex"

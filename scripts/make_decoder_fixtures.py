@@ -33,20 +33,32 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 class Model:
+    """A numpy float64 forward pass over a GGUF's dequantised weights (llama, mistral, qwen2).
+
+    Reads what the file states: head size (key_length, else d_model / heads), the rotated part of a head
+    (rope.dimension_count, else all of it), rope frequency factors (rope_freqs.weight), linear rope
+    scaling, a sliding attention window, q/k/v biases when the tensors are there, tied or separate output.
+    """
+
     def __init__(self, path):
         r = gguf.GGUFReader(path)
         self.meta = {k: f.contents() for k, f in r.fields.items()
                      if not k.startswith("tokenizer.ggml.") or k.endswith("_id")}
         arch = self.meta["general.architecture"]
-        g = lambda k: self.meta[f"{arch}.{k}"]
+        g = lambda k, default=None: self.meta.get(f"{arch}.{k}", default)
         self.n_layer = g("block_count")
         self.d = g("embedding_length")
         self.n_head = g("attention.head_count")
-        self.n_kv = g("attention.head_count_kv")
-        self.hd = self.d // self.n_head
+        self.n_kv = g("attention.head_count_kv", self.n_head)
+        self.hd = g("attention.key_length", self.d // self.n_head)
+        self.rope_dim = g("rope.dimension_count", self.hd)
         self.eps = g("attention.layer_norm_rms_epsilon")
-        self.base = g("rope.freq_base")
-        self.eos = self.meta["tokenizer.ggml.eos_token_id"]
+        self.base = g("rope.freq_base", 10000.0)
+        self.window = g("attention.sliding_window", 0)
+        scaling = g("rope.scaling.type", "none")
+        self.pos_scale = 1.0 / g("rope.scaling.factor", 1.0) if scaling == "linear" else 1.0
+        assert scaling in ("none", "linear"), scaling
+        self.eos = self.meta.get("tokenizer.ggml.eos_token_id", -1)
         self.w = {}
         for t in r.tensors:
             a = dequantize(t.data, t.tensor_type)
@@ -58,20 +70,23 @@ class Model:
     def rmsnorm(self, x, w):
         return x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + self.eps) * w
 
-    def rope(self, x, pos, style):  # x: (n, heads, hd)
-        hd = self.hd
-        inv = self.base ** (-np.arange(0, hd, 2, dtype=np.float64) / hd)  # (hd/2)
-        ang = pos[:, None] * inv[None, :]  # (n, hd/2)
+    def rope(self, x, pos, style):  # x: (n, heads, hd); rotates the first rope_dim dims of each head
+        rd = self.rope_dim
+        inv = self.base ** (-np.arange(0, rd, 2, dtype=np.float64) / rd)  # (rd/2)
+        if "rope_freqs.weight" in self.w:  # llama 3.x: per-frequency divisors
+            inv = inv / self.w["rope_freqs.weight"]
+        ang = (pos * self.pos_scale)[:, None] * inv[None, :]  # (n, rd/2)
         c, s = np.cos(ang)[:, None, :], np.sin(ang)[:, None, :]
-        if style == "norm":
-            x0, x1 = x[..., 0::2], x[..., 1::2]
-            out = np.empty_like(x)
-            out[..., 0::2] = x0 * c - x1 * s
-            out[..., 1::2] = x0 * s + x1 * c
-        else:
-            h = hd // 2
-            x0, x1 = x[..., :h], x[..., h:]
-            out = np.concatenate([x0 * c - x1 * s, x0 * s + x1 * c], axis=-1)
+        out = x.copy()
+        if style == "norm":  # pairs (x[2i], x[2i+1])
+            x0, x1 = x[..., 0:rd:2], x[..., 1:rd:2]
+            out[..., 0:rd:2] = x0 * c - x1 * s
+            out[..., 1:rd:2] = x0 * s + x1 * c
+        else:  # neox: pairs (x[i], x[i + rd/2])
+            h = rd // 2
+            x0, x1 = x[..., :h], x[..., h:rd]
+            out[..., :h] = x0 * c - x1 * s
+            out[..., h:rd] = x0 * s + x1 * c
         return out
 
     def forward(self, tokens, style="norm"):
@@ -81,7 +96,9 @@ class Model:
         x = w["token_embd.weight"][tokens]  # (n, d)
         pos = np.arange(n, dtype=np.float64)
         group = self.n_head // self.n_kv
-        mask = np.triu(np.full((n, n), -np.inf), 1)
+        mask = np.triu(np.full((n, n), -np.inf), 1)  # query i sees keys j <= i ...
+        if self.window:
+            mask = mask + np.tril(np.full((n, n), -np.inf), -self.window)  # ... and j > i - window
         for l in range(self.n_layer):
             p = f"blk.{l}."
             h = self.rmsnorm(x, w[p + "attn_norm.weight"])
@@ -100,7 +117,7 @@ class Model:
                 sc = np.exp(sc - sc.max(axis=1, keepdims=True))
                 sc /= sc.sum(axis=1, keepdims=True)
                 att[:, hh, :] = sc @ v[:, kv, :]
-            x = x + att.reshape(n, self.d) @ w[p + "attn_output.weight"].T
+            x = x + att.reshape(n, self.n_head * self.hd) @ w[p + "attn_output.weight"].T
             h = self.rmsnorm(x, w[p + "ffn_norm.weight"])
             gate = h @ w[p + "ffn_gate.weight"].T
             up = h @ w[p + "ffn_up.weight"].T

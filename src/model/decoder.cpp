@@ -66,8 +66,9 @@ void DecoderConfig::validate() const {
         throw ConfigError(fmt::format("decoder: rope dimension {} must be even and in (0, head_dim {}]", rope_dim,
                                       head_dim));
     }
-    if (!(rope_base > 0) || !(norm_eps > 0)) {
-        throw ConfigError(fmt::format("decoder: rope base {} and norm epsilon {} must be positive", rope_base, norm_eps));
+    if (!(rope_base > 0) || !(norm_eps > 0) || !(rope_position_scale > 0)) {
+        throw ConfigError(fmt::format("decoder: rope base {}, rope position scale {} and norm epsilon {} must be positive",
+                                      rope_base, rope_position_scale, norm_eps));
     }
 }
 
@@ -118,9 +119,24 @@ Decoder::Decoder(DecoderWeights weights, int threads) : weights_(std::move(weigh
         throw ConfigError(fmt::format("decoder: {} layers of weights for a {}-layer config", weights_.layers.size(),
                                       c.n_layers));
     }
+    if (!weights_.rope_freqs.empty() && weights_.rope_freqs.size() != c.rope_dim / 2) {
+        throw ConfigError(fmt::format("decoder: {} RoPE frequency factors for a rotary dimension of {} (need {})",
+                                      weights_.rope_freqs.size(), c.rope_dim, c.rope_dim / 2));
+    }
+    for (std::size_t i = 0; i < weights_.rope_freqs.size(); ++i) {
+        if (!(weights_.rope_freqs[i] > 0) || !std::isfinite(weights_.rope_freqs[i])) {
+            throw ConfigError(fmt::format("decoder: RoPE frequency factor {} is {}; factors must be positive and finite",
+                                          i, weights_.rope_freqs[i]));
+        }
+    }
+    // Angle of pair i at position p: p * position_scale * base^(-2i / rope_dim) / factor_i (llama.cpp's
+    // freq_scale and freq_factors); folding the scale into the frequency keeps apply_rope one multiply.
     inv_freq_.resize(c.rope_dim / 2);
     for (std::size_t i = 0; i < inv_freq_.size(); ++i) {
-        inv_freq_[i] = std::pow(static_cast<double>(c.rope_base), -2.0 * double(i) / double(c.rope_dim));
+        double f = std::pow(static_cast<double>(c.rope_base), -2.0 * double(i) / double(c.rope_dim));
+        f *= static_cast<double>(c.rope_position_scale);
+        if (!weights_.rope_freqs.empty()) f /= static_cast<double>(weights_.rope_freqs[i]);
+        inv_freq_[i] = f;
     }
 }
 

@@ -27,6 +27,32 @@ WeightMatrix load_matrix(const gguf::File& file, const std::string& name, std::s
     return WeightMatrix::from_gguf(t, keep_quantized);
 }
 
+/// Whether `name` is one of the tensors DecoderWeights::from_gguf loads for config c.
+bool is_decoder_tensor(const std::string& name, const DecoderConfig& c) {
+    if (name == "token_embd.weight" || name == "output_norm.weight" || name == "output.weight" ||
+        name == "rope_freqs.weight") {
+        return true;
+    }
+    static const char* const kLayerTensors[] = {"attn_norm.weight", "attn_q.weight",   "attn_k.weight",
+                                                "attn_v.weight",    "attn_output.weight", "ffn_norm.weight",
+                                                "ffn_gate.weight",  "ffn_up.weight",   "ffn_down.weight"};
+    static const char* const kBiases[] = {"attn_q.bias", "attn_k.bias", "attn_v.bias"};
+    for (std::size_t i = 0; i < c.n_layers; ++i) {
+        const std::string p = fmt::format("blk.{}.", i);
+        if (name.rfind(p, 0) != 0) continue;
+        const std::string rest = name.substr(p.size());
+        for (const char* t : kLayerTensors) {
+            if (rest == t) return true;
+        }
+        if (c.qkv_bias) {
+            for (const char* t : kBiases) {
+                if (rest == t) return true;
+            }
+        }
+    }
+    return false;
+}
+
 }  // namespace
 
 WeightMatrix WeightMatrix::from_gguf(const gguf::TensorInfo& t, bool keep_quantized) {
@@ -74,7 +100,27 @@ DecoderConfig DecoderConfig::from_gguf(const gguf::File& f) {
     c.head_dim = f.get_uint_or(a + ".attention.key_length", c.d_model / c.n_heads);
     c.rope_dim = f.get_uint_or(a + ".rope.dimension_count", c.head_dim);
     c.context_length = f.get_uint_or(a + ".context_length", 0);
+    if (f.find(a + ".attention.value_length") &&
+        f.get_uint(a + ".attention.value_length") != f.get_uint_or(a + ".attention.key_length", c.head_dim)) {
+        throw FormatError(fmt::format("{0}.attention.value_length ({1}) differs from the key length ({2}); the "
+                                      "decoder needs one head size",
+                                      a, f.get_uint(a + ".attention.value_length"), c.head_dim));
+    }
     c.rope_base = static_cast<float>(f.get_float_or(a + ".rope.freq_base", 10000.0));
+    // RoPE scaling: linear (positions divided by the factor) is a multiply; YaRN and the others change the
+    // attention itself, so a file that asks for them is refused rather than run wrongly.
+    const std::string scaling = f.get_string_or(a + ".rope.scaling.type", "none");
+    if (scaling == "linear") {
+        c.rope_position_scale = static_cast<float>(1.0 / f.get_float(a + ".rope.scaling.factor"));
+    } else if (scaling != "none") {
+        throw ConfigError(fmt::format("decoder: RoPE scaling '{}' ({}.rope.scaling.type) is not supported (none, "
+                                      "linear are)",
+                                      scaling, a));
+    } else if (f.find(a + ".rope.scale_linear")) {
+        c.rope_position_scale = static_cast<float>(1.0 / f.get_float(a + ".rope.scale_linear"));
+    }
+    c.sliding_window = f.get_uint_or(a + ".attention.sliding_window", 0);
+    if (a != "qwen2") c.qkv_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
     c.norm_eps = static_cast<float>(f.get_float(a + ".attention.layer_norm_rms_epsilon"));
     c.vocab_size = f.tensor("token_embd.weight").shape.size() == 2 ? f.tensor("token_embd.weight").shape[1] : 0;
     if (f.find("tokenizer.ggml.bos_token_id")) c.bos_id = static_cast<std::int32_t>(f.get_int("tokenizer.ggml.bos_token_id"));
@@ -93,8 +139,14 @@ DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, bool keep_quant
     const DecoderConfig& c = w.config;
     w.token_embedding = load_matrix(file, "token_embd.weight", c.vocab_size, c.d_model, keep_quantized);
     w.output_norm = load_vector(file, "output_norm.weight", c.d_model);
+    std::size_t used = 2;  // tensors consumed, to find any the decoder would silently ignore
     if (file.find_tensor("output.weight")) {
         w.output = load_matrix(file, "output.weight", c.vocab_size, c.d_model, keep_quantized);
+        ++used;
+    }
+    if (file.find_tensor("rope_freqs.weight")) {
+        w.rope_freqs = load_vector(file, "rope_freqs.weight", c.rope_dim / 2);
+        ++used;
     }
     w.layers.resize(c.n_layers);
     for (std::size_t i = 0; i < c.n_layers; ++i) {
@@ -114,6 +166,17 @@ DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, bool keep_quant
         l.w_gate = load_matrix(file, p + "ffn_gate.weight", c.d_ff, c.d_model, keep_quantized);
         l.w_up = load_matrix(file, p + "ffn_up.weight", c.d_ff, c.d_model, keep_quantized);
         l.w_down = load_matrix(file, p + "ffn_down.weight", c.d_model, c.d_ff, keep_quantized);
+        used += c.qkv_bias ? 12 : 9;
+    }
+    if (used != file.tensors().size()) {
+        // Names are unique in a GGUF (the reader rejects duplicates), so a count mismatch means an extra tensor.
+        for (const gguf::TensorInfo& t : file.tensors()) {
+            if (!is_decoder_tensor(t.name, c)) {
+                throw FormatError(fmt::format("tensor '{}' is not used by the {} decoder (an unsupported variant?); "
+                                              "refusing to run the model without it",
+                                              t.name, c.architecture));
+            }
+        }
     }
     return w;
 }

@@ -50,17 +50,25 @@ struct DecoderConfig {
     std::size_t vocab_size = 0;          ///< rows of token_embd
     std::size_t context_length = 0;      ///< <arch>.context_length (training context; informational)
     float rope_base = 10000.0f;          ///< <arch>.rope.freq_base
+    /// Multiplies positions before RoPE: 1 / <arch>.rope.scaling.factor for linear scaling (or
+    /// 1 / <arch>.rope.scale_linear in older files), else 1. Other scaling types are refused (ConfigError).
+    float rope_position_scale = 1.0f;
+    /// <arch>.attention.sliding_window: 0 for none, else the query at position p sees keys in (p - window, p]
+    /// — window keys including its own, as llama.cpp and Mistral's reference code count it. (Hugging Face
+    /// transformers' eager Mistral lets it see window + 1; see scripts/make_arch_fixtures.py.)
+    std::size_t sliding_window = 0;
     float norm_eps = 1e-5f;              ///< <arch>.attention.layer_norm_rms_epsilon
     RopeStyle rope_style = RopeStyle::Interleaved;  ///< Interleaved for llama/mistral, Neox for qwen2
-    bool qkv_bias = false;               ///< qwen2: Q, K and V projections have biases
+    bool qkv_bias = false;               ///< Q, K and V projections have biases (always for qwen2; llama and
+                                         ///< mistral when the file has blk.0.attn_q.bias)
     std::int32_t bos_id = -1;            ///< tokenizer.ggml.bos_token_id, -1 if absent
     std::int32_t eos_id = -1;            ///< tokenizer.ggml.eos_token_id, -1 if absent
 
     std::size_t q_dim() const { return n_heads * head_dim; }
     std::size_t kv_dim() const { return n_kv_heads * head_dim; }
 
-    /// Reads the metadata. Throws ConfigError for an architecture other than llama/mistral/qwen2 and
-    /// FormatError for missing or inconsistent keys.
+    /// Reads the metadata. Throws ConfigError for an architecture other than llama/mistral/qwen2 or a RoPE
+    /// scaling type other than none/linear, and FormatError for missing or inconsistent keys.
     static DecoderConfig from_gguf(const gguf::File& file);
     /// The small model of the unit tests and benchmarks: llama-style, 6 layers, d_model 512, 8 heads of
     /// 64 (8 kv heads, so it fits KVCache<6, 8, 64>), d_ff 1536 (3 × d_model, SwiGLU), vocab 1024.
@@ -89,13 +97,16 @@ struct DecoderWeights {
     std::vector<LayerWeights> layers;
     std::vector<float> output_norm;  // (d_model)
     WeightMatrix output;             // (vocab, d_model); empty (rows() == 0) when tied to token_embedding
+    std::vector<float> rope_freqs;   // (rope_dim / 2) divisors of the RoPE frequencies (llama 3.x
+                                     // rope_freqs.weight); empty for none
 
     bool tied_output() const { return output.rows() == 0; }
     const WeightMatrix& output_matrix() const { return tied_output() ? token_embedding : output; }
     /// Bytes of all weights as stored (what one decode step streams from memory, roughly).
     std::size_t bytes() const;
 
-    /// Loads every tensor, checking its shape against the config (FormatError naming the tensor).
+    /// Loads every tensor, checking its shape against the config (FormatError naming the tensor). A tensor
+    /// the decoder would not use is a FormatError too (naming it), rather than a model silently run without it.
     /// keep_quantized: Q8_0/Q4_1 matrices stay quantised (fused dequant-dot kernels); otherwise all float.
     static DecoderWeights from_gguf(const gguf::File& file, bool keep_quantized = true);
     /// Random float weights for `config` (uniform, scaled by 1/sqrt(fan_in); norms 1), with a separate
@@ -150,7 +161,7 @@ private:
 
     DecoderWeights weights_;
     int threads_ = 0;
-    std::vector<double> inv_freq_;   // (rope_dim / 2) RoPE frequencies base^(-2i / rope_dim)
+    std::vector<double> inv_freq_;   // (rope_dim / 2) RoPE frequencies: position_scale * base^(-2i / rope_dim) / rope_freqs[i]
 
     // Activations, [n_tokens][width]; grown to the largest batch and kept.
     std::vector<float> x_;    // (n, d_model) residual stream
@@ -191,7 +202,7 @@ void Decoder::forward(std::span<const std::int32_t> tokens, Cache& cache, std::s
     }
     if (n == 0) return;
     reserve_scratch(n);
-    const AttentionOptions attn_opts{.threads = threads_};
+    const AttentionOptions attn_opts{.window = c.sliding_window, .threads = threads_};
 
     // Embedding: x[t] = token_embd[tokens[t]]
     for (std::size_t t = 0; t < n; ++t) {

@@ -201,6 +201,25 @@ TEST_CASE("random decoder: a paged sequence gives the contiguous cache's logits 
     CHECK(same_bits(a, b));
 }
 
+TEST_CASE("random decoder: an fp16 pool and prefix cache reuse prefixes bitwise like an fp16 contiguous cache") {
+    Decoder& d = random_decoder();
+    const std::size_t vocab = d.config().vocab_size;
+    const auto tokens = some_tokens(50, 12, vocab);
+    MultiLayerKVCache<fp16> flat(d.cache_layers(), 1, 50);
+    std::vector<float> cold(vocab), logits(vocab);
+    d.forward(tokens, flat, 0, cold);
+
+    PagedKVPool<fp16> pool(d.cache_layers(), 16);
+    PrefixCache<fp16> prefixes(pool, pool.bytes_allocated());
+    PagedSession<fp16> session(d, pool, &prefixes);
+    const PagedPrefill first = session.start(concat(std::span(tokens).first(37), some_tokens(4, 13, vocab)), logits);
+    session.finish(first.sequence);
+    const PagedPrefill hit = session.start(tokens, logits);
+    CHECK(hit.reused_tokens == 37);
+    CHECK(hit.match == PrefixMatchKind::TokenExact);
+    CHECK(same_bits(logits, cold));
+}
+
 TEST_CASE("random decoder: prefix hit, fork, branch and token-by-token logits are bitwise the cold ones") {
     Decoder& d = random_decoder();
     const auto tokens = some_tokens(45, 2, d.config().vocab_size);

@@ -465,7 +465,9 @@ private:
                 n_tokens, id.index, layer, length, needed, free_.size(), num_blocks_, block_size_));
         }
         const std::size_t last = (length + n_tokens - 1) / block_size_;
-        s.table.reserve(last + 1);  // the only allocation; before any block changes hands
+        // The only allocation, made before any block changes hands; geometric, so a decode loop allocates
+        // O(log n) times in all rather than once per block.
+        if (s.table.capacity() < last + 1) s.table.reserve(std::max(last + 1, 2 * s.table.capacity()));
         for (std::size_t b = length / block_size_; b <= last; ++b) {
             if (b >= s.table.size()) {
                 s.table.push_back(take_block());

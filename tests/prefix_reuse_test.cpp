@@ -228,6 +228,28 @@ TEST_CASE("random decoder: prefix hit, fork, branch and token-by-token logits ar
     SECTION("small blocks (27 of 45, blocks of 4)") { check_every_path_is_bitwise_cold(d, tokens, 27, 4); }
 }
 
+TEST_CASE("random decoder: bitwise across an attention segment boundary (1100 positions)") {
+    // Attention splits contexts into 1024-position segments merged at the end; a hit that resumes past the
+    // boundary, and queries on both sides of it, must still give the cold bits.
+    Decoder& d = random_decoder();
+    const std::size_t vocab = d.config().vocab_size;
+    const auto tokens = some_tokens(1100, 21, vocab);
+    const std::vector<float> cold = cold_logits(d, tokens);
+    PagedKVPool<float> pool(d.cache_layers(), 2 * PagedKVPool<float>::blocks_for(1100) + 4);
+    PrefixCache<float> prefixes(pool, pool.bytes_allocated());
+    PagedSession<float> session(d, pool, &prefixes);
+    std::vector<float> logits(vocab);
+    const PagedPrefill before = session.start(std::span(tokens).first(1000), logits);  // ends before 1024
+    const SequenceId fork = session.branch(before.sequence, 990);
+    session.finish(before.sequence);
+    const PagedPrefill hit = session.start(std::span(tokens).first(1050), logits);   // resumes at 1000
+    CHECK(hit.reused_tokens == 1000);
+    session.extend(hit.sequence, std::span(tokens).subspan(1050), logits);
+    CHECK(same_bits(logits, cold));
+    session.extend(fork, std::span(tokens).subspan(990), logits);
+    CHECK(same_bits(logits, cold));
+}
+
 TEST_CASE("SmolLM2: prefix hit, fork, branch and token-by-token logits are bitwise the cold ones") {
     RealModel* m = real_model();
     if (!m) return;

@@ -76,14 +76,6 @@ void block_q8_0(const std::uint8_t* b, float* y) {
     for (std::size_t j = 0; j < kQK; ++j) y[j] = static_cast<float>(qs[j]) * d;
 }
 
-// Q8_1: f32 d, f32 sum (unused here), 32 int8; element = q * d.
-void block_q8_1(const std::uint8_t* b, float* y) {
-    float d;
-    std::memcpy(&d, b, 4);
-    const auto* qs = reinterpret_cast<const std::int8_t*>(b + 8);
-    for (std::size_t j = 0; j < kQK; ++j) y[j] = static_cast<float>(qs[j]) * d;
-}
-
 // The 6-bit scale and min of sub-block j of a Q4_K/Q5_K super-block, packed into 12 bytes.
 void scale_min_k4(std::size_t j, const std::uint8_t* q, std::uint8_t& sc, std::uint8_t& m) {
     if (j < 4) {
@@ -175,11 +167,10 @@ BlockFn block_function(TensorType type) {
         case TensorType::Q5_0: return block_q5_0;
         case TensorType::Q5_1: return block_q5_1;
         case TensorType::Q8_0: return block_q8_0;
-        case TensorType::Q8_1: return block_q8_1;
         case TensorType::Q4_K: return block_q4_k;
         case TensorType::Q5_K: return block_q5_k;
         case TensorType::Q6_K: return block_q6_k;
-        default: return nullptr;
+        default: return nullptr;  // Q8_1 (an intermediate format, never in model files), Q2_K, Q3_K, Q8_K
     }
 }
 

@@ -113,7 +113,8 @@ private:
     std::unique_ptr<Impl> impl_;
 };
 
-/// Dequantises n elements of type `type` from src into dst. n must be a multiple of block_elements(type);
+/// Dequantises n elements of type `type` from src into dst (F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0,
+/// Q4_K, Q5_K, Q6_K). n must be a multiple of block_elements(type) (else ShapeError);
 /// src must hold n / block_elements * block_bytes bytes. Throws FormatError for unsupported types.
 void dequantize(TensorType type, const void* src, float* dst, std::size_t n);
 

@@ -13,6 +13,7 @@
 #pragma once
 
 #include <algorithm>
+#include <cmath>
 #include <cstddef>
 #include <limits>
 #include <span>
@@ -29,10 +30,15 @@
 namespace kvcache {
 namespace detail {
 
-/// Positions per tile: scores of one tile are formed before one softmax rescale. A multiple of 8.
+/// Positions per tile: scores of one tile are formed before one softmax rescale. A multiple of 4.
 inline constexpr std::size_t kAttentionTile = 64;
 /// Positions per segment (one unit of parallel work). A multiple of kAttentionTile.
-inline constexpr std::size_t kAttentionSegment = 1024;
+inline constexpr std::size_t kAttentionSegment = 512;
+/// Below this many cache bytes to read, one call runs on the calling thread: waking a second thread costs
+/// more than it saves.
+inline constexpr std::size_t kAttentionParallelBytes = std::size_t(256) << 10;
+/// Query heads folded together over one pass of a tile (each K and V row is loaded once for all of them).
+inline constexpr std::size_t kAttentionHeadBundle = 3;
 
 inline int resolve_threads(int requested) {
 #if defined(_OPENMP)
@@ -45,13 +51,11 @@ inline int resolve_threads(int requested) {
 
 /// Per-thread scratch, grown on first use and kept: no allocation on the decode path after warm-up.
 struct TileScratch {
-    std::vector<float> scores;       // [group][kAttentionTile]
-    std::vector<float> probs;        // [kAttentionTile]
-    std::vector<const void*> krows;  // [kAttentionTile]
+    std::vector<float> scores;       // [group][kAttentionTile]: q·k, then e^(score - max)
+    std::vector<const void*> krows;  // [kAttentionTile]: row pointers when a tile spans several chunks
     std::vector<const void*> vrows;  // [kAttentionTile]
     void reserve(std::size_t group) {
         if (scores.size() < group * kAttentionTile) scores.resize(group * kAttentionTile);
-        probs.resize(kAttentionTile);
         krows.resize(kAttentionTile);
         vrows.resize(kAttentionTile);
     }
@@ -78,60 +82,179 @@ struct SoftmaxState {
     }
 };
 
-/// Folds one tile of n rows into the state of `group` pre-scaled queries qs ([group][d]).
-template <StorageElement T>
-void fold_tile(const float* qs, std::size_t group, std::size_t d, std::size_t n, TileScratch& tmp,
-               const SoftmaxState& state) {
-    const T* const* krows = reinterpret_cast<const T* const*>(tmp.krows.data());
-    const T* const* vrows = reinterpret_cast<const T* const*>(tmp.vrows.data());
-    for (std::size_t g = 0; g < group; ++g) {
-        float* scores = tmp.scores.data() + g * kAttentionTile;
-        const float* qg = qs + g * d;
-        std::size_t i = 0;
-        for (; i + 8 <= n; i += 8) dot_rows8(qg, krows + i, d, scores + i);
-        for (; i < n; ++i) scores[i] = dot_row(qg, krows[i], d);
+/// Rows of a tile that lie in one chunk: row r at base + r * stride (no per-row pointers to gather).
+template <class T>
+struct StridedRows {
+    const T* base;
+    std::size_t stride;
+    const T* operator[](std::size_t r) const { return base + r * stride; }
+};
+/// Rows of a tile that spans chunks (a paged cache's blocks): one pointer per row.
+template <class T>
+struct GatheredRows {
+    const void* const* rows;
+    const T* operator[](std::size_t r) const { return static_cast<const T*>(rows[r]); }
+};
 
-        const float tile_max = *std::max_element(scores, scores + n);
-        float& m = state.m(g);
-        float& l = state.l(g);
-        if (tile_max > m) {
-            if (l > 0.0f) {
-                const float correction = std::exp(m - tile_max);
-                l *= correction;
-                scale(state.acc(g), correction, d);
+/// scores[g * kAttentionTile + r] = q_g · k_r for the NB query heads q ([NB][d], pre-scaled) and rows
+/// r in [0, n). Four rows at a time; a short last group repeats row n-1 (its extra results are dropped),
+/// so every score is the same instruction sequence — and so the same bits — wherever its row falls.
+template <StorageElement T, std::size_t W, std::size_t NB, class Rows>
+inline void tile_scores(const float* q, std::size_t d, const Rows& k, std::size_t n, float* scores) {
+    using S = Simd<W>;
+    for (std::size_t r = 0; r < n; r += 4) {
+        const T* row[4];
+        for (std::size_t j = 0; j < 4; ++j) row[j] = k[std::min(r + j, n - 1)];
+        typename S::V acc[NB][4];
+        for (std::size_t g = 0; g < NB; ++g)
+            for (std::size_t j = 0; j < 4; ++j) acc[g][j] = S::zero();
+        for (std::size_t i = 0; i < d; i += W) {
+            for (std::size_t j = 0; j < 4; ++j) {
+                const typename S::V x = S::template load<T>(row[j] + i);
+                for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i), x, acc[g][j]);
             }
-            m = tile_max;
         }
-        l += exp_shifted(scores, m, tmp.probs.data(), n);
-        accumulate_rows(tmp.probs.data(), vrows, n, state.acc(g), d);
+        // straight into the scores (past n in a short last group: room the tile has and nobody reads)
+        for (std::size_t g = 0; g < NB; ++g)
+            S::reduce4(acc[g][0], acc[g][1], acc[g][2], acc[g][3], scores + g * kAttentionTile + r);
+    }
+}
+
+/// acc_g[0..d) += Σ_r p[g * kAttentionTile + r] * v_r over rows r = 0..n-1 in order, for NB heads. Each
+/// output element is one chain of multiply-adds in row order, however the dimensions are blocked.
+template <StorageElement T, std::size_t W, std::size_t NB, class Rows>
+inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float* const* acc, std::size_t d) {
+    using S = Simd<W>;
+    constexpr std::size_t kBlock = W == 8 ? 2 : 4;  // vectors per block of dims: accumulators stay in registers
+    std::size_t i = 0;
+    for (; i + kBlock * W <= d; i += kBlock * W) {
+        typename S::V a[NB][kBlock];
+        for (std::size_t g = 0; g < NB; ++g)
+            for (std::size_t b = 0; b < kBlock; ++b) a[g][b] = S::loadf(acc[g] + i + b * W);
+        for (std::size_t r = 0; r < n; ++r) {
+            const T* row = v[r] + i;
+            typename S::V w[NB];
+            for (std::size_t g = 0; g < NB; ++g) w[g] = S::set1(p[g * kAttentionTile + r]);
+            for (std::size_t b = 0; b < kBlock; ++b) {
+                const typename S::V x = S::template load<T>(row + b * W);
+                for (std::size_t g = 0; g < NB; ++g) a[g][b] = S::fmadd(w[g], x, a[g][b]);
+            }
+        }
+        for (std::size_t g = 0; g < NB; ++g)
+            for (std::size_t b = 0; b < kBlock; ++b) S::store(acc[g] + i + b * W, a[g][b]);
+    }
+    for (; i < d; i += W) {
+        typename S::V a[NB];
+        for (std::size_t g = 0; g < NB; ++g) a[g] = S::loadf(acc[g] + i);
+        for (std::size_t r = 0; r < n; ++r) {
+            const typename S::V x = S::template load<T>(v[r] + i);
+            for (std::size_t g = 0; g < NB; ++g) a[g] = S::fmadd(S::set1(p[g * kAttentionTile + r]), x, a[g]);
+        }
+        for (std::size_t g = 0; g < NB; ++g) S::store(acc[g] + i, a[g]);
+    }
+}
+
+/// Turns head g's tile scores into weights e^(score - m) and folds them into its running max and sum
+/// (rescaling what was accumulated so far when the max grows).
+inline void tile_softmax(float* scores, std::size_t n, const SoftmaxState& state, std::size_t g) {
+    const float tile_max = max_of(scores, n);
+    float& m = state.m(g);
+    float& l = state.l(g);
+    float correction = 1.0f;
+    if (tile_max > m) {
+        if (l > 0.0f) {
+            correction = std::exp(m - tile_max);
+            scale(state.acc(g), correction, state.d);
+        }
+        m = tile_max;
+    }
+    l = fused_multiply_add(l, correction, exp_shifted(scores, m, scores, n));
+}
+
+/// Folds one tile of n rows into the state of `group` pre-scaled queries qs ([group][d]): scores for all
+/// heads, softmax per head, then values — each pass takes the heads kAttentionHeadBundle at a time, so a
+/// row is loaded (and converted from fp16/bf16) once per bundle rather than once per head.
+template <StorageElement T, std::size_t W, class Rows>
+void fold_tile(const float* qs, std::size_t group, std::size_t d, const Rows& k, const Rows& v, std::size_t n,
+               float* scores, const SoftmaxState& state) {
+    for (std::size_t g0 = 0; g0 < group; g0 += kAttentionHeadBundle) {
+        const std::size_t nb = std::min(kAttentionHeadBundle, group - g0);
+        const float* q = qs + g0 * d;
+        float* s = scores + g0 * kAttentionTile;
+        if (nb == 3) tile_scores<T, W, 3>(q, d, k, n, s);
+        else if (nb == 2) tile_scores<T, W, 2>(q, d, k, n, s);
+        else tile_scores<T, W, 1>(q, d, k, n, s);
+    }
+    for (std::size_t g = 0; g < group; ++g) tile_softmax(scores + g * kAttentionTile, n, state, g);
+    for (std::size_t g0 = 0; g0 < group; g0 += kAttentionHeadBundle) {
+        const std::size_t nb = std::min(kAttentionHeadBundle, group - g0);
+        float* acc[kAttentionHeadBundle];
+        for (std::size_t g = 0; g < nb; ++g) acc[g] = state.acc(g0 + g);
+        const float* p = scores + g0 * kAttentionTile;
+        if (nb == 3) tile_accumulate<T, W, 3>(p, v, n, acc, d);
+        else if (nb == 2) tile_accumulate<T, W, 2>(p, v, n, acc, d);
+        else tile_accumulate<T, W, 1>(p, v, n, acc, d);
     }
 }
 
 /// Reads positions [lo, hi) of one kv head (from any chunk range) into the state, tile by tile, with
-/// tiles cut at absolute multiples of kAttentionTile.
-template <StorageElement T, class Chunks>
+/// tiles cut at absolute multiples of kAttentionTile. A tile inside one chunk is read through its stride;
+/// one that spans chunks through gathered row pointers — the arithmetic is the same either way.
+template <StorageElement T, std::size_t W, class Chunks>
 void attend_positions(const float* qs, std::size_t group, std::size_t d, const Chunks& chunks, std::size_t lo,
                       std::size_t hi, const SoftmaxState& state) {
     TileScratch& tmp = tile_scratch();
     tmp.reserve(group);
-    std::size_t n = 0;
+    float* scores = tmp.scores.data();
+    std::size_t next = lo;  // next position to read
+    std::size_t n = 0;      // rows of the current tile gathered so far (when it spans chunks)
+    std::size_t tile_end = std::min(hi, (lo / kAttentionTile + 1) * kAttentionTile);
     for (const KVChunk<T>& chunk : chunks) {
-        const std::size_t begin = std::max(lo, chunk.start);
-        const std::size_t end = std::min(hi, chunk.start + chunk.length);
         if (chunk.start >= hi) break;
-        if (begin >= end) continue;
+        const std::size_t end = std::min(hi, chunk.start + chunk.length);
+        std::size_t pos = std::max(next, chunk.start);
         const std::size_t stride = chunk.row_stride(d);
-        for (std::size_t pos = begin; pos < end; ++pos) {
-            tmp.krows[n] = chunk.keys + (pos - chunk.start) * stride;
-            tmp.vrows[n] = chunk.values + (pos - chunk.start) * stride;
-            ++n;
-            if ((pos + 1) % kAttentionTile == 0 || pos + 1 == hi) {
-                fold_tile<T>(qs, group, d, n, tmp, state);
+        while (pos < end) {
+            const T* krow = chunk.keys + (pos - chunk.start) * stride;
+            const T* vrow = chunk.values + (pos - chunk.start) * stride;
+            if (n == 0 && tile_end <= end) {  // the whole tile lies in this chunk: read it through the stride
+                fold_tile<T, W>(qs, group, d, StridedRows<T>{krow, stride}, StridedRows<T>{vrow, stride},
+                                tile_end - pos, scores, state);
+            } else {  // gather this chunk's part of the tile
+                const std::size_t stop = std::min(end, tile_end);
+                for (; pos < stop; ++pos, krow += stride, vrow += stride, ++n) {
+                    tmp.krows[n] = krow;
+                    tmp.vrows[n] = vrow;
+                }
+                if (pos < tile_end) break;  // the tile goes on in the next chunk
+                fold_tile<T, W>(qs, group, d, GatheredRows<T>{tmp.krows.data()}, GatheredRows<T>{tmp.vrows.data()},
+                                n, scores, state);
                 n = 0;
             }
+            pos = tile_end;
+            tile_end = std::min(hi, tile_end + kAttentionTile);
         }
+        next = std::max(next, pos);
     }
-    if (n) fold_tile<T>(qs, group, d, n, tmp, state);  // only if the chunks ended before hi
+    if (n) {  // only if the chunks ended before hi
+        fold_tile<T, W>(qs, group, d, GatheredRows<T>{tmp.krows.data()}, GatheredRows<T>{tmp.vrows.data()}, n,
+                        scores, state);
+    }
+}
+
+/// attend_positions with the widest Simd<W> that divides head_dim.
+template <StorageElement T, class Chunks>
+void attend_positions_simd(const float* qs, std::size_t group, std::size_t d, const Chunks& chunks, std::size_t lo,
+                           std::size_t hi, const SoftmaxState& state) {
+    switch (simd_lanes_for(d)) {
+#if KVCACHE_HAVE_AVX512
+        case 16: return attend_positions<T, 16>(qs, group, d, chunks, lo, hi, state);
+#endif
+#if KVCACHE_HAVE_AVX2
+        case 8: return attend_positions<T, 8>(qs, group, d, chunks, lo, hi, state);
+#endif
+        default: return attend_positions<T, 1>(qs, group, d, chunks, lo, hi, state);
+    }
 }
 
 /// One unit of parallel work: query token t, kv head h, positions [lo, hi) of one segment.
@@ -190,7 +313,13 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
     }
     plan.states.resize(slots * state_size);
 
-    const int threads = std::min<int>(detail::resolve_threads(opts.threads), static_cast<int>(plan.work.size()));
+    // Threads only when there is enough to read to pay for waking them (the split does not change the result).
+    std::size_t positions = 0;
+    for (const auto& item : plan.work) positions += item.hi - item.lo;
+    const std::size_t bytes = positions * 2 * d * sizeof(T);
+    const int threads = bytes < detail::kAttentionParallelBytes
+                            ? 1
+                            : std::min<int>(detail::resolve_threads(opts.threads), static_cast<int>(plan.work.size()));
     const float* qbase = plan.scaled_q.data();
     float* states = plan.states.data();
     const auto* work = plan.work.data();
@@ -203,7 +332,7 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
         const detail::SoftmaxState state{states + item.slot * state_size, d};
         state.reset(s.group);
         const float* qs = qbase + (item.token * n_q_heads + item.kv_head * s.group) * d;
-        detail::attend_positions<T>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo, item.hi, state);
+        detail::attend_positions_simd<T>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo, item.hi, state);
     }
     (void)threads;
 
@@ -224,9 +353,9 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
                     const detail::SoftmaxState part{states + (first + k) * state_size, d};
                     if (part.l(g) == 0.0f) continue;
                     const float w = std::exp(part.m(g) - m);
-                    l += part.l(g) * w;
+                    l = detail::fused_multiply_add(part.l(g), w, l);
                     const float* acc = part.acc(g);
-                    for (std::size_t i = 0; i < d; ++i) o[i] += acc[i] * w;
+                    for (std::size_t i = 0; i < d; ++i) o[i] = detail::fused_multiply_add(acc[i], w, o[i]);
                 }
                 const float inv = l > 0.0f ? 1.0f / l : 0.0f;
                 for (std::size_t i = 0; i < d; ++i) o[i] *= inv;

@@ -1,9 +1,11 @@
 // The few vector primitives the attention kernels are built from: load-as-float, dot, axpy, exp.
 //
-// Each has an AVX2+FMA path and a portable path. Within one build a primitive always sums in the same
-// order for the same length, which is what makes the kernels' results independent of batching.
+// Each has an AVX2+FMA path and a portable path (Simd<W> also an AVX-512 one). Within one build a primitive
+// always sums in the same order for the same length, which is what makes the kernels' results independent
+// of batching. (Different builds — say AVX2 against AVX-512 — may differ in the last bits.)
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
@@ -16,6 +18,11 @@
 #define KVCACHE_HAVE_AVX2 1
 #else
 #define KVCACHE_HAVE_AVX2 0
+#endif
+#if KVCACHE_HAVE_AVX2 && defined(__AVX512F__)
+#define KVCACHE_HAVE_AVX512 1
+#else
+#define KVCACHE_HAVE_AVX512 0
 #endif
 
 namespace kvcache::detail {
@@ -68,94 +75,119 @@ inline __m256 exp8(__m256 x) {
 }
 #endif
 
-#if KVCACHE_HAVE_AVX2
-/// Sums the 8 lanes of v as ((0+1)+(2+3)) + ((4+5)+(6+7)): the same order reduce8x8 uses per row.
-inline float hsum_tree(__m256 v) {
-    __m256 s = _mm256_hadd_ps(v, v);
-    s = _mm256_hadd_ps(s, s);
-    return _mm_cvtss_f32(_mm_add_ss(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1)));
-}
-
-/// Lane r of the result is hsum_tree(a[r]), bit for bit, for 8 vectors at once.
-inline __m256 reduce8x8(const __m256* a) {
-    const __m256 h01 = _mm256_hadd_ps(a[0], a[1]);
-    const __m256 h23 = _mm256_hadd_ps(a[2], a[3]);
-    const __m256 h45 = _mm256_hadd_ps(a[4], a[5]);
-    const __m256 h67 = _mm256_hadd_ps(a[6], a[7]);
-    const __m256 h0123 = _mm256_hadd_ps(h01, h23);  // lanes: r0 r1 r2 r3 (low halves) | r0 r1 r2 r3 (high halves)
-    const __m256 h4567 = _mm256_hadd_ps(h45, h67);
-    const __m256 lo = _mm256_permute2f128_ps(h0123, h4567, 0x20);
-    const __m256 hi = _mm256_permute2f128_ps(h0123, h4567, 0x31);
-    return _mm256_add_ps(lo, hi);
-}
+/// a * b + c, fused where the target has FMA and then always. Left to the compiler (-ffp-contract=fast is
+/// GCC's default), `a * b + c` is fused in some inlined copies and not in others, and the same sum could
+/// differ between two instantiations of a kernel. Scalar multiply-adds in the kernels go through this.
+inline float fused_multiply_add(float a, float b, float c) {
+#if defined(__FMA__)
+    return std::fma(a, b, c);
+#else
+    return a * b + c;  // no FMA instruction, so nothing can be fused
 #endif
+}
 
-/// The dot product of q (head_dim floats) with one row of keys. Rows are summed with one accumulator
-/// per row in index order and reduced by hsum_tree, so dot_row and dot_rows8 agree bit for bit.
-template <StorageElement T>
-inline float dot_row(const float* q, const T* k, std::size_t d) {
-#if KVCACHE_HAVE_AVX2
-    if (d % 8 == 0) {
-        __m256 acc = _mm256_setzero_ps();
-        for (std::size_t i = 0; i < d; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), load8(k + i), acc);
-        return hsum_tree(acc);
+/// Simd<W>: W float lanes and the handful of operations the attention tile kernels need, for W = 16 (AVX-512),
+/// 8 (AVX2+FMA) and 1 (portable scalar). The kernels are written once against this interface.
+///
+/// reduce4 sums the lanes of four vectors with one fixed tree per vector — halves folded onto each other
+/// down to 4 lanes, then (x0 + x1) + (x2 + x3) — and each vector's sum depends only on that vector, so a
+/// dot product comes out bit for bit the same whichever three other rows it is reduced alongside.
+template <std::size_t W>
+struct Simd;
+
+template <>
+struct Simd<1> {
+    using V = float;
+    static V zero() { return 0.0f; }
+    static V set1(float x) { return x; }
+    static V loadf(const float* p) { return *p; }
+    template <StorageElement T>
+    static V load(const T* p) { return to_float(*p); }
+    static void store(float* p, V v) { *p = v; }
+    static V fmadd(V a, V b, V c) { return fused_multiply_add(a, b, c); }
+    static void reduce4(V a0, V a1, V a2, V a3, float* out) {
+        out[0] = a0;
+        out[1] = a1;
+        out[2] = a2;
+        out[3] = a3;
     }
-#endif
-    float sum = 0.0f;
-    for (std::size_t i = 0; i < d; ++i) sum += q[i] * to_float(k[i]);
-    return sum;
-}
+};
 
-/// Eight dot products of q with rows k[0..7] into out[0..7]; equal to eight dot_row calls.
-template <StorageElement T>
-inline void dot_rows8(const float* q, const T* const* k, std::size_t d, float* out) {
 #if KVCACHE_HAVE_AVX2
-    if (d % 8 == 0) {
-        __m256 acc[8];
-        for (int r = 0; r < 8; ++r) acc[r] = _mm256_setzero_ps();
-        for (std::size_t i = 0; i < d; i += 8) {
-            const __m256 qv = _mm256_loadu_ps(q + i);
-            for (int r = 0; r < 8; ++r) acc[r] = _mm256_fmadd_ps(qv, load8(k[r] + i), acc[r]);
+template <>
+struct Simd<8> {
+    using V = __m256;
+    static V zero() { return _mm256_setzero_ps(); }
+    static V set1(float x) { return _mm256_set1_ps(x); }
+    static V loadf(const float* p) { return _mm256_loadu_ps(p); }
+    template <StorageElement T>
+    static V load(const T* p) { return load8(p); }
+    static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
+    static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static void reduce4(V a0, V a1, V a2, V a3, float* out) {
+        // fold 8 -> 4 lanes: [a0 folded | a1 folded], [a2 folded | a3 folded]
+        const V s01 = _mm256_add_ps(_mm256_permute2f128_ps(a0, a1, 0x20), _mm256_permute2f128_ps(a0, a1, 0x31));
+        const V s23 = _mm256_add_ps(_mm256_permute2f128_ps(a2, a3, 0x20), _mm256_permute2f128_ps(a2, a3, 0x31));
+        // (x0 + x1), (x2 + x3), then their sum: lanes [a0 a2 a0 a2 | a1 a3 a1 a3]
+        const V h = _mm256_hadd_ps(s01, s23);
+        const V t = _mm256_hadd_ps(h, h);
+        _mm_storeu_ps(out, _mm_unpacklo_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1)));
+    }
+};
+#endif
+
+#if KVCACHE_HAVE_AVX512
+template <>
+struct Simd<16> {
+    using V = __m512;
+    static V zero() { return _mm512_setzero_ps(); }
+    static V set1(float x) { return _mm512_set1_ps(x); }
+    static V loadf(const float* p) { return _mm512_loadu_ps(p); }
+    // Conversions use the zero-masked forms with every lane selected (the same instructions): GCC 12 warns
+    // that the plain AVX-512 intrinsics read an uninitialised register.
+    template <StorageElement T>
+    static V load(const T* p) {
+        if constexpr (std::is_same_v<T, float>) {
+            return _mm512_loadu_ps(p);
+        } else if constexpr (std::is_same_v<T, fp16>) {
+            return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+        } else {
+            const __m512i wide =
+                _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+            return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
         }
-        _mm256_storeu_ps(out, reduce8x8(acc));
-        return;
     }
+    static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
+    static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    /// 128-bit quarters [a.q(i0), a.q(i1), b.q(i2), b.q(i3)] for imm = _MM_SHUFFLE(i3, i2, i1, i0).
+    template <int imm>
+    static V shuffle128(V a, V b) { return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, imm); }
+    static void reduce4(V a0, V a1, V a2, V a3, float* out) {
+        // (masked forms with every lane selected, for the reason given at load)
+        // fold 16 -> 8 lanes: [a0 folded | a1 folded], [a2 folded | a3 folded] (256-bit halves)
+        const V s01 = _mm512_add_ps(shuffle128<_MM_SHUFFLE(1, 0, 1, 0)>(a0, a1), shuffle128<_MM_SHUFFLE(3, 2, 3, 2)>(a0, a1));
+        const V s23 = _mm512_add_ps(shuffle128<_MM_SHUFFLE(1, 0, 1, 0)>(a2, a3), shuffle128<_MM_SHUFFLE(3, 2, 3, 2)>(a2, a3));
+        // fold 8 -> 4: quarters [a0 a1 a2 a3]
+        const V q = _mm512_add_ps(shuffle128<_MM_SHUFFLE(2, 0, 2, 0)>(s01, s23), shuffle128<_MM_SHUFFLE(3, 1, 3, 1)>(s01, s23));
+        // within each quarter: (x0 + x1) + (x2 + x3) in every lane (adds commute exactly)
+        const V p = _mm512_add_ps(q, _mm512_mask_permute_ps(q, 0xFFFF, q, _MM_SHUFFLE(2, 3, 0, 1)));
+        const V r = _mm512_add_ps(p, _mm512_mask_permute_ps(p, 0xFFFF, p, _MM_SHUFFLE(1, 0, 3, 2)));
+        const __m512i lane0_of_each_quarter = _mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0);
+        _mm_storeu_ps(out, _mm512_maskz_extractf32x4_ps(0xF, _mm512_mask_permutexvar_ps(r, 0xFFFF, lane0_of_each_quarter, r), 0));
+    }
+};
 #endif
-    for (int r = 0; r < 8; ++r) out[r] = dot_row(q, k[r], d);
-}
 
-/// acc[0..d) += Σ_r p[r] * v[r][0..d) for r = 0..n-1, summed in order of r (register-blocked over d).
-template <StorageElement T>
-inline void accumulate_rows(const float* p, const T* const* v, std::size_t n, float* acc, std::size_t d) {
-    std::size_t i = 0;
-#if KVCACHE_HAVE_AVX2
-    for (; i + 32 <= d; i += 32) {
-        __m256 a0 = _mm256_loadu_ps(acc + i), a1 = _mm256_loadu_ps(acc + i + 8);
-        __m256 a2 = _mm256_loadu_ps(acc + i + 16), a3 = _mm256_loadu_ps(acc + i + 24);
-        for (std::size_t r = 0; r < n; ++r) {
-            const __m256 w = _mm256_set1_ps(p[r]);
-            const T* row = v[r] + i;
-            a0 = _mm256_fmadd_ps(w, load8(row), a0);
-            a1 = _mm256_fmadd_ps(w, load8(row + 8), a1);
-            a2 = _mm256_fmadd_ps(w, load8(row + 16), a2);
-            a3 = _mm256_fmadd_ps(w, load8(row + 24), a3);
-        }
-        _mm256_storeu_ps(acc + i, a0);
-        _mm256_storeu_ps(acc + i + 8, a1);
-        _mm256_storeu_ps(acc + i + 16, a2);
-        _mm256_storeu_ps(acc + i + 24, a3);
-    }
-    for (; i + 8 <= d; i += 8) {
-        __m256 a0 = _mm256_loadu_ps(acc + i);
-        for (std::size_t r = 0; r < n; ++r) a0 = _mm256_fmadd_ps(_mm256_set1_ps(p[r]), load8(v[r] + i), a0);
-        _mm256_storeu_ps(acc + i, a0);
-    }
+/// The widest lane count this build has a Simd<W> for that divides head_dim (1 always does).
+inline std::size_t simd_lanes_for(std::size_t head_dim) {
+#if KVCACHE_HAVE_AVX512
+    if (head_dim % 16 == 0) return 16;
 #endif
-    for (; i < d; ++i) {
-        float a = acc[i];
-        for (std::size_t r = 0; r < n; ++r) a += p[r] * to_float(v[r][i]);
-        acc[i] = a;
-    }
+#if KVCACHE_HAVE_AVX2
+    if (head_dim % 8 == 0) return 8;
+#endif
+    (void)head_dim;
+    return 1;
 }
 
 /// Σ a[i] * b[i] over n elements, b in storage type T.
@@ -188,6 +220,23 @@ inline void axpy(float alpha, const T* x, float* acc, std::size_t n) {
     for (; i + 8 <= n; i += 8) _mm256_storeu_ps(acc + i, _mm256_fmadd_ps(a, load8(x + i), _mm256_loadu_ps(acc + i)));
 #endif
     for (; i < n; ++i) acc[i] += alpha * to_float(x[i]);
+}
+
+/// max(x[0..n)) for n >= 1 (8 lanes at a time: a serial max chain would cost more than the dot products).
+inline float max_of(const float* x, std::size_t n) {
+    std::size_t i = 0;
+    float best = x[0];
+#if KVCACHE_HAVE_AVX2
+    if (n >= 8) {
+        __m256 m = _mm256_loadu_ps(x);
+        for (i = 8; i + 8 <= n; i += 8) m = _mm256_max_ps(m, _mm256_loadu_ps(x + i));
+        __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+        best = _mm_cvtss_f32(_mm_max_ss(h, _mm_movehdup_ps(h)));
+    }
+#endif
+    for (; i < n; ++i) best = std::max(best, x[i]);
+    return best;
 }
 
 /// x[i] *= alpha over n elements.

@@ -54,6 +54,9 @@ std::vector<unsigned char> read_bytes(const fs::path& p) {
     return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 void write_bytes(const fs::path& p, const std::vector<unsigned char>& bytes) {
+    // A new file each time: ext4 flushes a file truncated and rewritten in place on close (auto_da_alloc),
+    // which made the thousands of variants below take seconds.
+    fs::remove(p);
     std::ofstream out(p, std::ios::binary | std::ios::trunc);
     out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
 }

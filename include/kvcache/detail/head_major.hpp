@@ -27,10 +27,16 @@ inline void scatter_tokens(const float* src, std::size_t n_tokens, std::size_t k
 template <StorageElement T>
 inline void scatter_elements(const T* src, std::size_t n_tokens, std::size_t kv_heads, std::size_t head_dim, T* block,
                              std::size_t capacity, std::size_t at) {
+    const std::size_t row_bytes = head_dim * sizeof(T);
     for (std::size_t t = 0; t < n_tokens; ++t) {
         for (std::size_t h = 0; h < kv_heads; ++h) {
-            std::memcpy(block + (h * capacity + at + t) * head_dim, src + (t * kv_heads + h) * head_dim,
-                        head_dim * sizeof(T));
+            auto* to = reinterpret_cast<unsigned char*>(block + (h * capacity + at + t) * head_dim);
+            const auto* from = reinterpret_cast<const unsigned char*>(src + (t * kv_heads + h) * head_dim);
+            // Fixed 32-byte pieces compile to vector moves; a memcpy call per short row costs ~20% (loading a
+            // cache file is this loop).
+            std::size_t n = row_bytes;
+            for (; n >= 32; n -= 32, to += 32, from += 32) std::memcpy(to, from, 32);
+            if (n) std::memcpy(to, from, n);
         }
     }
 }

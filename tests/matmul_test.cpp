@@ -131,3 +131,31 @@ TEST_CASE("weight matrices reject bad shapes") {
     CHECK(w.row_bytes() == 68);
     CHECK(weight_format_name(WeightFormat::Q4_1) == "Q4_1");
 }
+
+TEST_CASE("matmul_f32 over a bare array is matmul on the same floats, to the bit") {
+    // Odd widths exercise the 16-lane body, the scalar tail and rows shorter than one vector.
+    for (std::size_t cols : {1u, 8u, 16u, 37u, 100u}) {
+        const std::size_t rows = 23, n = 9;
+        CAPTURE(cols);
+        const auto wf = random_floats(rows * cols, cols);
+        const auto x = random_floats(n * cols, cols + 1);
+        const WeightMatrix w = WeightMatrix::from_floats(rows, cols, wf);
+        std::vector<float> expected(n * rows), got(n * rows), ref(n * rows);
+        matmul(w, x.data(), n, expected.data(), 2);
+        for (int threads : {1, 2}) {
+            matmul_f32(wf.data(), rows, cols, x.data(), n, got.data(), threads);
+            CHECK(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0);
+        }
+        matmul_reference(w, x.data(), n, ref.data());
+        for (std::size_t i = 0; i < ref.size(); ++i) CHECK(got[i] == Approx(ref[i]).margin(1e-5));
+        // A stretch of rows (how the encoder-decoder splits a fused q/k/v projection) is those rows' results.
+        std::vector<float> part(n * 5);
+        matmul_f32(wf.data() + 7 * cols, 5, cols, x.data(), n, part.data(), 2);
+        for (std::size_t t = 0; t < n; ++t) {
+            CHECK(std::memcmp(part.data() + t * 5, expected.data() + t * rows + 7, 5 * sizeof(float)) == 0);
+        }
+    }
+    std::vector<float> untouched(4, 1.5f);
+    matmul_f32(nullptr, 0, 8, nullptr, 0, untouched.data());  // nothing to do, nothing written
+    CHECK(untouched[0] == 1.5f);
+}

@@ -11,14 +11,9 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#endif
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "kvcache/attention/dense.hpp"
+#include "kvcache/model/matmul.hpp"
+#include "kvcache/model/ops.hpp"
 #include "kvcache/model/safetensors.hpp"
 
 namespace kvcache::model {
@@ -34,97 +29,6 @@ double seconds_since(std::int64_t start_ns) { return static_cast<double>(now_ns(
 namespace {
 
 using json = nlohmann::json;
-
-// ---- dot products with a fixed operation order ----
-// Every output element of a projection is one dot() of the same two rows, computed by the same sequence of
-// operations whether it is done alone or four at a time. So a token's activations do not depend on how many
-// tokens are processed together, and cached and uncached decoding agree bit for bit.
-#if defined(__AVX2__) && defined(__FMA__)
-inline float hsum8(__m256 v) {
-    const __m128 lo = _mm256_castps256_ps128(v), hi = _mm256_extractf128_ps(v, 1);
-    __m128 s = _mm_add_ps(lo, hi);
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-inline float dot(const float* a, const float* b, std::size_t n) {
-    __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
-    std::size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-        acc1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), acc1);
-    }
-    if (i + 8 <= n) {
-        acc0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc0);
-        i += 8;
-    }
-    float s = hsum8(_mm256_add_ps(acc0, acc1));
-    for (; i < n; ++i) s = std::fma(a[i], b[i], s);
-    return s;
-}
-// Four rows against one weight row; each result equals dot(a[r], b, n) exactly.
-inline void dot4(const float* const* a, const float* b, std::size_t n, float* out) {
-    __m256 acc[4][2];
-    for (auto& r : acc) r[0] = r[1] = _mm256_setzero_ps();
-    std::size_t i = 0;
-    for (; i + 16 <= n; i += 16) {
-        const __m256 b0 = _mm256_loadu_ps(b + i), b1 = _mm256_loadu_ps(b + i + 8);
-        for (int r = 0; r < 4; ++r) {
-            acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + i), b0, acc[r][0]);
-            acc[r][1] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + i + 8), b1, acc[r][1]);
-        }
-    }
-    const bool has8 = i + 8 <= n;
-    for (int r = 0; r < 4; ++r) {
-        std::size_t j = i;
-        if (has8) {
-            acc[r][0] = _mm256_fmadd_ps(_mm256_loadu_ps(a[r] + j), _mm256_loadu_ps(b + j), acc[r][0]);
-            j += 8;
-        }
-        float s = hsum8(_mm256_add_ps(acc[r][0], acc[r][1]));
-        for (; j < n; ++j) s = std::fma(a[r][j], b[j], s);
-        out[r] = s;
-    }
-}
-#else
-inline float dot(const float* a, const float* b, std::size_t n) {
-    float s = 0.0f;
-    for (std::size_t i = 0; i < n; ++i) s = std::fma(a[i], b[i], s);
-    return s;
-}
-inline void dot4(const float* const* a, const float* b, std::size_t n, float* out) {
-    for (int r = 0; r < 4; ++r) out[r] = dot(a[r], b, n);
-}
-#endif
-
-/// y (n, out) = x (n, in) · W[rows]ᵀ + bias[rows], W row-major (.., in). Tiled over x so a block of tokens
-/// stays in cache while every weight row passes over it; threads split the output columns.
-void linear(const float* x, std::size_t n, std::size_t in, const float* w, const float* bias, std::size_t out,
-            float* y, int threads) {
-    constexpr std::size_t block = 64;
-    const bool parallel = threads > 1 && n * in * out >= (1u << 20);
-    (void)parallel;
-    for (std::size_t i0 = 0; i0 < n; i0 += block) {
-        const std::size_t i1 = std::min(n, i0 + block);
-        const std::ptrdiff_t outs = static_cast<std::ptrdiff_t>(out);
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(static) num_threads(threads) if (parallel)
-#endif
-        for (std::ptrdiff_t oo = 0; oo < outs; ++oo) {
-            const std::size_t o = static_cast<std::size_t>(oo);
-            const float* wr = w + o * in;
-            const float b = bias ? bias[o] : 0.0f;
-            std::size_t i = i0;
-            for (; i + 4 <= i1; i += 4) {
-                const float* rows[4] = {x + i * in, x + (i + 1) * in, x + (i + 2) * in, x + (i + 3) * in};
-                float r[4];
-                dot4(rows, wr, in, r);
-                for (int k = 0; k < 4; ++k) y[(i + k) * out + o] = r[k] + b;
-            }
-            for (; i < i1; ++i) y[i * out + o] = dot(x + i * in, wr, in) + b;
-        }
-    }
-}
 
 void layer_norm(const float* x, std::size_t n, std::size_t d, const LayerNormWeights& w, float eps, float* y) {
     for (std::size_t i = 0; i < n; ++i) {
@@ -148,15 +52,6 @@ void activate(Activation a, float* x, std::size_t n) {
     } else {  // PyTorch's default "gelu": the exact erf form
         for (std::size_t i = 0; i < n; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
     }
-}
-
-int resolve_threads(int t) {
-#if defined(_OPENMP)
-    return t > 0 ? t : omp_get_max_threads();
-#else
-    (void)t;
-    return 1;
-#endif
 }
 
 template <class T>
@@ -480,15 +375,17 @@ const float* EncoderDecoder::sublayer_input(const LayerNormWeights& norm, const 
 
 void EncoderDecoder::project(const LinearWeights& w, std::size_t first_row, std::size_t n_rows, std::size_t in,
                              const float* x, std::size_t n_tokens, float* out) const {
-    linear(x, n_tokens, in, w.weight.data() + first_row * in, w.bias.empty() ? nullptr : w.bias.data() + first_row,
-           n_rows, out, resolve_threads(threads_));
+    // The shared float matmul (one fixed order per output, whatever the batch or thread count), then the bias:
+    // a token's activations do not depend on how many tokens run together, so cached == uncached bitwise.
+    matmul_f32(w.weight.data() + first_row * in, n_rows, in, x, n_tokens, out, threads_);
+    if (!w.bias.empty()) add_bias(out, w.bias.data() + first_row, n_tokens, n_rows);
 }
 
 void EncoderDecoder::finish_attention(const AttentionWeights& w, const LayerNormWeights& norm, float* x, std::size_t n) {
     const std::size_t d = config_.d_model;
     ws_.tmp.resize(n * d);
     project(w.out_proj, 0, d, d, ws_.attn.data(), n, ws_.tmp.data());
-    for (std::size_t i = 0; i < n * d; ++i) x[i] += ws_.tmp[i];
+    add_into(x, ws_.tmp.data(), n * d);
     if (!config_.norm_first) layer_norm(x, n, d, norm, config_.layer_norm_eps, x);
 }
 
@@ -501,7 +398,7 @@ void EncoderDecoder::feed_forward_block(const LinearWeights& l1, const LinearWei
     project(l1, 0, ff, d, h, n, ws_.ff.data());
     activate(config_.activation, ws_.ff.data(), n * ff);
     project(l2, 0, d, ff, ws_.ff.data(), n, ws_.tmp.data());
-    for (std::size_t i = 0; i < n * d; ++i) x[i] += ws_.tmp[i];
+    add_into(x, ws_.tmp.data(), n * d);
     if (!config_.norm_first) layer_norm(x, n, d, norm, config_.layer_norm_eps, x);
 }
 

@@ -82,6 +82,13 @@ inline float hsum(__m256 v) {
 }
 inline __m256 u8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
 inline __m256 i8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
+/// The 32 decoded integer codes of one block (q0..q3, 8 lanes each) against 32 inputs, in one fixed order.
+inline __m256 block_dot(__m256 q0, __m256 q1, __m256 q2, __m256 q3, const float* xb) {
+    __m256 s = _mm256_mul_ps(q0, _mm256_loadu_ps(xb));
+    s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), s);
+    s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s);
+    return _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s);
+}
 
 // Each kernel: out[t] = dot(row, x[t]) for t < NT. A token's accumulators see the same operations for
 // every NT, which is what makes batched and single-token results bitwise equal.
@@ -119,12 +126,7 @@ void dot_q8_0(const std::byte* row, std::size_t cols, const float* const* x, con
         const __m256 q0 = i8_to_ps(lo), q1 = i8_to_ps(_mm_srli_si128(lo, 8));
         const __m256 q2 = i8_to_ps(hi), q3 = i8_to_ps(_mm_srli_si128(hi, 8));
         for (int t = 0; t < NT; ++t) {
-            const float* xb = x[t] + b * kBlock;
-            __m256 s = _mm256_mul_ps(q0, _mm256_loadu_ps(xb));
-            s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), s);
-            s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s);
-            s = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s);
-            acc[t] = _mm256_fmadd_ps(d, s, acc[t]);
+            acc[t] = _mm256_fmadd_ps(d, block_dot(q0, q1, q2, q3, x[t] + b * kBlock), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
@@ -151,12 +153,7 @@ void dot_q4_1(const std::byte* row, std::size_t cols, const float* const* x, con
         const __m256 q0 = u8_to_ps(lo), q1 = u8_to_ps(_mm_srli_si128(lo, 8));
         const __m256 q2 = u8_to_ps(hi), q3 = u8_to_ps(_mm_srli_si128(hi, 8));
         for (int t = 0; t < NT; ++t) {
-            const float* xb = x[t] + b * kBlock;
-            __m256 s = _mm256_mul_ps(q0, _mm256_loadu_ps(xb));
-            s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), s);
-            s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s);
-            s = _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s);
-            acc[t] = _mm256_fmadd_ps(d, s, acc[t]);
+            acc[t] = _mm256_fmadd_ps(d, block_dot(q0, q1, q2, q3, x[t] + b * kBlock), acc[t]);
             macc[t] = std::fma(m, xsum[t][b], macc[t]);
         }
     }
@@ -265,14 +262,18 @@ void WeightMatrix::dequantize_row(std::size_t r, float* out) const {
     decode_row(format_, row_data(r), cols_, out);
 }
 
-void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads) {
-    if (n == 0 || w.rows() == 0) return;
-    const std::size_t rows = w.rows(), cols = w.cols();
+namespace {
+
+/// The product over `rows` rows of `format`, row r at base + r * row_stride: the one driver behind matmul and
+/// matmul_f32, so both keep the determinism contract by construction.
+void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_stride, std::size_t rows,
+                 std::size_t cols, const float* x, std::size_t n, float* y, int threads) {
+    if (n == 0 || rows == 0) return;
 
     // Per-token block sums of x for Q4_1's min term: computed once here, in one fixed order.
     thread_local std::vector<float> xsum_storage;  // (n, cols / 32)
     const std::size_t nb = cols / kBlock;
-    if (w.format() == WeightFormat::Q4_1) {
+    if (format == WeightFormat::Q4_1) {
         xsum_storage.resize(n * nb);
         for (std::size_t t = 0; t < n; ++t) {
             for (std::size_t b = 0; b < nb; ++b) {
@@ -298,14 +299,27 @@ void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int 
                 xs[i] = x + (t + i) * cols;
                 ss[i] = xsum + (t + i) * nb;
             }
-            const DotFn dot = kernel_for(w.format(), nt);
+            const DotFn dot = kernel_for(format, nt);
             float out[kTokensPerPass];
             for (std::size_t r = r0; r < r1; ++r) {
-                dot(w.row_data(r), cols, xs, ss, out);
+                dot(base + r * row_stride, cols, xs, ss, out);
                 for (int i = 0; i < nt; ++i) y[(t + i) * rows + r] = out[i];
             }
         }
     }
+}
+
+}  // namespace
+
+void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads) {
+    if (w.rows() == 0) return;
+    matmul_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads);
+}
+
+void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y,
+                int threads) {
+    matmul_rows(WeightFormat::F32, reinterpret_cast<const std::byte*>(w), cols * sizeof(float), rows, cols, x, n, y,
+                threads);
 }
 
 void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y) {

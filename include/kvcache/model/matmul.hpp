@@ -66,6 +66,12 @@ private:
 /// hardware offers. Vectorised (AVX2 + FMA when compiled for it); see the determinism contract above.
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads = 0);
 
+/// The float product over a bare row-major [rows][cols] array that the caller owns (no WeightMatrix, no copy):
+/// y[t][r] = sum_c w[r * cols + c] * x[t][c]. The same kernels and determinism contract as matmul on an F32
+/// WeightMatrix (bitwise the same results); used by the encoder-decoder, whose weights are PyTorch tensors.
+void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y,
+                int threads = 0);
+
 /// The same product by the obvious scalar loop (dequantise, then sum in double): what matmul is tested against.
 void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y);
 

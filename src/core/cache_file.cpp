@@ -430,7 +430,7 @@ CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>
     ::close(fd);  // the mapping keeps the file
 
     // ---- header ----
-    if (std::memcmp(s.data, kMagic.data(), std::min<std::size_t>(s.size, kMagic.size())) != 0) {
+    if (s.size > 0 && std::memcmp(s.data, kMagic.data(), std::min<std::size_t>(s.size, kMagic.size())) != 0) {
         std::string seen;
         for (std::size_t i = 0; i < std::min<std::size_t>(s.size, kMagic.size()); ++i) {
             seen += fmt::format("{:02x}", static_cast<unsigned>(s.data[i]));

@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <limits>
 #include <memory>
 #include <string>
 #include <thread>
@@ -85,10 +86,14 @@ TEST_CASE("CacheStore: get, set, replace, erase, clear, keys, size, bytes, stats
     CHECK(store.bytes() == 10);
     CHECK(store.size() == 2);
 
-    // a shared pointer can be stored as is
+    // a shared pointer can be stored as is, with or without a time-to-live of its own
     auto shared = std::make_shared<const std::string>("gamma");
     CHECK(store.set("c", shared) == shared);
     CHECK(store.get("c") == shared);
+    CHECK(store.set("t", shared, 1s) == shared);
+    clock.advance(1s);
+    CHECK(store.get("t") == nullptr);  // expired: a miss, counted as an expiration
+    CHECK(store.options().max_items == std::numeric_limits<std::size_t>::max());
 
     CHECK(store.erase("a"));
     CHECK_FALSE(store.erase("a"));
@@ -99,8 +104,9 @@ TEST_CASE("CacheStore: get, set, replace, erase, clear, keys, size, bytes, stats
 
     CacheStoreStats expected;
     expected.hits = 5;
-    expected.misses = 2;
-    expected.insertions = 3;
+    expected.misses = 3;
+    expected.insertions = 4;
+    expected.expirations = 1;
     expected.replacements = 1;
     expected.deletions = 1;
     CHECK(store.stats() == expected);
@@ -112,7 +118,7 @@ TEST_CASE("CacheStore: get, set, replace, erase, clear, keys, size, bytes, stats
     CHECK(store.get("b") == nullptr);
     CHECK(*shared == "gamma");  // cleared, but still ours
     expected.deletions = 3;
-    expected.misses = 3;
+    expected.misses = 4;
     CHECK(store.stats() == expected);
     check_books(store);
 }

@@ -86,6 +86,30 @@ inline float fused_multiply_add(float a, float b, float c) {
 #endif
 }
 
+#if KVCACHE_HAVE_AVX512
+/// exp8 for 16 floats (the same reduction and polynomial).
+inline __m512 exp16(__m512 x) {
+    const __m512 max_x = _mm512_set1_ps(88.3762626647949f);
+    const __m512 min_x = _mm512_set1_ps(-87.3365447504019f);
+    const __mmask16 underflow = _mm512_cmp_ps_mask(x, min_x, _CMP_LT_OQ);
+    x = _mm512_maskz_min_ps(0xFFFF, _mm512_maskz_max_ps(0xFFFF, x, min_x), max_x);  // (maskz: see Simd<16>::load)
+    const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+                                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+    const __m512i e = _mm512_add_epi32(_mm512_maskz_cvtps_epi32(0xFFFF, n), _mm512_set1_epi32(127));
+    const __m512 result = _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, e, 23)));
+    return _mm512_maskz_mov_ps(static_cast<__mmask16>(~underflow), result);
+}
+#endif
+
 /// Simd<W>: W float lanes and the handful of operations the attention tile kernels need, for W = 16 (AVX-512),
 /// 8 (AVX2+FMA) and 1 (portable scalar). The kernels are written once against this interface.
 ///
@@ -251,6 +275,20 @@ inline float exp_shifted(const float* s, float shift, float* p, std::size_t n) {
 #if KVCACHE_HAVE_AVX2
     const __m256 sh = _mm256_set1_ps(shift);
     __m256 acc = _mm256_setzero_ps();
+#if KVCACHE_HAVE_AVX512
+    if (n >= 16) {
+        const __m512 sh16 = _mm512_set1_ps(shift);
+        __m512 acc16 = _mm512_setzero_ps();
+        for (; i + 16 <= n; i += 16) {
+            const __m512 e = exp16(_mm512_sub_ps(_mm512_loadu_ps(s + i), sh16));
+            _mm512_storeu_ps(p + i, e);
+            acc16 = _mm512_add_ps(acc16, e);
+        }
+        const __m512d halves = _mm512_castps_pd(acc16);
+        acc = _mm256_add_ps(_mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, halves, 0)),
+                            _mm256_castpd_ps(_mm512_maskz_extractf64x4_pd(0xF, halves, 1)));
+    }
+#endif
     for (; i + 8 <= n; i += 8) {
         const __m256 e = exp8(_mm256_sub_ps(_mm256_loadu_ps(s + i), sh));
         _mm256_storeu_ps(p + i, e);

@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "kvcache/cache/kv_cache.hpp"
+#include "kvcache/cache/paged_kv_cache.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
 #include "kvcache/persist/cache_file.hpp"
 #include "kvcache/testing/random.hpp"
@@ -367,6 +368,64 @@ TEMPLATE_TEST_CASE("cache file: generic caches (chunked reads, append through fl
     const ChunkedView<TestType> liar(&source, 1);
     CHECK_THROWS_AS(save_cache_file(dir / "h.kvc", liar, 0, token_ids(11), fp), ShapeError);
     CHECK_FALSE(fs::exists(dir / "h.kvc"));
+}
+
+namespace {
+/// A one-row cache that can only truncate as a whole (like PagedSequence) and fails in append at one layer.
+struct OneRowCache {
+    using element_type = float;
+    MultiLayerKVCache<float> inner{3, 1, 4, 1, 8};
+    std::size_t fail_at_layer = 2;
+    std::size_t num_layers() const { return inner.num_layers(); }
+    std::size_t batch_size() const { return 1; }
+    std::size_t num_kv_heads(std::size_t l) const { return inner.num_kv_heads(l); }
+    std::size_t head_dim(std::size_t l) const { return inner.head_dim(l); }
+    std::size_t seq_len(std::size_t l, std::size_t r) const { return inner.seq_len(l, r); }
+    auto chunks(std::size_t l, std::size_t r, std::size_t h) const { return inner.chunks(l, r, h); }
+    void append(std::size_t l, std::size_t r, std::span<const float> k, std::span<const float> v, std::size_t n) {
+        if (l == fail_at_layer) throw CapacityError("out of blocks");
+        inner.append(l, r, k, v, n);
+    }
+    void truncate(std::size_t n) { inner.truncate(n); }
+};
+}  // namespace
+
+TEST_CASE("cache file: paged sequences save and load (chunk per block, append_elements, pool limits)",
+          "[cache_file]") {
+    TempDir dir;
+    const std::vector<LayerShape> shapes{{3, 8}, {3, 8}, {1, 16}};
+    PagedKVPool<fp16> pool(shapes, 16, 4);  // 16 blocks of 4 positions
+    const SequenceId id = pool.create_sequence();
+    PagedSequence<fp16> seq = pool.sequence(id);
+    for (std::size_t l = 0; l < shapes.size(); ++l) fill_random_bits(seq, l, 0, 13, 60 + l);  // 4 blocks
+    const auto fp = make_fingerprint(kModel, seq);
+    save_cache_file(dir / "p.kvc", seq, 0, token_ids(13), fp);
+
+    // into another pool: bit-exact
+    PagedKVPool<fp16> other(shapes, 8, 4);
+    PagedSequence<fp16> loaded = other.sequence(other.create_sequence());
+    CHECK(load_cache_file(dir / "p.kvc", loaded, 0, fp).tokens == token_ids(13));
+    for (std::size_t l = 0; l < shapes.size(); ++l) CHECK(row_bytes(loaded, l, 0) == row_bytes(seq, l, 0));
+
+    // into a contiguous cache of the same configuration, and back
+    MultiLayerKVCache<fp16> flat(shapes, 1, 13);
+    load_cache_file(dir / "p.kvc", flat, 0, make_fingerprint(kModel, flat));
+    for (std::size_t l = 0; l < shapes.size(); ++l) CHECK(row_bytes(flat, l, 0) == row_bytes(seq, l, 0));
+
+    // a pool without enough free blocks: CapacityError before anything is written
+    PagedKVPool<fp16> small(shapes, 3, 4);
+    PagedSequence<fp16> none = small.sequence(small.create_sequence());
+    CHECK_THROWS_AS(load_cache_file(dir / "p.kvc", none, 0, fp), CapacityError);
+    CHECK(none.seq_len() == 0);
+    CHECK(small.free_blocks() == 3);
+
+    // a one-row cache that can only truncate whole is rolled back with truncate(0)
+    KVCache<3, 1, 4> src(1, 8);
+    fill_row(src, 0, 5, 1);
+    save_cache_file(dir / "o.kvc", src, 0, token_ids(5), make_fingerprint(kModel, src));
+    OneRowCache failing;
+    CHECK_THROWS_WITH(load_cache_file(dir / "o.kvc", failing, 0, make_fingerprint(kModel, failing)), "out of blocks");
+    for (std::size_t l = 0; l < 3; ++l) CHECK(failing.inner.seq_len(l, 0) == 0);
 }
 
 TEST_CASE("cache file: saving checks its arguments and writes nothing on error", "[cache_file]") {

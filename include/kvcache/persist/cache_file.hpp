@@ -279,8 +279,13 @@ CacheFileInfo load_cache_file(const std::filesystem::path& path, C& cache, std::
         }
     } catch (...) {
         // Only a cache whose appends can fail after the checks above gets here (out of pool blocks, say):
-        // undo the layers already written where the cache lets us.
-        if constexpr (requires { cache.truncate_row(row, std::size_t{0}); }) cache.truncate_row(row, 0);
+        // undo the layers already written where the cache lets us (truncate_row, or truncate of a
+        // single-row cache).
+        if constexpr (requires { cache.truncate_row(row, std::size_t{0}); }) {
+            cache.truncate_row(row, 0);
+        } else if constexpr (requires { cache.truncate(std::size_t{0}); }) {
+            if (cache.batch_size() == 1) cache.truncate(0);  // a one-sequence view (e.g. PagedSequence)
+        }
         throw;
     }
     return info;

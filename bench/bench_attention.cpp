@@ -7,8 +7,7 @@
 // Cold vs hot. In a real decode step every layer's cache is read once and then the other layers' caches are,
 // so a layer's cache is not in any CPU cache when its turn comes again. BM_DecodeAttention reproduces that: it
 // builds as many layers of the given context as make up at least --attn_cold_mib (default 1024 MiB: the size of
-// the bandwidth benchmark's array, 32 times this machine's L3, whose replacement policy keeps part of a
-// smaller rotating set resident) and each call reads the next layer in turn. BM_DecodeAttentionHot reads one layer
+// the bandwidth benchmark's array, 32 times this machine's L3) and each call reads the next layer in turn. BM_DecodeAttentionHot reads one layer
 // over and over, so small contexts sit in L2/L3: that shows the kernel's compute limit, not the memory's.
 //
 // Counters: GB/s = cache bytes read per second (1e9 bytes), over all calls; best_GB/s = the same for the fastest

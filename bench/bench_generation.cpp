@@ -441,11 +441,12 @@ std::vector<std::int64_t> powers_of_two(std::int64_t from, std::int64_t to) {
 /// between them on a log scale, then `to` + the prompt. Generating n tokens runs steps at contexts
 /// prompt+1 .. prompt+n-1, so these points bracket every step of every n <= `to`: the plotting script
 /// predicts the speedup from them by interpolation, never extrapolation.
+/// --quick: powers of two only.
 std::vector<std::int64_t> contexts(std::int64_t to) {
     std::vector<std::int64_t> v;
     for (std::int64_t x = std::int64_t(kPromptTokens); x <= to; x *= 2) {
         v.push_back(x);
-        if (x * 3 / 2 <= to && x < to) v.push_back(x * 3 / 2);
+        if (!g_quick && x * 3 / 2 <= to && x < to) v.push_back(x * 3 / 2);
     }
     v.push_back(to + std::int64_t(kPromptTokens));
     return v;

@@ -65,15 +65,24 @@ struct Caches {
     std::size_t context = 0;
     std::size_t layers = 0;
     std::unique_ptr<MultiLayerKVCache<T>> cache;
+    /// The layer the next call reads. It carries over between benchmark runs (Google Benchmark calls the
+    /// function several times) and the warm-up call: restarting at layer 0 would read a layer still in L3.
+    std::size_t next_layer = 0;
+    std::size_t take_layer() {
+        const std::size_t l = next_layer;
+        next_layer = (next_layer + 1) % layers;
+        return l;
+    }
 };
 
 template <class T>
-const Caches<T>& caches(std::size_t context, bool cold) {
+Caches<T>& caches(std::size_t context, bool cold) {
     static Caches<T> held[2];  // [cold]
     Caches<T>& c = held[cold ? 1 : 0];
     if (c.context == context && c.cache) return c;
     c.cache.reset();  // free the old set before building the next
     c.context = context;
+    c.next_layer = 0;
     c.layers = cold ? std::max<std::size_t>(1, (g_cold_bytes + layer_bytes<T>(context) - 1) / layer_bytes<T>(context)) : 1;
     c.cache = std::make_unique<MultiLayerKVCache<T>>(c.layers, kKVHeads, kHeadDim, 1, context);
     const std::size_t width = kKVHeads * kHeadDim;
@@ -88,16 +97,16 @@ template <class T>
 void BM_Decode(benchmark::State& state, bool cold, Kernel kernel) {
     const auto context = static_cast<std::size_t>(state.range(0));
     const int threads = kernel == Kernel::Fast ? static_cast<int>(state.range(1)) : 1;
-    const Caches<T>& c = caches<T>(context, cold);
+    Caches<T>& c = caches<T>(context, cold);
     const auto q = testing::random_normal(kQHeads * kHeadDim, 13);
     std::vector<float> out(q.size());
     AttentionOptions opts;
     opts.threads = threads;
-    attention(*c.cache, 0, 0, q, 1, kQHeads, out, opts);  // warm-up: scratch and thread pool in place
+    attention(*c.cache, c.take_layer(), 0, q, 1, kQHeads, out, opts);  // warm-up: scratch and thread pool in place
 
     double seconds = 0, fastest = 1e30;
-    std::size_t layer = 0;
     for (auto _ : state) {
+        const std::size_t layer = c.take_layer();
         const auto t0 = std::chrono::steady_clock::now();
         if (kernel == Kernel::Fast) {
             attention(*c.cache, layer, 0, q, 1, kQHeads, out, opts);
@@ -111,7 +120,6 @@ void BM_Decode(benchmark::State& state, bool cold, Kernel kernel) {
         state.SetIterationTime(s);
         seconds += s;
         fastest = std::min(fastest, s);
-        if (++layer == c.layers) layer = 0;
     }
     const double calls = double(state.iterations());
     const double gbps = calls * double(layer_bytes<T>(context)) / seconds / 1e9;

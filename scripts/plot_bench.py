@@ -35,6 +35,7 @@ MODEL_LABEL = {
     "real": "SmolLM2-135M Q4_1, 30L",
     "seq2seq": "encoder-decoder 6+6L×8H×512, fp32",
 }
+SHORT_LABEL = {"random": "random decoder", "real": "SmolLM2-135M Q4_1", "seq2seq": "encoder-decoder"}
 MODEL_COLOR = {"random": "#1f77b4", "real": "#d62728", "seq2seq": "#2ca02c"}
 FIT_MIN_N = 64  # slopes are fitted over n >= this: below it the prompt pass and fixed costs dominate
 QUOTED_N = (128, 512, 1024)
@@ -144,7 +145,7 @@ def save(fig, out, name, suffix, note):
 
 
 def plot_total(gen, out, suffix, note, summary):
-    fig, ax = plt.subplots(figsize=(8.6, 6.0))
+    fig, ax = plt.subplots(figsize=(8.6, 7.2))
     generate = gen.get("BM_Generate", {})
     for model in MODELS:
         if model not in generate:
@@ -179,7 +180,8 @@ def plot_total(gen, out, suffix, note, summary):
     handles, labels = ax.get_legend_handles_labels()
     handles.append(Line2D([], [], linestyle="--", color="0.3"))
     labels.append(f"least-squares fit over n ≥ {FIT_MIN_N} (slope = exponent)")
-    ax.legend(handles, labels, loc="upper left")
+    # Below the axes: inside, it would cover the points of whichever series lies under it.
+    ax.legend(handles, labels, loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=2, fontsize=7.5)
     return save(fig, out, "generation_total", suffix, note)
 
 
@@ -248,7 +250,7 @@ def predicted_speedup(gen, model, n):
 
 def plot_speedup(gen, out, suffix, note, summary):
     generate = gen.get("BM_Generate", {})
-    fig, ax = plt.subplots(figsize=(8.6, 5.8))
+    fig, ax = plt.subplots(figsize=(8.6, 6.6))
     for model in MODELS:
         g = generate.get(model, {})
         if "cached" not in g:
@@ -258,7 +260,7 @@ def plot_speedup(gen, out, suffix, note, summary):
         sp = [g["uncached"][n]["seconds"] / g["cached"][n]["seconds"] for n in ns]
         if ns:
             ax.plot(ns, sp, marker="o", color=color, linestyle="-", linewidth=1.2, markersize=6,
-                    label=f"{MODEL_LABEL[model]}: measured")
+                    label=f"{SHORT_LABEL[model]}: measured")
             for n, s in zip(ns, sp):
                 if n in QUOTED_N or n == ns[-1]:
                     ax.annotate(f"{s:.0f}×", (n, s), textcoords="offset points", xytext=(-4, 8), fontsize=8.5,
@@ -274,7 +276,7 @@ def plot_speedup(gen, out, suffix, note, summary):
                     pred[n] = p
             if pred:
                 ax.plot(list(pred), list(pred.values()), linestyle="--", color=color, linewidth=1.2, alpha=0.85,
-                        label=f"{model}: predicted from the step curves")
+                        label=f"{SHORT_LABEL[model]}: predicted from step times")
                 for n, s in pred.items():
                     if n not in ns and n in QUOTED_N:
                         ax.annotate(f"~{s:.0f}×", (n, s), textcoords="offset points", xytext=(4, -12), fontsize=8.5,
@@ -296,7 +298,8 @@ def plot_speedup(gen, out, suffix, note, summary):
     ax.set_title("What the KV cache buys: speedup grows ~linearly with n")
     ax.grid(True, which="major", alpha=0.35)
     ax.grid(True, which="minor", axis="y", alpha=0.12)
-    ax.legend(loc="upper left")
+    ax.margins(x=0.06)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.11), ncol=3, fontsize=7.5)
     return save(fig, out, "speedup", suffix, note)
 
 

@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import sys
+import textwrap
 
 import matplotlib
 
@@ -128,13 +129,16 @@ def log10_axis_y(ax, unit="", subs=(1.0,)):
 
 
 def footer(fig, note):
+    """The machine note, wrapped to the figure's width (about 17 characters of 7-point text per inch)."""
     if note:
-        fig.text(0.995, 0.005, note, ha="right", va="bottom", fontsize=7, color="0.4")
+        text = "\n".join(textwrap.wrap(note, width=int(fig.get_figwidth() * 17)))
+        fig.text(0.995, 0.005, text, ha="right", va="bottom", fontsize=7, color="0.4")
 
 
 def save(fig, out, name, suffix, note):
     footer(fig, note)
-    fig.tight_layout(rect=(0, 0.025 if note else 0, 1, 1))
+    lines = len(textwrap.wrap(note, width=int(fig.get_figwidth() * 17))) if note else 0
+    fig.tight_layout(rect=(0, 0.16 * lines / fig.get_figheight(), 1, 1))
     path = os.path.join(out, f"{name}{suffix}.png")
     fig.savefig(path)
     plt.close(fig)
@@ -168,8 +172,9 @@ def plot_total(gen, out, suffix, note, summary):
             ax.plot(x, y, marker="o" if cached else "s", linestyle="-" if cached else ":", linewidth=0.9,
                     color=color, markerfacecolor=color if cached else "white", markersize=6.5, label=label)
             if not cached and "cached" in generate[model] and x.max() < max(generate[model]["cached"]):
-                ax.annotate(f"stopped at n={x.max():.0f} ({fmt_seconds(y[-1])})", xy=(x[-1], y[-1]),
-                            xytext=(6, -2), textcoords="offset points", fontsize=7.5, color=color, va="top")
+                ax.annotate(f"no-cache runs stop at n={x.max():.0f} ({fmt_seconds(y[-1])})", xy=(x[-1], y[-1]),
+                            xytext=(-8, 4), textcoords="offset points", fontsize=7.5, color=color, ha="right",
+                            va="bottom")
     log2_axis(ax)
     log10_axis_y(ax, " s")
     ax.set_xlabel("new tokens generated, n (after an 8-token prompt)")
@@ -279,8 +284,8 @@ def plot_speedup(gen, out, suffix, note, summary):
                         label=f"{SHORT_LABEL[model]}: predicted from step times")
                 for n, s in pred.items():
                     if n not in ns and n in QUOTED_N:
-                        ax.annotate(f"~{s:.0f}×", (n, s), textcoords="offset points", xytext=(4, -12), fontsize=8.5,
-                                    color=color)
+                        ax.annotate(f"~{s:.0f}×", (n, s), textcoords="offset points", xytext=(-4, 8), fontsize=8.5,
+                                    color=color, ha="right")
         parts = []
         for n in (16, 64) + QUOTED_N:
             if n in ns:

@@ -7,7 +7,7 @@
 # python3-matplotlib), fetches the default model if absent, builds bench_generation and memory_report in
 # Release ($KVCACHE_BUILD_DIR, default build-bench), prints a line per benchmark case as it starts and ends,
 # writes bench/results/*.json and summary*.txt, and plots to bench/plots/*.png (scripts/plot_bench.py).
-# --quick: fewer and shorter cases, under 2 minutes on 2 cores; the full run takes ~30 minutes.
+# --quick: fewer and shorter cases, ~1 minute on 2 cores after the first build; the full run takes ~20 minutes.
 # Run it on a quiet machine: every matmul ends in a barrier, so a core taken by another process slows every step.
 set -euo pipefail
 

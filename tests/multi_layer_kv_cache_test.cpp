@@ -114,6 +114,11 @@ TEMPLATE_TEST_CASE("MultiLayerKVCache: Growth::Fixed refuses to overflow and wri
     CHECK_THROWS_AS(cache.append(1, 0, one, two, 1), ShapeError);
     CHECK_THROWS_AS(cache.append(1, 0, two, one, 1), ShapeError);
     CHECK_THROWS_AS(cache.append(0, 0, one, one, 1), ShapeError);  // layer 0 is 8 wide, not 7
+    // n_tokens * width would wrap around to the spans' size: still a ShapeError, never a huge write
+    const std::size_t wrapping = std::numeric_limits<std::size_t>::max() / 7 + 1;
+    const std::size_t wrapped = wrapping * 7;  // unsigned wrap-around is defined
+    const std::vector<float> small(wrapped, 1.0f);
+    if (wrapped < 1024) CHECK_THROWS_AS(cache.append(1, 0, small, small, wrapping), ShapeError);
     CHECK_THROWS_AS(cache.append(3, 0, one, one, 1), IndexError);
     CHECK_THROWS_AS(cache.append(1, 2, one, one, 1), IndexError);
     CHECK(cache.capacity() == 4);

@@ -19,6 +19,8 @@
 #include "kvcache/cache/views_xtensor.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
+#include "kvcache/persist/cache_file.hpp"
+#include "kvcache/store/cache_store.hpp"
 #include "kvcache/testing/cache_consistency.hpp"
 #include "kvcache/testing/compare.hpp"
 #include "kvcache/testing/random.hpp"

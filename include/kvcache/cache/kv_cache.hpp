@@ -66,8 +66,8 @@ public:
     void append(std::size_t layer, std::size_t row, std::span<const float> keys, std::span<const float> values,
                 std::size_t n_tokens) {
         this->check_layer_row(layer, row);
-        detail::check_size("keys", keys.size(), n_tokens * kTokenWidth);
-        detail::check_size("values", values.size(), n_tokens * kTokenWidth);
+        detail::check_rows("keys", keys.size(), n_tokens, kTokenWidth);
+        detail::check_rows("values", values.size(), n_tokens, kTokenWidth);
         make_room(layer, row, n_tokens);
         std::uint32_t& length = this->length(layer, row);
         detail::scatter_tokens(keys.data(), n_tokens, Heads, HeadDim, block(layer, 0, row), this->capacity_, length);

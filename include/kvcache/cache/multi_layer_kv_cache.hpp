@@ -88,8 +88,8 @@ public:
                 std::size_t n_tokens) {
         this->check_layer_row(layer, row);
         const LayerShape& shape = shapes_[layer];
-        detail::check_size("keys", keys.size(), n_tokens * shape.token_width());
-        detail::check_size("values", values.size(), n_tokens * shape.token_width());
+        detail::check_rows("keys", keys.size(), n_tokens, shape.token_width());
+        detail::check_rows("values", values.size(), n_tokens, shape.token_width());
         make_room(layer, row, n_tokens);
         const std::size_t length = this->length(layer, row);
         detail::scatter_tokens(keys.data(), n_tokens, shape.kv_heads, shape.head_dim, block(layer, 0, row),

@@ -24,4 +24,12 @@ inline void check_size(std::string_view what, std::size_t actual, std::size_t ex
     }
 }
 
+/// check_size for n_tokens rows of `width` elements, without letting n_tokens * width wrap around.
+inline void check_rows(std::string_view what, std::size_t actual, std::size_t n_tokens, std::size_t width) {
+    if (width != 0 && n_tokens > actual / width) {
+        throw ShapeError(fmt::format("{} has {} elements, expected {} tokens x {}", what, actual, n_tokens, width));
+    }
+    check_size(what, actual, n_tokens * width);
+}
+
 }  // namespace kvcache::detail

@@ -339,6 +339,23 @@ TEST_CASE("arch fixtures: loader errors name what is wrong") {
         CHECK_THROWS_AS(DecoderConfig::from_gguf(file), ConfigError);
         CHECK_THAT(message_of([&] { DecoderConfig::from_gguf(file); }), Catch::Contains("'llama3'"));
     }
+    SECTION("no head size: d_model not a multiple of the heads and no key_length") {
+        auto bytes = file_bytes("qwen2_tiny.gguf");
+        const std::string key = "qwen2.attention.head_count";
+        // head_count is followed by head_count_kv; take the one whose key ends right before the u32 type tag.
+        const auto* b = reinterpret_cast<const char*>(bytes.data());
+        std::size_t at = std::string_view(b, bytes.size()).find(key + std::string("\x04\0\0\0", 4));
+        REQUIRE(at != std::string_view::npos);
+        const std::size_t value = at + key.size() + 4;
+        std::uint32_t heads = 0;
+        std::memcpy(&heads, bytes.data() + value, 4);
+        REQUIRE(heads == 4);
+        heads = 3;  // 32 % 3 != 0
+        std::memcpy(bytes.data() + value, &heads, 4);
+        const auto file = gguf::File::from_memory(bytes);
+        CHECK_THROWS_AS(DecoderConfig::from_gguf(file), FormatError);
+        CHECK_THAT(message_of([&] { DecoderConfig::from_gguf(file); }), Catch::Contains("key_length"));
+    }
     SECTION("a value head size other than the key head size") {
         auto bytes = file_bytes("llama_quant.gguf");
         const std::string key = "llama.attention.value_length";

@@ -97,6 +97,11 @@ DecoderConfig DecoderConfig::from_gguf(const gguf::File& f) {
     c.n_heads = f.get_uint(a + ".attention.head_count");
     c.n_kv_heads = f.get_uint_or(a + ".attention.head_count_kv", c.n_heads);
     if (c.n_heads == 0) throw FormatError(fmt::format("{}.attention.head_count is 0", a));
+    if (!f.find(a + ".attention.key_length") && c.d_model % c.n_heads != 0) {
+        throw FormatError(fmt::format("{0}.embedding_length ({1}) is not a multiple of {0}.attention.head_count ({2}) "
+                                      "and {0}.attention.key_length is absent: no head size",
+                                      a, c.d_model, c.n_heads));
+    }
     c.head_dim = f.get_uint_or(a + ".attention.key_length", c.d_model / c.n_heads);
     c.rope_dim = f.get_uint_or(a + ".rope.dimension_count", c.head_dim);
     c.context_length = f.get_uint_or(a + ".context_length", 0);

@@ -449,8 +449,8 @@ private:
         Slot& s = slot(id);
         detail::check_index("layer", layer, shapes_.size());
         const LayerShape& shape = shapes_[layer];
-        detail::check_size("keys", key_elements, n_tokens * shape.token_width());
-        detail::check_size("values", value_elements, n_tokens * shape.token_width());
+        detail::check_rows("keys", key_elements, n_tokens, shape.token_width());
+        detail::check_rows("values", value_elements, n_tokens, shape.token_width());
         if (n_tokens == 0) return;
         const std::size_t length = s.lengths[layer];
         if (n_tokens > std::numeric_limits<std::uint32_t>::max() - length) {

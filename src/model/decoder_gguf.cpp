@@ -1,6 +1,10 @@
 // The decoder's GGUF side: configuration from metadata and weights from tensors. Kept apart so that code
 // using only random weights does not link the GGUF reader.
 #include "kvcache/model/decoder.hpp"
+
+#include <fmt/ranges.h>
+
+#include "kvcache/persist/cache_file.hpp"
 #include "kvcache/model/gguf.hpp"
 
 namespace kvcache {
@@ -184,6 +188,41 @@ DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, bool keep_quant
         }
     }
     return w;
+}
+
+std::string model_fingerprint(const gguf::File& file) {
+    // Metadata and tensor infos as text (values through their variant index and bytes), then the tensor bytes.
+    std::string described;
+    const auto describe = [&described](const auto& self, const gguf::Value& v) -> void {
+        described += std::to_string(v.index()) + ':';
+        std::visit(
+            [&](const auto& x) {
+                using X = std::decay_t<decltype(x)>;
+                if constexpr (std::is_same_v<X, std::string>) {
+                    described += std::to_string(x.size()) + ':' + x;
+                } else if constexpr (std::is_same_v<X, std::shared_ptr<gguf::Array>>) {
+                    described += '[' + std::to_string(x->values.size()) + ':';
+                    for (const gguf::Value& e : x->values) self(self, e);
+                    described += ']';
+                } else {
+                    described.append(reinterpret_cast<const char*>(&x), sizeof(x));
+                }
+            },
+            v);
+        described += ';';
+    };
+    for (const gguf::KeyValue& kv : file.metadata()) {
+        described += kv.key + '=';
+        describe(describe, kv.value);
+    }
+    std::string weights;
+    for (const gguf::TensorInfo& t : file.tensors()) {
+        described += fmt::format("{}:{}:{};", t.name, gguf::tensor_type_name(t.type), fmt::join(t.shape, "x"));
+        weights += fingerprint_digest(std::span(t.data, t.n_bytes));
+    }
+    return fmt::format("{} '{}' meta:{} weights:{}", file.get_string_or("general.architecture", "?"),
+                       file.get_string_or("general.name", ""), fingerprint_digest(std::string_view(described)),
+                       fingerprint_digest(std::string_view(weights)));
 }
 
 Decoder Decoder::load(const std::filesystem::path& path, const DecoderOptions& options) {

@@ -114,6 +114,12 @@ struct DecoderWeights {
     static DecoderWeights random(const DecoderConfig& config, std::uint64_t seed);
 };
 
+/// An identity of a model file for cache files (CacheFingerprint::model): the architecture and name, plus a
+/// digest of every metadata entry, every tensor's name, type and shape, and every tensor's bytes. Two files
+/// give the same string only if they hold the same model, so a cache saved for one is refused by another.
+/// Hashing the weights costs one read of the file (a few ms for SmolLM2).
+std::string model_fingerprint(const gguf::File& file);
+
 struct DecoderOptions {
     int threads = 0;             ///< 0 → all the hardware offers
     bool keep_quantized = true;  ///< see DecoderWeights::from_gguf

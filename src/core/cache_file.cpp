@@ -1,6 +1,8 @@
 // Cache files: the byte layout (docs/cache-file-format.md), the atomic writer and the mapping reader.
 #include "kvcache/persist/cache_file.hpp"
 
+#include "kvcache/detail/mapped_file.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -371,15 +373,12 @@ void CacheFileWriter::commit() {
 
 struct CacheFileReader::State {
     fs::path path;
+    detail::MappedFile mapping;
     const std::byte* data = nullptr;
     std::size_t size = 0;
     Header header;
     std::vector<Section> sections;
     CacheFileInfo info;
-
-    ~State() {
-        if (data) ::munmap(const_cast<std::byte*>(data), size);
-    }
 
     [[noreturn]] void fail(const std::string& what) const {
         throw FormatError(fmt::format("{}: {}", path.string(), what));
@@ -410,24 +409,10 @@ CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>
     State& s = *state_;
     s.path = std::move(path);
 
-    const int fd = ::open(s.path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw_errno("cannot open", s.path);
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        ::close(fd);
-        throw_errno("cannot stat", s.path);
-    }
-    s.size = static_cast<std::size_t>(st.st_size);
-    if (s.size > 0) {
-        // MAP_POPULATE: the whole file is read anyway, so fault it in at once rather than page by page.
-        void* p = ::mmap(nullptr, s.size, PROT_READ, MAP_PRIVATE | MAP_POPULATE, fd, 0);
-        if (p == MAP_FAILED) {
-            ::close(fd);
-            throw_errno("cannot map", s.path);
-        }
-        s.data = static_cast<const std::byte*>(p);
-    }
-    ::close(fd);  // the mapping keeps the file
+    // Populate: the whole file is read anyway, so fault it in at once rather than page by page.
+    s.mapping = detail::MappedFile::open(s.path, "cache file", /*populate=*/true);
+    s.data = s.mapping.bytes().data();
+    s.size = s.mapping.size();
 
     // ---- header ----
     if (s.size > 0 && std::memcmp(s.data, kMagic.data(), std::min<std::size_t>(s.size, kMagic.size())) != 0) {

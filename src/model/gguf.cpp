@@ -6,10 +6,8 @@
 // is allocated, so a hostile header cannot make us allocate or read more than the file holds.
 #include "kvcache/model/gguf.hpp"
 
-#include <fcntl.h>
-#include <sys/mman.h>
-#include <sys/stat.h>
-#include <unistd.h>
+#include "kvcache/detail/mapped_file.hpp"
+
 
 #include <algorithm>
 #include <bit>
@@ -172,22 +170,10 @@ bool multiply_overflows(std::size_t a, std::size_t b, std::size_t& out) {
     return __builtin_mul_overflow(a, b, &out);
 }
 
-/// Owns the bytes: an mmap'ed file (unmapped on destruction) or nothing (caller-held memory).
-struct Mapping {
-    void* address = nullptr;
-    std::size_t size = 0;
-    Mapping() = default;
-    Mapping(const Mapping&) = delete;
-    Mapping& operator=(const Mapping&) = delete;
-    ~Mapping() {
-        if (address) ::munmap(address, size);
-    }
-};
-
 }  // namespace
 
 struct File::Impl {
-    std::unique_ptr<Mapping> mapping;
+    detail::MappedFile mapping;  // empty for from_memory
     std::span<const std::byte> bytes;
     std::uint32_t version = 0;
     std::size_t alignment = kDefaultAlignment;
@@ -411,33 +397,9 @@ File& File::operator=(File&&) noexcept = default;
 File::~File() = default;
 
 File File::open(const std::filesystem::path& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw IoError("gguf: cannot open '" + path.string() + "': " + std::strerror(errno));
-    struct stat st {};
-    if (::fstat(fd, &st) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw IoError("gguf: cannot stat '" + path.string() + "': " + std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        ::close(fd);
-        throw IoError("gguf: '" + path.string() + "' is not a regular file");
-    }
     auto impl = std::make_unique<Impl>();
-    impl->mapping = std::make_unique<Mapping>();
-    const auto size = static_cast<std::size_t>(st.st_size);
-    if (size > 0) {
-        void* addr = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (addr == MAP_FAILED) {
-            const int err = errno;
-            ::close(fd);
-            throw IoError("gguf: cannot map '" + path.string() + "': " + std::strerror(err));
-        }
-        impl->mapping->address = addr;
-        impl->mapping->size = size;
-        impl->bytes = {static_cast<const std::byte*>(addr), size};
-    }
-    ::close(fd);  // the mapping keeps the file's pages reachable
+    impl->mapping = detail::MappedFile::open(path, "gguf");
+    impl->bytes = impl->mapping.bytes();
     try {
         impl->parse();
     } catch (const FormatError& e) {

@@ -1,6 +1,8 @@
 // The safetensors reader and writer: header validation, float conversion, serialisation.
 #include "kvcache/model/safetensors.hpp"
 
+#include "kvcache/detail/mapped_file.hpp"
+
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -124,14 +126,9 @@ std::size_t TensorView::n_elements() const {
 std::string TensorView::shape_string() const { return shape_to_string(shape); }
 
 struct File::Impl {
-    void* map = nullptr;       // owned mapping (open) or nullptr (from_memory)
-    std::size_t map_size = 0;
+    detail::MappedFile mapping;  // empty for from_memory
     std::map<std::string, std::string> metadata;
     std::vector<TensorView> tensors;
-
-    ~Impl() {
-        if (map) munmap(map, map_size);
-    }
 
     void parse(std::span<const std::byte> bytes) {
         if (bytes.size() < 8)
@@ -211,33 +208,9 @@ File& File::operator=(File&&) noexcept = default;
 File::~File() = default;
 
 File File::open(const std::filesystem::path& path) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) throw IoError("safetensors: cannot open '" + path.string() + "': " + std::strerror(errno));
-    struct stat st {};
-    if (fstat(fd, &st) != 0) {
-        const int err = errno;
-        ::close(fd);
-        throw IoError("safetensors: cannot stat '" + path.string() + "': " + std::strerror(err));
-    }
-    if (!S_ISREG(st.st_mode)) {
-        ::close(fd);
-        throw IoError("safetensors: '" + path.string() + "' is not a regular file");
-    }
     auto impl = std::make_unique<Impl>();
-    const auto size = static_cast<std::size_t>(st.st_size);
-    std::span<const std::byte> bytes;
-    if (size > 0) {
-        void* m = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-        if (m == MAP_FAILED) {
-            const int err = errno;
-            ::close(fd);
-            throw IoError("safetensors: cannot map '" + path.string() + "': " + std::strerror(err));
-        }
-        impl->map = m;
-        impl->map_size = size;
-        bytes = {static_cast<const std::byte*>(m), size};
-    }
-    ::close(fd);  // the mapping stays valid without the descriptor
+    impl->mapping = detail::MappedFile::open(path, "safetensors");
+    const std::span<const std::byte> bytes = impl->mapping.bytes();
     try {
         impl->parse(bytes);
     } catch (const FormatError& e) {

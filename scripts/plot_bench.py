@@ -404,14 +404,21 @@ def cache_ops_summary(gen, summary):
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--generation", required=True, help="bench_generation JSON (--benchmark_out)")
+    ap.add_argument("--generation", required=True, action="append",
+                    help="bench_generation JSON (--benchmark_out); repeatable: later files add cases (e.g. a "
+                         "separate run of one long case) and replace cases of the same name")
     ap.add_argument("--memory", action="append", default=[], help="memory_report --json output (repeatable)")
     ap.add_argument("--out", default="bench/plots", help="directory for the PNGs")
     ap.add_argument("--suffix", default="", help="appended to each PNG's name (e.g. _quick)")
     ap.add_argument("--note", default="", help="machine note printed in each figure's corner")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
-    context, gen = load_generation(args.generation)
+    context, gen = load_generation(args.generation[0])
+    for extra in args.generation[1:]:
+        for kind, models in load_generation(extra)[1].items():
+            for model, modes in models.items():
+                for mode, cases in modes.items():
+                    gen.setdefault(kind, {}).setdefault(model, {}).setdefault(mode, {}).update(cases)
     memories = []
     for m in args.memory:
         with open(m) as f:

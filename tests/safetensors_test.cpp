@@ -71,7 +71,8 @@ TEST_CASE("serialize and read back F32, F16, BF16 tensors with metadata", "[safe
 TEST_CASE("fp16 and bf16 values convert with their own rounding", "[safetensors]") {
     const std::vector<float> v = {0.1f, 1.0f / 3.0f};
     const std::vector<st::TensorToWrite> ts = {{"h", {2}, v, st::DType::F16}, {"b", {2}, v, st::DType::BF16}};
-    const auto f = st::File::from_memory(st::serialize(ts));
+    const auto bytes = st::serialize(ts);  // from_memory does not copy: the buffer must outlive the File
+    const auto f = st::File::from_memory(bytes);
     const auto h = f.to_float("h");
     const auto b = f.to_float("b");
     for (int i = 0; i < 2; ++i) {
@@ -138,7 +139,8 @@ TEST_CASE("malformed files are FormatErrors that say what is wrong", "[safetenso
 TEST_CASE("missing tensors, wrong shapes and non-float dtypes name the tensor and sizes", "[safetensors]") {
     const std::vector<float> a = {1, 2, 3, 4, 5, 6};
     const std::vector<st::TensorToWrite> ts = {{"enc.w", {2, 3}, a, st::DType::F32}};
-    const auto f = st::File::from_memory(st::serialize(ts));
+    const auto bytes = st::serialize(ts);  // from_memory does not copy: the buffer must outlive the File
+    const auto f = st::File::from_memory(bytes);
     CHECK_THROWS_WITH(f.tensor("dec.w"), Contains("'dec.w' is missing"));
     CHECK_THROWS_AS(f.to_float("dec.w"), kvcache::FormatError);
     CHECK_THROWS_AS(f.load("enc.w", {3, 2}), kvcache::ShapeError);

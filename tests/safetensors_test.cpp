@@ -148,8 +148,8 @@ TEST_CASE("missing tensors, wrong shapes and non-float dtypes name the tensor an
     CHECK_THROWS_AS(f.load("enc.w", {6}), kvcache::ShapeError);
 
     const std::string header = R"({"ids":{"dtype":"I32","shape":[2],"data_offsets":[0,8]}})";
-    const auto bytes = image(header, 8);
-    const auto g = st::File::from_memory(bytes);
+    const auto int_image = image(header, 8);
+    const auto g = st::File::from_memory(int_image);
     CHECK(g.tensor("ids").dtype == st::DType::I32);
     CHECK_THROWS_WITH(g.to_float("ids"), Contains("'ids'") && Contains("I32"));
 }

@@ -340,8 +340,12 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
     float* states = plan.states.data();
     const auto* work = plan.work.data();
     const std::ptrdiff_t n_work = static_cast<std::ptrdiff_t>(plan.work.size());
+    // Decode (one token): each thread takes one contiguous run of work items — long sequential reads of one
+    // kv head that the hardware prefetcher can follow (interleaved single items gave 47-58 % of the two-thread
+    // bandwidth, contiguous runs 78-86 %). Prefill: items differ in size under the causal mask, so one at a time.
+    const int chunk = n_tokens == 1 ? static_cast<int>((n_work + threads - 1) / std::max(threads, 1)) : 1;
 #if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, 1) num_threads(threads) if (threads > 1)
+#pragma omp parallel for schedule(dynamic, chunk) num_threads(threads) if (threads > 1)
 #endif
     for (std::ptrdiff_t w = 0; w < n_work; ++w) {
         const detail::AttentionWork& item = work[w];
@@ -351,6 +355,7 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
         detail::attend_positions_simd<T>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo, item.hi, state);
     }
     (void)threads;
+    (void)chunk;
 
     // Merge each (token, kv head)'s segments in order and normalise.
     for (std::size_t t = 0; t < n_tokens; ++t) {

@@ -11,7 +11,6 @@
 
 #include <algorithm>
 #include <bit>
-#include <cerrno>
 #include <cstring>
 #include <limits>
 #include <unordered_map>
@@ -24,7 +23,7 @@ constexpr std::size_t kMaxDims = 4;                // ggml's GGML_MAX_DIMS
 constexpr std::size_t kMaxArrayDepth = 8;          // nested arrays deeper than this are rejected
 constexpr std::size_t kMaxArrayElements = 1u << 24;  // all metadata arrays together (decoded values cost ~48 B)
 
-std::string hex_offset(std::size_t off) { return "byte offset " + std::to_string(off); }
+std::string at_offset(std::size_t off) { return "byte offset " + std::to_string(off); }
 
 /// Reads little-endian scalars and strings, throwing FormatError with the offset if the image ends.
 class Cursor {
@@ -37,7 +36,7 @@ public:
     void need(std::size_t n, const char* what) const {
         if (n > remaining()) {
             throw FormatError("gguf: truncated file: " + std::string(what) + " needs " + std::to_string(n) +
-                              " bytes at " + hex_offset(pos_) + " but only " + std::to_string(remaining()) +
+                              " bytes at " + at_offset(pos_) + " but only " + std::to_string(remaining()) +
                               " remain");
         }
     }
@@ -55,7 +54,7 @@ public:
         const std::size_t at = pos_;
         const auto len = read<std::uint64_t>(what);
         if (len > remaining()) {
-            throw FormatError("gguf: " + std::string(what) + " at " + hex_offset(at) + " claims " +
+            throw FormatError("gguf: " + std::string(what) + " at " + at_offset(at) + " claims " +
                               std::to_string(len) + " bytes but only " + std::to_string(remaining()) + " remain");
         }
         std::string s(reinterpret_cast<const char*>(bytes_.data() + pos_), static_cast<std::size_t>(len));
@@ -107,7 +106,7 @@ public:
         const std::size_t at = c_.offset();
         const auto raw = c_.read<std::uint32_t>(what);
         if (raw > static_cast<std::uint32_t>(ValueType::FLOAT64)) {
-            throw FormatError("gguf: unknown metadata value type " + std::to_string(raw) + " at " + hex_offset(at));
+            throw FormatError("gguf: unknown metadata value type " + std::to_string(raw) + " at " + at_offset(at));
         }
         return static_cast<ValueType>(raw);
     }
@@ -127,7 +126,7 @@ public:
             case ValueType::BOOL: {
                 const std::size_t at = c_.offset();
                 const auto b = c_.read<std::uint8_t>("BOOL value");
-                if (b > 1) throw FormatError("gguf: BOOL value " + std::to_string(b) + " at " + hex_offset(at));
+                if (b > 1) throw FormatError("gguf: BOOL value " + std::to_string(b) + " at " + at_offset(at));
                 return b == 1;
             }
             case ValueType::STRING: return c_.read_string("string");
@@ -141,21 +140,21 @@ private:
         const std::size_t at = c_.offset();
         if (depth > kMaxArrayDepth) {
             throw FormatError("gguf: arrays nested deeper than " + std::to_string(kMaxArrayDepth) + " at " +
-                              hex_offset(at));
+                              at_offset(at));
         }
         auto array = std::make_shared<Array>();
         array->element_type = read_type("array element type");
         const auto count = c_.read<std::uint64_t>("array length");
         const std::size_t min_size = min_encoded_size(array->element_type);
         if (count > c_.remaining() / min_size) {
-            throw FormatError("gguf: array at " + hex_offset(at) + " claims " + std::to_string(count) + " " +
+            throw FormatError("gguf: array at " + at_offset(at) + " claims " + std::to_string(count) + " " +
                               value_type_name(array->element_type) + " elements but only " +
                               std::to_string(c_.remaining()) + " bytes remain");
         }
         total_elements_ += static_cast<std::size_t>(count);
         if (total_elements_ > kMaxArrayElements) {
             throw FormatError("gguf: metadata arrays hold more than " + std::to_string(kMaxArrayElements) +
-                              " elements in all (array at " + hex_offset(at) + ")");
+                              " elements in all (array at " + at_offset(at) + ")");
         }
         array->values.reserve(static_cast<std::size_t>(count));
         for (std::uint64_t i = 0; i < count; ++i) array->values.push_back(read_value(array->element_type, depth));
@@ -183,7 +182,7 @@ struct File::Impl {
     std::unordered_map<std::string, std::size_t> tensor_index;
 
     void parse();
-    const KeyValue& require(std::string_view key, const char* wanted) const;
+    const KeyValue& require(std::string_view key) const;  ///< FormatError naming the key if absent
 };
 
 namespace {
@@ -236,7 +235,7 @@ void File::Impl::parse() {
         kv.type = meta.read_type("metadata value type");
         kv.value = meta.read_value(kv.type, 0);
         if (!key_index.emplace(kv.key, metadata.size()).second) {
-            throw FormatError("gguf: duplicate metadata key '" + kv.key + "' at " + hex_offset(at));
+            throw FormatError("gguf: duplicate metadata key '" + kv.key + "' at " + at_offset(at));
         }
         metadata.push_back(std::move(kv));
     }
@@ -251,7 +250,7 @@ void File::Impl::parse() {
         t.name = c.read_string("tensor name");
         const auto n_dims = c.read<std::uint32_t>("tensor dimension count");
         if (n_dims == 0 || n_dims > kMaxDims) {
-            throw FormatError("gguf: tensor '" + t.name + "' at " + hex_offset(at) + " has " + std::to_string(n_dims) +
+            throw FormatError("gguf: tensor '" + t.name + "' at " + at_offset(at) + " has " + std::to_string(n_dims) +
                               " dimensions (1 to " + std::to_string(kMaxDims) + " allowed)");
         }
         std::size_t n_elements = 1;
@@ -290,7 +289,7 @@ void File::Impl::parse() {
                               " is not a multiple of the alignment " + std::to_string(alignment));
         }
         if (!tensor_index.emplace(t.name, tensors.size()).second) {
-            throw FormatError("gguf: duplicate tensor name '" + t.name + "' at " + hex_offset(at));
+            throw FormatError("gguf: duplicate tensor name '" + t.name + "' at " + at_offset(at));
         }
         tensors.push_back(std::move(t));
     }
@@ -318,10 +317,9 @@ void File::Impl::parse() {
     }
 }
 
-const KeyValue& File::Impl::require(std::string_view key, const char* wanted) const {
+const KeyValue& File::Impl::require(std::string_view key) const {
     const auto it = key_index.find(std::string(key));
     if (it == key_index.end()) throw FormatError("gguf: metadata key '" + std::string(key) + "' is missing");
-    (void)wanted;
     return metadata[it->second];
 }
 
@@ -485,13 +483,13 @@ const Array& array_of(const KeyValue& kv, const char* wanted) {
 }  // namespace
 
 std::string File::get_string(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "STRING");
+    const KeyValue& kv = impl_->require(key);
     if (kv.type != ValueType::STRING) wrong_type(kv, "STRING");
     return std::get<std::string>(kv.value);
 }
 
 std::uint64_t File::get_uint(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "an integer");
+    const KeyValue& kv = impl_->require(key);
     const auto v = integer_of(kv.value);
     if (!v) wrong_type(kv, "an unsigned integer");
     if (v->negative && v->magnitude != 0) {
@@ -501,7 +499,7 @@ std::uint64_t File::get_uint(std::string_view key) const {
 }
 
 std::int64_t File::get_int(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "an integer");
+    const KeyValue& kv = impl_->require(key);
     const auto v = integer_of(kv.value);
     if (!v) wrong_type(kv, "an integer");
     const auto i = as_int64(*v);
@@ -510,20 +508,20 @@ std::int64_t File::get_int(std::string_view key) const {
 }
 
 double File::get_float(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "a float");
+    const KeyValue& kv = impl_->require(key);
     if (kv.type == ValueType::FLOAT32) return std::get<float>(kv.value);
     if (kv.type == ValueType::FLOAT64) return std::get<double>(kv.value);
     wrong_type(kv, "FLOAT32 or FLOAT64");
 }
 
 bool File::get_bool(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "BOOL");
+    const KeyValue& kv = impl_->require(key);
     if (kv.type != ValueType::BOOL) wrong_type(kv, "BOOL");
     return std::get<bool>(kv.value);
 }
 
 std::vector<std::string> File::get_string_array(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "ARRAY of STRING");
+    const KeyValue& kv = impl_->require(key);
     const Array& a = array_of(kv, "ARRAY of STRING");
     if (a.element_type != ValueType::STRING) wrong_type(kv, "ARRAY of STRING");
     std::vector<std::string> out;
@@ -533,7 +531,7 @@ std::vector<std::string> File::get_string_array(std::string_view key) const {
 }
 
 std::vector<float> File::get_float_array(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "ARRAY of FLOAT32");
+    const KeyValue& kv = impl_->require(key);
     const Array& a = array_of(kv, "ARRAY of FLOAT32 or FLOAT64");
     std::vector<float> out;
     out.reserve(a.values.size());
@@ -548,7 +546,7 @@ std::vector<float> File::get_float_array(std::string_view key) const {
 }
 
 std::vector<std::int64_t> File::get_int_array(std::string_view key) const {
-    const KeyValue& kv = impl_->require(key, "ARRAY of integers");
+    const KeyValue& kv = impl_->require(key);
     const Array& a = array_of(kv, "ARRAY of integers");
     // checked on the element type, not per element, so that an empty array of strings is refused too
     switch (a.element_type) {

@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -363,4 +365,53 @@ TEST_CASE("random weights build a working model of any size", "[encoder_decoder]
     auto same = EncoderDecoder::random(c, 1);
     CHECK(same.weights().tgt_embed == model.weights().tgt_embed);
     CHECK(EncoderDecoder::random(c, 2).weights().tgt_embed != model.weights().tgt_embed);
+}
+
+TEST_CASE("hostile config values are refused at load, before anything is allocated (issue 9)", "[encoder_decoder]") {
+    std::ifstream f(kDir + "post_norm_relu.config.json");
+    std::stringstream s;
+    s << f.rdbuf();
+    const auto good = nlohmann::json::parse(s.str());
+    auto with = [&](const char* key, nlohmann::json value) {
+        auto j = good;
+        j[key] = value;
+        return j.dump();
+    };
+    // max_positions * d_model wrapped to 0 and the constructor wrote past the empty position table
+    const std::uint64_t huge = std::uint64_t{1} << 59;
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("max_positions", huge)),
+                      Contains("max_positions") && Contains(std::to_string(huge)));
+    {
+        const auto path = std::filesystem::temp_directory_path() / "kvcache_seq2seq_hostile.config.json";
+        std::ofstream(path) << with("max_positions", huge);
+        CHECK_THROWS_AS(EncoderDecoder::load(path, kDir + "post_norm_relu.safetensors"), ConfigError);
+        std::filesystem::remove(path);
+    }
+    auto c = EncoderDecoderConfig::from_json(s.str());
+    c.max_positions = huge;  // a config built in code is validated by the model too
+    CHECK_THROWS_AS(EncoderDecoder::random(c, 1), ConfigError);
+    CHECK_THROWS_AS(EncoderDecoder(c, load_fixture("post_norm_relu").weights()), ConfigError);
+
+    for (const char* key : {"d_model", "nhead", "dim_feedforward", "num_encoder_layers", "num_decoder_layers",
+                            "src_vocab_size", "tgt_vocab_size", "max_positions"}) {
+        INFO(key);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, std::uint64_t{1} << 40)), ConfigError);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, UINT64_MAX)), ConfigError);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 0)), ConfigError);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 1.5)), FormatError);
+    }
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("nhead", 64)), Contains("nhead is 64, must be in [1, 32]"));
+    // token ids beyond 32 bits were truncated into the vocabulary (2^32 + 2 became 2)
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("eos_token_id", (std::int64_t{1} << 32) + 2)), FormatError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("bos_token_id", -(std::int64_t{1} << 32) + 1)), FormatError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("pad_token_id", 32)), ConfigError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("pad_token_id", -2)), ConfigError);
+    CHECK(EncoderDecoderConfig::from_json(with("pad_token_id", -1)).pad_token_id == -1);
+    // floats: finite and in range before the conversion to float (1e300 as a float is undefined behaviour)
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("layer_norm_eps", 1e300)), ConfigError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("layer_norm_eps", -1e-5)), ConfigError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("layer_norm_eps", 1e-60)), ConfigError);  // 0 as a float
+    std::string overflowing = with("layer_norm_eps", 0.5);
+    overflowing.replace(overflowing.find("0.5"), 3, "1e400");
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(overflowing), Error);
 }

@@ -54,27 +54,50 @@ void activate(Activation a, float* x, std::size_t n) {
     }
 }
 
+/// Reads `key` of the config object as T: FormatError naming the key for a missing key or a value of another
+/// JSON type (a negative or fractional size, a string for a number, ...). Integers are range-checked into T
+/// here, before any narrowing conversion; floats must be finite doubles (1e400 parses to infinity).
 template <class T>
 T get_key(const json& j, const char* key) {
-    if (!j.contains(key)) throw FormatError(std::string("encoder-decoder config: missing key \"") + key + "\"");
+    if (!j.contains(key)) throw FormatError(fmt::format("encoder-decoder config: missing key \"{}\"", key));
     const json& v = j.at(key);
+    auto wrong = [&](const char* expected) {
+        return FormatError(fmt::format("encoder-decoder config: \"{}\" must be {}, is {}", key, expected, v.dump()));
+    };
     if constexpr (std::is_same_v<T, bool>) {
-        if (!v.is_boolean()) throw FormatError(std::string("encoder-decoder config: \"") + key + "\" must be true or false, is " + v.dump());
+        if (!v.is_boolean()) throw wrong("true or false");
+        return v.get<bool>();
     } else if constexpr (std::is_same_v<T, std::string>) {
-        if (!v.is_string()) throw FormatError(std::string("encoder-decoder config: \"") + key + "\" must be a string, is " + v.dump());
+        if (!v.is_string()) throw wrong("a string");
+        return v.get<std::string>();
     } else if constexpr (std::is_floating_point_v<T>) {
-        if (!v.is_number()) throw FormatError(std::string("encoder-decoder config: \"") + key + "\" must be a number, is " + v.dump());
+        if (!v.is_number()) throw wrong("a number");
+        const double d = v.get<double>();
+        if (!std::isfinite(d)) throw wrong("a finite number");
+        return static_cast<T>(d);
     } else if constexpr (std::is_unsigned_v<T>) {
-        if (!v.is_number_unsigned()) throw FormatError(std::string("encoder-decoder config: \"") + key + "\" must be a natural number, is " + v.dump());
+        if (!v.is_number_unsigned()) throw wrong("a natural number");
+        return static_cast<T>(v.get<std::uint64_t>());
     } else {
-        if (!v.is_number_integer()) throw FormatError(std::string("encoder-decoder config: \"") + key + "\" must be an integer, is " + v.dump());
+        static_assert(std::is_same_v<T, std::int32_t>);
+        if (!v.is_number_integer()) throw wrong("an integer");
+        if (v.is_number_unsigned() && v.get<std::uint64_t>() > std::uint64_t{INT32_MAX}) throw wrong("a 32-bit integer");
+        const std::int64_t i = v.get<std::int64_t>();
+        if (i < INT32_MIN || i > INT32_MAX) throw wrong("a 32-bit integer");
+        return static_cast<std::int32_t>(i);
     }
-    return v.get<T>();
 }
 
 template <class T>
 T get_key_or(const json& j, const char* key, T fallback) {
     return j.contains(key) ? get_key<T>(j, key) : fallback;
+}
+
+/// a * b, or ConfigError naming both when the product does not fit a size_t.
+std::size_t checked_mul(std::size_t a, std::size_t b, std::string_view what) {
+    if (a != 0 && b > SIZE_MAX / a)
+        throw ConfigError(fmt::format("encoder-decoder config: {} = {} x {} overflows", what, a, b));
+    return a * b;
 }
 
 void check_size(const std::vector<float>& v, std::size_t expected, const std::string& name, const std::string& shape) {
@@ -92,29 +115,40 @@ std::string dims(std::size_t a, std::size_t b = 0) {
 // ---------------------------------------------------------------- config
 
 void EncoderDecoderConfig::validate() const {
-    auto positive = [](std::size_t v, const char* name) {
-        if (v == 0) throw ConfigError(std::string("encoder-decoder config: ") + name + " must be positive");
+    // Every size is bounded before anything is allocated from it, so no product below can wrap and no
+    // hostile config (max_positions = 2^59, ...) can size a buffer: the limits are far above any model this
+    // reference implementation is meant for, and far below what would overflow.
+    auto in_range = [](std::size_t v, std::size_t limit, const char* name) {
+        if (v == 0 || v > limit)
+            throw ConfigError(fmt::format("encoder-decoder config: {} is {}, must be in [1, {}]", name, v, limit));
     };
-    positive(d_model, "d_model");
-    positive(n_heads, "nhead");
-    positive(d_ff, "dim_feedforward");
-    positive(n_encoder_layers, "num_encoder_layers");
-    positive(n_decoder_layers, "num_decoder_layers");
-    positive(src_vocab_size, "src_vocab_size");
-    positive(tgt_vocab_size, "tgt_vocab_size");
-    positive(max_positions, "max_positions");
+    in_range(d_model, kMaxDModel, "d_model");
+    in_range(n_heads, d_model, "nhead");
+    in_range(d_ff, kMaxFeedForward, "dim_feedforward");
+    in_range(n_encoder_layers, kMaxLayers, "num_encoder_layers");
+    in_range(n_decoder_layers, kMaxLayers, "num_decoder_layers");
+    in_range(src_vocab_size, kMaxVocab, "src_vocab_size");
+    in_range(tgt_vocab_size, kMaxVocab, "tgt_vocab_size");
+    in_range(max_positions, kMaxPositions, "max_positions");
     if (d_model % n_heads != 0)
-        throw ConfigError("encoder-decoder config: d_model " + std::to_string(d_model) + " is not a multiple of nhead " +
-                          std::to_string(n_heads));
-    if (!(layer_norm_eps > 0.0f) || !std::isfinite(layer_norm_eps))
-        throw ConfigError("encoder-decoder config: layer_norm_eps must be positive, is " + std::to_string(layer_norm_eps));
+        throw ConfigError(fmt::format("encoder-decoder config: d_model {} is not a multiple of nhead {}", d_model, n_heads));
+    // The largest tables, with checked products all the same (the limits above keep them far from wrapping).
+    checked_mul(3 * d_model, d_model, "3 * d_model * d_model (in_proj_weight)");
+    checked_mul(d_ff, d_model, "dim_feedforward * d_model");
+    checked_mul(std::max(src_vocab_size, tgt_vocab_size), d_model, "vocab * d_model");
+    checked_mul(max_positions, d_model, "max_positions * d_model");
+    if (!std::isfinite(layer_norm_eps) || !(layer_norm_eps > 0.0f) || layer_norm_eps > 1.0f)
+        throw ConfigError(fmt::format("encoder-decoder config: layer_norm_eps must be in (0, 1], is {}", layer_norm_eps));
     auto token = [&](std::int32_t id, const char* name) {
         if (id < 0 || static_cast<std::size_t>(id) >= tgt_vocab_size)
-            throw ConfigError(std::string("encoder-decoder config: ") + name + " " + std::to_string(id) +
-                              " is outside the target vocabulary of " + std::to_string(tgt_vocab_size));
+            throw ConfigError(fmt::format("encoder-decoder config: {} {} is outside the target vocabulary of {}", name,
+                                          id, tgt_vocab_size));
     };
     token(bos_token_id, "bos_token_id");
     token(eos_token_id, "eos_token_id");
+    if (pad_token_id < -1 || (pad_token_id >= 0 && static_cast<std::size_t>(pad_token_id) >= src_vocab_size))
+        throw ConfigError(fmt::format("encoder-decoder config: pad_token_id {} is neither -1 nor in the source "
+                                      "vocabulary of {}", pad_token_id, src_vocab_size));
 }
 
 EncoderDecoderConfig EncoderDecoderConfig::from_json(std::string_view text) {
@@ -135,7 +169,11 @@ EncoderDecoderConfig EncoderDecoderConfig::from_json(std::string_view text) {
     c.tgt_vocab_size = get_key<std::size_t>(j, "tgt_vocab_size");
     c.max_positions = get_key<std::size_t>(j, "max_positions");
     c.norm_first = get_key_or<bool>(j, "norm_first", false);
-    c.layer_norm_eps = static_cast<float>(get_key_or<double>(j, "layer_norm_eps", 1e-5));
+    // Range-checked in double first: a double beyond float's range would make the conversion undefined.
+    const double eps = get_key_or<double>(j, "layer_norm_eps", 1e-5);
+    if (!(eps > 0.0) || eps > 1.0)
+        throw ConfigError(fmt::format("encoder-decoder config: layer_norm_eps must be in (0, 1], is {}", eps));
+    c.layer_norm_eps = static_cast<float>(eps);
     c.scale_embeddings = get_key_or<bool>(j, "scale_embeddings", true);
     const std::string act = get_key_or<std::string>(j, "activation", "relu");
     if (act == "relu") c.activation = Activation::ReLU;

@@ -81,9 +81,17 @@ struct EncoderDecoderConfig {
     std::int32_t eos_token_id = 2;
     std::int32_t pad_token_id = 0;
 
+    /// Upper limits of the sizes (far above any model this reference implementation is for; they keep every
+    /// product of sizes far from overflowing and a hostile config from sizing a buffer).
+    static constexpr std::size_t kMaxDModel = std::size_t{1} << 16;
+    static constexpr std::size_t kMaxFeedForward = std::size_t{1} << 20;
+    static constexpr std::size_t kMaxLayers = 1024;
+    static constexpr std::size_t kMaxVocab = std::size_t{1} << 24;
+    static constexpr std::size_t kMaxPositions = std::size_t{1} << 20;
+
     std::size_t head_dim() const { return n_heads ? d_model / n_heads : 0; }
-    /// ConfigError naming the value: zero sizes, d_model not a multiple of nhead, bad eps, token ids outside
-    /// the target vocabulary.
+    /// ConfigError naming the value: a size of 0 or above its limit (kMax*), d_model not a multiple of nhead,
+    /// eps outside (0, 1] or not finite, bos/eos outside the target vocabulary, pad neither -1 nor a source id.
     void validate() const;
     /// Parses the config JSON: FormatError for bad JSON, a missing key or a wrong type (naming the key),
     /// ConfigError for bad values (unknown activation or positions, validate()).

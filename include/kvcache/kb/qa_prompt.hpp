@@ -1,6 +1,7 @@
 // The prompt every answer mode uses: the knowledge in the system turn, the question in the user turn, in the
-// model's chat template — split into a knowledge part and a question part whose tokens concatenate to the
-// whole prompt, so a cache of the knowledge part can be continued by any question.
+// model's chat template (encode_chat: document text is never parsed for special tokens) — split into a
+// knowledge part and a question part whose tokens concatenate to the whole prompt, so a cache of the knowledge
+// part can be continued by any question.
 #pragma once
 
 #include <cstdint>
@@ -14,12 +15,6 @@
 namespace kvcache {
 
 class Tokenizer;
-
-/// Tokens of a conversation in the tokenizer's chat template, with every message's content encoded
-/// literally: text such as "<|im_start|>" inside a document stays text, only the template's own markers
-/// become control tokens. BOS first if the tokenizer adds one.
-std::vector<std::int32_t> encode_chat_literal(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
-                                              bool add_generation_prompt);
 
 /// What the model is told before the knowledge: answer from the documents, briefly.
 inline constexpr std::string_view kDefaultQAInstructions =
@@ -57,7 +52,7 @@ public:
     /// assistant's answer starts with, e.g. "The answer is:", which steers a small model to a short answer).
     std::vector<std::int32_t> question_tokens(std::string_view question) const;
     /// knowledge_tokens(knowledge) followed by question_tokens(question): the same tokens as
-    /// encode_chat_literal of the two messages with the generation prompt.
+    /// encode_chat of messages() with the generation prompt (plus answer_prefix).
     std::vector<std::int32_t> prompt_tokens(std::string_view knowledge, std::string_view question) const;
     /// The messages of the whole prompt: system, the examples' user/assistant pairs, the question.
     std::vector<ChatMessage> messages(std::string_view knowledge, std::string_view question) const;

@@ -340,7 +340,10 @@ int run_eval(const Settings& s, const std::string& qa_file, const std::string& m
     if (!plot_out.empty()) {
         if (json_out.empty()) throw ConfigError("--plot needs --json (the plot is drawn from the JSON results)");
         const std::string script = (std::filesystem::path(KVCACHE_SOURCE_DIR) / "scripts" / "plot_cag.py").string();
-        const std::string cmd = fmt::format("python3 '{}' --out '{}' '{}'", script, plot_out, json_out);
+        // matplotlib lives in Debian's python3; a python3 earlier on PATH (pyenv, venv) may not have it.
+        const std::string cmd = fmt::format(
+            "p=python3; python3 -c 'import matplotlib' 2>/dev/null || p=/usr/bin/python3; \"$p\" '{}' --out '{}' '{}'",
+            script, plot_out, json_out);
         if (std::system(cmd.c_str()) != 0) {
             fmt::print(stderr, "plot failed: {} (needs python3 with matplotlib)\n", cmd);
             return 1;

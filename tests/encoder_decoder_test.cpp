@@ -405,7 +405,7 @@ TEST_CASE("hostile config values are refused at load, before anything is allocat
         CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 0)), ConfigError);
         CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 1.5)), FormatError);
     }
-    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("nhead", 64)), Contains("nhead is 64, must be in [1, 32]"));
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("nhead", 64)), Contains("nhead is 64, outside [1, 32]"));
     // token ids beyond 32 bits were truncated into the vocabulary (2^32 + 2 became 2)
     CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("eos_token_id", (std::int64_t{1} << 32) + 2)), FormatError);
     CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("bos_token_id", -(std::int64_t{1} << 32) + 1)), FormatError);

@@ -145,9 +145,18 @@ int run_remove(const Settings& s, const std::vector<std::string>& sources) {
 
 int run_list(const Settings& s) {
     auto kb = KnowledgeBase::open(s.db, false);
-    for (const auto& d : kb.documents()) {
+    const auto docs = kb.documents();
+    for (const auto& d : docs) {
         fmt::print("{:8} {:4} chunks {:6} tokens {:8} bytes  {}\n", document_format_name(d.format), d.chunks, d.tokens,
                    d.text_bytes, d.source);
+    }
+    if (!docs.empty()) {
+        // What cag and none prefill: the prompt's knowledge part (instructions + every document).
+        const Model m = load_model(s, false);
+        const QAPromptFormat format(m.tokenizer, s.answer.instructions, s.answer.question_template,
+                                    s.answer.examples, s.answer.answer_prefix);
+        fmt::print("{} documents; the knowledge part of the prompt is {} tokens\n", docs.size(),
+                   format.knowledge_tokens(kb.knowledge_text()).size());
     }
     return 0;
 }

@@ -85,9 +85,16 @@ KnowledgeSetup KnowledgeAnswerer::set_knowledge(std::string knowledge, const Cac
     if (directory) {
         setup.file = directory->path_for(cache_key("knowledge", knowledge_tokens_, fingerprint_));
         if (std::filesystem::exists(setup.file)) {
-            cache_ = std::make_unique<KnowledgeCache>(
-                KnowledgeCache::load(setup.file, *decoder_, knowledge_tokens_, capacity, fingerprint_));
-            directory->touch(setup.file);
+            try {
+                cache_ = std::make_unique<KnowledgeCache>(
+                    KnowledgeCache::load(setup.file, *decoder_, knowledge_tokens_, capacity, fingerprint_));
+                directory->touch(setup.file);
+            } catch (const FingerprintMismatch&) {
+                throw;  // a whole, valid file for something else under this name: not ours to replace
+            } catch (const FormatError&) {
+                // Truncated or corrupted (a crash mid-copy, a full disk): a cache, so computed again and replaced.
+                cache_.reset();
+            }
         }
     }
     if (!cache_) {

@@ -81,7 +81,8 @@ public:
     /// Sets the knowledge of none and cag answers. CapacityError if knowledge + question_room + max_new_tokens
     /// exceed the context (nothing changes then). With build_cache, the knowledge cache is made now: from the
     /// directory's file for this model and knowledge if there is one (FingerprintMismatch if a file under
-    /// that name is for something else), else by a prefill that is then saved there.
+    /// that name is for something else), else by a prefill that is then saved there (also replacing a
+    /// truncated or corrupted file).
     KnowledgeSetup set_knowledge(std::string knowledge, const CacheDirectory* directory = nullptr,
                                  bool build_cache = true);
     /// The knowledge base rag answers search (must outlive the answerer; nullptr: none).

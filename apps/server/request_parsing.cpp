@@ -163,6 +163,7 @@ GenerationParams parse_params(const json& body, const RequestLimits& limits) {
         }
     }
     if (auto v = get_bool(body, "stream")) p.stream = *v;
+    if (auto v = get_bool(body, "return_tokens")) p.return_tokens = *v;
     return p;
 }
 

@@ -30,6 +30,7 @@ struct GenerationParams {
     SamplingOptions sampling;               ///< temperature default 0 (greedy), as documented
     std::vector<std::string> stop;
     bool stream = false;
+    bool return_tokens = false;             ///< put the generated token ids into the response (an extension)
 };
 
 struct ChatRequest {

@@ -78,6 +78,7 @@ struct Job {
     std::int64_t created = 0;
     bool chat = true;
     bool report_parent = false;
+    bool return_tokens = false;
     std::int64_t slot_id = -1;
     std::optional<std::int64_t> parent;
     bool new_slot = false;
@@ -434,6 +435,7 @@ struct Server::Impl {
         job->created = std::time(nullptr);
         job->chat = plan.chat;
         job->report_parent = plan.report_parent;
+        job->return_tokens = plan.params.return_tokens;
         job->prompt = plan.prompt;
         job->messages = plan.messages;
 
@@ -511,8 +513,7 @@ struct Server::Impl {
             const std::size_t keep = target == Target::Fork ? std::min(common_prefix(base->tokens, plan.prompt), last) : 0;
             if (keep > 0) forked = scheduler->fork(*base->sequence, keep);
             slot = &slots.create();
-            if (base) slot->parent = base->id;
-            else if (plan.report_parent) slot->parent = plan.slot;  // a fresh branch still names its parent
+            if (plan.report_parent) slot->parent = plan.slot;  // branches name their parent (a fresh one too)
             job->new_slot = true;
             job->slot_reused = keep;
             request.continue_from = forked;
@@ -639,6 +640,7 @@ struct Server::Impl {
                {"usage", usage_json(job)},
                {"timings", timings_json(job)}};
         add_slot_fields(j, job);
+        if (job.return_tokens) j["tokens"] = r.tokens;
         return j;
     }
 
@@ -662,6 +664,7 @@ struct Server::Impl {
         if (finish) {
             j["usage"] = usage_json(job);
             j["timings"] = timings_json(job);
+            if (job.return_tokens) j["tokens"] = job.result.tokens;
         }
         return j;
     }

@@ -82,7 +82,7 @@ std::optional<std::int64_t> get_integer(const json& body, const char* name, std:
     if (!v->is_number_integer()) throw wrong_type(name, "an integer", *v);
     if (v->is_number_unsigned()) {
         const auto u = v->get<std::uint64_t>();
-        if (u > std::uint64_t(hi)) throw out_of_range(name, fmt::format("must be in [{}, {}], got {}", lo, hi, u));
+        if (u > std::uint64_t(hi) || (lo > 0 && u < std::uint64_t(lo))) throw out_of_range(name, fmt::format("must be in [{}, {}], got {}", lo, hi, u));
         return std::int64_t(u);
     }
     const auto x = v->get<std::int64_t>();

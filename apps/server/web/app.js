@@ -64,7 +64,8 @@ function renderMessages() {
 
 function messageElement(n) {
   const el = document.createElement("div");
-  el.className = `message ${n.role}` + (n.streaming ? " streaming" : "") + (n.error ? " error" : "");
+  el.className = `message ${n.role}` + (n.streaming ? " streaming" : n.role === "assistant" ? " done" : "") +
+                 (n.error ? " error" : "");
   el.dataset.node = n.id;
   const role = document.createElement("span");
   role.className = "role";
@@ -103,7 +104,8 @@ function renderTree() {
       span.className = "node" + (onPath.has(id) ? " on-path" : "") + (id === state.selected ? " selected" : "");
       span.dataset.node = id;
       span.title = n.content;
-      span.innerHTML = (n.label ? `<span class="tag">${n.label}</span>` : "") + (n.role === "user" ? "🧑 " : "🤖 ");
+      span.innerHTML = (n.label ? `<span class="tag">${n.label}</span>` : "") +
+                       `<span class="who ${n.role}">${n.role === "user" ? "you" : "bot"}</span>`;
       span.appendChild(document.createTextNode(n.content.slice(0, 60) || "…"));
       span.onclick = () => select(n.role === "user" ? n.parent : id);
       li.appendChild(span);
@@ -183,7 +185,6 @@ async function run(url, body, userNode, answerIndex) {
     answer.error = true;
   } finally {
     answer.streaming = false;
-    answer.box && answer.box.classList.add("done");
     state.busy = false;
     $("send").disabled = false;
     renderMessages();
@@ -228,7 +229,7 @@ async function refreshSlots() {
     for (const s of slots) {
       const tr = document.createElement("tr");
       tr.className = s.state;
-      const cells = [s.id, s.state, s.tokens, (s.bytes / 1048576).toFixed(1) + " MiB",
+      const cells = [s.id, s.state, s.tokens, (s.bytes / 1048576).toFixed(1),
                      `${s.last_reused_tokens}/${s.last_prompt_tokens}`, s.parent === null ? "" : s.parent];
       for (const c of cells) { const td = document.createElement("td"); td.textContent = c; tr.appendChild(td); }
       const td = document.createElement("td");

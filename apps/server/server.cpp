@@ -695,50 +695,62 @@ struct Server::Impl {
         res.set_chunked_content_provider(
             "text/event-stream",
             [this, job](std::size_t, httplib::DataSink& sink) {
-                auto event = [&](const json& j) {
-                    const std::string s = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
-                    return sink.write(s.data(), s.size());
-                };
-                bool ok = event(chunk_json(*job, nullptr, std::nullopt, true));
-                bool done = false;
-                while (ok && !done) {
-                    std::deque<std::string> pieces;
-                    {
-                        std::unique_lock lock(job->mutex);
-                        job->changed.wait_for(lock, std::chrono::milliseconds(200),
-                                              [&] { return job->done || !job->pieces.empty(); });
-                        pieces.swap(job->pieces);
-                        done = job->done;
-                    }
-                    for (const auto& p : pieces) {
-                        if (!(ok = event(chunk_json(*job, &p, std::nullopt, false)))) break;
-                    }
-                    // A comment line while nothing else is written: a dropped client is noticed by the
-                    // failed write even while the request waits in the queue or reads its prompt.
-                    if (ok && pieces.empty() && !done) ok = sink.write(": keep-alive\n\n", 14);
-                }
-                if (!ok) {  // the client went away: its request ends, its blocks return to the pool
-                    scheduler->cancel(job->request);
-                    finish_job(job);
+                try {
+                    return stream_job(job, sink);
+                } catch (const std::exception& e) {  // never let an exception out of httplib's worker thread
+                    fmt::print(stderr, "kvcache-server: stream of {} failed: {}\n", job->id, e.what());
                     return false;
                 }
-                finish_job(job);
-                if (job->result.finish == FinishReason::Error) {
-                    event(generation_error(*job).to_json());
-                } else {
-                    event(chunk_json(*job, nullptr, job->result.finish, false));
-                }
-                const std::string end = "data: [DONE]\n\n";
-                sink.write(end.data(), end.size());
-                sink.done();
-                return true;
             },
             [this, job](bool) {
-                if (!job->finalized) {
+                try {  // normally the stream finished the job already; then both calls do nothing
                     scheduler->cancel(job->request);
                     finish_job(job);
+                } catch (const std::exception& e) {
+                    fmt::print(stderr, "kvcache-server: cleanup of {} failed: {}\n", job->id, e.what());
                 }
             });
+    }
+
+    /// Writes a job's events as they come; returns false (after cancelling the job) if the client went away.
+    bool stream_job(const JobPtr& job, httplib::DataSink& sink) {
+        auto event = [&](const json& j) {
+            const std::string s = "data: " + j.dump(-1, ' ', false, json::error_handler_t::replace) + "\n\n";
+            return sink.write(s.data(), s.size());
+        };
+        bool ok = event(chunk_json(*job, nullptr, std::nullopt, true));
+        bool done = false;
+        while (ok && !done) {
+            std::deque<std::string> pieces;
+            {
+                std::unique_lock lock(job->mutex);
+                job->changed.wait_for(lock, std::chrono::milliseconds(200),
+                                      [&] { return job->done || !job->pieces.empty(); });
+                pieces.swap(job->pieces);
+                done = job->done;
+            }
+            for (const auto& p : pieces) {
+                if (!(ok = event(chunk_json(*job, &p, std::nullopt, false)))) break;
+            }
+            // A comment line while nothing else is written: a dropped client is noticed by the
+            // failed write even while the request waits in the queue or reads its prompt.
+            if (ok && pieces.empty() && !done) ok = sink.write(": keep-alive\n\n", 14);
+        }
+        if (!ok) {  // the client went away: its request ends, its blocks return to the pool
+            scheduler->cancel(job->request);
+            finish_job(job);
+            return false;
+        }
+        finish_job(job);
+        if (job->result.finish == FinishReason::Error) {
+            event(generation_error(*job).to_json());
+        } else {
+            event(chunk_json(*job, nullptr, job->result.finish, false));
+        }
+        const std::string end = "data: [DONE]\n\n";
+        sink.write(end.data(), end.size());
+        sink.done();
+        return true;
     }
 
     // ------------------------------------------------------------------ informational endpoints

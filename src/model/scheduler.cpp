@@ -147,6 +147,9 @@ void Scheduler::start() {
 }
 
 void Scheduler::stop() {
+    if (engine_running_ && std::this_thread::get_id() == engine_.get_id()) {
+        throw ConfigError("Scheduler::stop: called from the engine thread (a callback); it would wait for itself");
+    }
     {
         std::lock_guard<std::mutex> q(queue_mutex_);
         stopping_ = true;
@@ -322,6 +325,7 @@ void Scheduler::run_batch() {
     handles_.clear();
     items_.clear();
     in_step_.clear();
+    handles_.reserve(running_.size());  // items_ point into handles_: it must not reallocate below
     const std::size_t vocab = model_->config().vocab_size;
     std::size_t sampling = 0;
     for (auto& a : running_) {

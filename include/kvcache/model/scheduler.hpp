@@ -181,7 +181,8 @@ public:
     /// runs already.
     void start();
     /// Stops and joins the engine thread (if any), then cancels every queued and running request (on_done
-    /// with Cancelled, on this thread). Kept sequences stay. Idempotent.
+    /// with Cancelled, on this thread). Kept sequences stay. Idempotent. ConfigError from a callback (the
+    /// engine thread cannot wait for itself).
     void stop();
     /// One engine step on the caller's thread (for tests and callers without an engine thread; ConfigError
     /// while the engine thread runs). Returns whether work is left (requests queued or running).

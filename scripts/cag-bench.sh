@@ -12,6 +12,9 @@ build="${BUILD_DIR:-$root/build}"
 cag="$build/apps/cag/kvcache-cag"
 [ -x "$cag" ] || { echo "build kvcache-cag first: cmake --build $build --target kvcache-cag" >&2; exit 1; }
 mkdir -p "$out"
+# matplotlib lives in Debian's python3; a python3 earlier on PATH (pyenv, venv) may not have it.
+PYTHON=python3
+python3 -c 'import matplotlib' 2>/dev/null || PYTHON=/usr/bin/python3
 results=()
 for tokens in ${SIZES:-2000 4000 7000}; do
   dir="$out/kb$tokens"
@@ -25,4 +28,4 @@ for tokens in ${SIZES:-2000 4000 7000}; do
     | tee "$out/table_$tokens.txt"
   results+=("$out/results_$tokens.json")
 done
-python3 "$root/scripts/plot_cag.py" --out "$out/cag.png" "${results[@]}"
+"$PYTHON" "$root/scripts/plot_cag.py" --out "$out/cag.png" "${results[@]}"

@@ -211,6 +211,7 @@ TEST_CASE("generate_with_disk_cache continues from the longest saved prefix with
     const auto again = generate_with_disk_cache(model(), kb_test::tokenizer(), p1, g, cache_dir, model_id());
     CHECK(again.reused_tokens == p1.size() - 1);
     CHECK(again.generation.tokens == first.generation.tokens);
+    CHECK(again.saved_to.empty());  // the file it loaded already holds this very sequence
     const auto other = generate_with_disk_cache(model(), kb_test::tokenizer(), p1, g, cache_dir, "another-model",
                                                 DiskPromptCacheOptions{.save = false});
     CHECK(other.reused_tokens == 0);

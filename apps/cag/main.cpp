@@ -20,6 +20,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvcache/kb/kb.hpp"
+#include "kvcache/model/chat.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/gguf.hpp"
 #include "kvcache/model/tokenizer.hpp"
@@ -211,6 +212,27 @@ int run_ask(const Settings& s, const std::string& question, const std::string& m
     return 0;
 }
 
+int run_chat(const Settings& s, const std::string& message, const std::string& system) {
+    // Prompt-keyed reuse from disk: the longest saved prefix of this prompt is loaded instead of computed.
+    const std::optional<CacheDirectory> dir = cache_directory(s);
+    if (!dir) throw ConfigError("chat reuses caches from the cache directory; drop --no-disk-cache");
+    Model m = load_model(s, true);
+    std::vector<ChatMessage> messages;
+    if (!system.empty()) messages.push_back(ChatMessage{"system", system});
+    messages.push_back(ChatMessage{"user", message});
+    const std::vector<std::int32_t> prompt = encode_chat(m.tokenizer, messages, true);
+    GenerateOptions g;
+    g.max_new_tokens = s.answer.max_new_tokens;
+    g.threads = s.threads;
+    const DiskCachedGeneration r =
+        generate_with_disk_cache(*m.decoder, m.tokenizer, prompt, g, *dir, m.fingerprint);
+    fmt::print("{}\n", r.generation.text);
+    fmt::print(stderr, "prompt {} tokens, {} loaded from {}, first token {:.3f} s, total {:.3f} s{}\n", prompt.size(),
+               r.reused_tokens, r.loaded_from.empty() ? "no file" : r.loaded_from.string(), r.generation.prompt_seconds,
+               r.generation.total_seconds, r.saved_to.empty() ? "" : fmt::format("; saved {}", r.saved_to.string()));
+    return 0;
+}
+
 std::vector<std::string> split_modes(const std::string& list) {
     std::vector<std::string> out;
     std::stringstream in(list);
@@ -340,7 +362,10 @@ int run_eval(const Settings& s, const std::string& qa_file, const std::string& m
     if (!plot_out.empty()) {
         if (json_out.empty()) throw ConfigError("--plot needs --json (the plot is drawn from the JSON results)");
         const std::string script = (std::filesystem::path(KVCACHE_SOURCE_DIR) / "scripts" / "plot_cag.py").string();
-        const std::string cmd = fmt::format("python3 '{}' --out '{}' '{}'", script, plot_out, json_out);
+        // matplotlib lives in Debian's python3; a python3 earlier on PATH (pyenv, venv) may not have it.
+        const std::string cmd = fmt::format(
+            "p=python3; python3 -c 'import matplotlib' 2>/dev/null || p=/usr/bin/python3; \"$p\" '{}' --out '{}' '{}'",
+            script, plot_out, json_out);
         if (std::system(cmd.c_str()) != 0) {
             fmt::print(stderr, "plot failed: {} (needs python3 with matplotlib)\n", cmd);
             return 1;
@@ -416,6 +441,15 @@ int main(int argc, char** argv) {
     ask->add_flag("-v,--verbose", verbose, "Show the chunks a rag prompt used");
     add_answer_options(ask);
 
+    std::string message, system;
+    auto* chat = app.add_subcommand("chat", "One chat turn that reuses the longest prefix of its prompt saved in the "
+                                            "cache directory (and saves its own)");
+    chat->add_option("message", message, "The user message")->required();
+    chat->add_option("--system", system, "A system message before it");
+    chat->add_option("-n,--max-new-tokens", s.answer.max_new_tokens, "Most tokens to generate")
+        ->capture_default_str()
+        ->check(CLI::PositiveNumber);
+
     std::string qa_file, modes = "cag,rag,none", json_out, plot_out;
     std::size_t limit = 0, none_limit = 0;
     bool ingest_contexts = false;
@@ -440,6 +474,7 @@ int main(int argc, char** argv) {
         if (*list) return run_list(s);
         if (*search) return run_search(s, query, k);
         if (*ask) return run_ask(s, question, mode, verbose);
+        if (*chat) return run_chat(s, message, system);
         if (*eval) return run_eval(s, qa_file, modes, limit, none_limit, json_out, plot_out, ingest_contexts);
     } catch (const kvcache::Error& e) {
         fmt::print(stderr, "kvcache-cag: {}\n", e.what());

@@ -37,6 +37,8 @@ int main(int argc, char** argv) {
     app.add_option("--slots", o.slots, "Conversations kept at once")->check(CLI::Range(1, 4096));
     app.add_option("--ctx", o.ctx, "Positions per slot (prompt + max_tokens)")->check(CLI::Range(8, 1 << 20));
     app.add_option("--threads", o.threads, "Threads of each forward pass (0: all cores)")->check(CLI::Range(0, 1024));
+    app.add_option("--chat-template", o.chat_template,
+                   "chatml, llama3, llama2, zephyr or phi3 (default: recognised from the model's template)");
     app.add_option("--api-key", o.api_key, "Require 'Authorization: Bearer <key>' on every endpoint but /health and the UI");
     app.add_option("--slot-save-path", save_path, "Directory for slot cache files (save/restore; saved at shutdown)");
     app.add_option("--prefix-cache-mb", o.prefix_cache_mb, "Prefix cache budget in MiB")->check(CLI::Range(0, 1 << 20));

@@ -74,6 +74,7 @@ max_len() {
   case "$1" in
     gguf_fuzz|safetensors_fuzz) echo 65536 ;;
     gguf_semantic_fuzz) echo 512 ;;
+    tokenizer_fuzz) echo 1024 ;;
     *) echo 4096 ;;
   esac
 }

@@ -405,7 +405,7 @@ TEST_CASE("hostile config values are refused at load, before anything is allocat
         CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 0)), ConfigError);
         CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 1.5)), FormatError);
     }
-    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("nhead", 64)), Contains("nhead is 64, must be in [1, 32]"));
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("nhead", 64)), Contains("nhead is 64, outside [1, 32]"));
     // token ids beyond 32 bits were truncated into the vocabulary (2^32 + 2 became 2)
     CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("eos_token_id", (std::int64_t{1} << 32) + 2)), FormatError);
     CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("bos_token_id", -(std::int64_t{1} << 32) + 1)), FormatError);
@@ -469,4 +469,46 @@ TEST_CASE("the bundled numbers model turns words into digits as PyTorch does, wi
     // all of them as one batch of different lengths: each row as alone
     opts.use_cache = true;
     CHECK(model.generate(sources, opts).tokens == expected);
+}
+
+TEST_CASE("the thread count travels with the call and does not change a bit", "[encoder_decoder]") {
+    EncoderDecoderConfig c;
+    c.d_model = 64;
+    c.n_heads = 4;
+    c.d_ff = 96;
+    c.n_encoder_layers = 2;
+    c.n_decoder_layers = 2;
+    c.src_vocab_size = 50;
+    c.tgt_vocab_size = 40;
+    c.max_positions = 300;
+    EncoderDecoder model(EncoderDecoderWeights::random(c, 3));
+    std::vector<std::int32_t> source(200), target(120);
+    for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<std::int32_t>(3 + i * 7 % 47);
+    for (std::size_t i = 0; i < target.size(); ++i) target[i] = static_cast<std::int32_t>(1 + i * 5 % 39);
+    // long enough that attention really splits its work (n_queries * n_keys * d_model >= 2^20)
+    const auto memory1 = model.encode(source, {.threads = 1});
+    const auto memory2 = model.encode(source, {.threads = 2});
+    CHECK(memory1 == memory2);
+    CHECK(model.decode_uncached(memory1, source.size(), target, {.threads = 1}) ==
+          model.decode_uncached(memory1, source.size(), target, {.threads = 2}));
+    Seq2SeqGenerateOptions opts;
+    opts.max_new_tokens = 20;
+    opts.stop_at_eos = false;
+    opts.threads = 1;
+    const auto one = model.generate(source, opts);
+    opts.threads = 2;
+    CHECK(model.generate(source, opts) == one);
+}
+
+TEST_CASE("a config for another architecture is refused", "[encoder_decoder]") {
+    std::ifstream f(kDir + "post_norm_relu.config.json");
+    std::stringstream s;
+    s << f.rdbuf();
+    auto j = nlohmann::json::parse(s.str());
+    j["architecture"] = "bart";
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(j.dump()), Contains("bart"));
+    j["architecture"] = 3;
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(j.dump()), FormatError);
+    j.erase("architecture");  // optional: configs written before the key existed
+    CHECK(EncoderDecoderConfig::from_json(j.dump()).d_model == 32);
 }

@@ -4,10 +4,13 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <pthread.h>
+#include <sys/types.h>
+#include <unistd.h>
 #include <thread>
 
 #include "kvcache/error.hpp"
@@ -37,6 +40,8 @@ int main(int argc, char** argv) {
     app.add_option("--slots", o.slots, "Conversations kept at once")->check(CLI::Range(1, 4096));
     app.add_option("--ctx", o.ctx, "Positions per slot (prompt + max_tokens)")->check(CLI::Range(8, 1 << 20));
     app.add_option("--threads", o.threads, "Threads of each forward pass (0: all cores)")->check(CLI::Range(0, 1024));
+    app.add_option("--chat-template", o.chat_template,
+                   "chatml, llama3, llama2, zephyr or phi3 (default: recognised from the model's template)");
     app.add_option("--api-key", o.api_key, "Require 'Authorization: Bearer <key>' on every endpoint but /health and the UI");
     app.add_option("--slot-save-path", save_path, "Directory for slot cache files (save/restore; saved at shutdown)");
     app.add_option("--prefix-cache-mb", o.prefix_cache_mb, "Prefix cache budget in MiB")->check(CLI::Range(0, 1 << 20));
@@ -65,9 +70,11 @@ int main(int argc, char** argv) {
         }
         kvcache::server::Server server(o);
         const int port = server.bind();
+        std::atomic<bool> signalled{false};
         std::thread signals([&] {
             int sig = 0;
             sigwait(&stop_signals, &sig);
+            signalled = true;
             fmt::print(stderr, "kvcache-server: signal {}, shutting down\n", sig);
             server.shutdown();
         });
@@ -75,11 +82,10 @@ int main(int argc, char** argv) {
                    o.slots, o.ctx);
         std::fflush(stdout);
         server.serve();
-        // serve() returns only after shutdown(); the signal thread has finished or is finishing.
-        if (signals.joinable()) {
-            pthread_kill(signals.native_handle(), SIGTERM);  // harmless if it already returned
-            signals.join();
-        }
+        // serve() returns after shutdown() — or if listening failed, with the signal thread still waiting:
+        // then a signal to the process wakes it (shutdown() is idempotent).
+        if (!signalled) kill(getpid(), SIGTERM);
+        signals.join();
         return 0;
     } catch (const kvcache::Error& e) {
         fmt::print(stderr, "error: {}\n", e.what());

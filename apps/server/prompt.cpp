@@ -6,35 +6,30 @@
 #include <fmt/format.h>
 
 #include "api_error.hpp"
+#include "kvcache/error.hpp"
 
 namespace kvcache::server {
 
-std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
-                                             bool add_generation_prompt) {
-    // The template is rendered with a placeholder for each message's content; the template text between
-    // placeholders is encoded with its special tokens, the contents literally.
-    // TODO(h9): replace by kvcache::encode_chat once it is on main (the same contract).
-    std::vector<ChatMessage> marked(messages.begin(), messages.end());
-    for (std::size_t i = 0; i < marked.size(); ++i) marked[i].content = fmt::format("\x01kvcache-message-{}\x01", i);
-    const std::string rendered = apply_chat_template(tokenizer.chat_template(), marked, add_generation_prompt);
-    std::vector<std::int32_t> out;
-    std::size_t pos = 0;
-    bool first = true;
-    auto add = [&](std::string_view text, bool parse_special) {
-        if (text.empty() && !first) return;
-        const auto ids = tokenizer.encode(text, /*add_special=*/first, parse_special);
-        out.insert(out.end(), ids.begin(), ids.end());
-        first = false;
-    };
-    for (std::size_t i = 0; i < messages.size(); ++i) {
-        const std::size_t at = rendered.find(marked[i].content, pos);
-        if (at == std::string::npos) continue;  // a template that drops a message (none of ours do)
-        add(std::string_view(rendered).substr(pos, at - pos), true);
-        add(messages[i].content, false);
-        pos = at + marked[i].content.size();
+ChatTemplateInfo server_chat_template(const Tokenizer& tokenizer, const std::string& name) {
+    if (!name.empty()) {
+        const auto family = chat_template_family_from_name(name);
+        if (!family) {
+            throw ConfigError(fmt::format("--chat-template \"{}\" is not one of chatml, llama3, llama2, zephyr, phi3", name));
+        }
+        return chat_template_for(*family);
     }
-    add(std::string_view(rendered).substr(pos), true);
-    return out;
+    ChatTemplateInfo info = detect_chat_template(tokenizer.chat_template());
+    if (!info.recognised) {
+        throw ConfigError(fmt::format("the model's chat template is not one this server knows (it begins \"{}\"); "
+                                      "pass --chat-template chatml|llama3|llama2|zephyr|phi3",
+                                      info.unrecognised_excerpt));
+    }
+    return info;
+}
+
+std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tokenizer, const ChatTemplateInfo& chat_template,
+                                             std::span<const ChatMessage> messages, bool add_generation_prompt) {
+    return encode_chat(tokenizer, chat_template, messages, add_generation_prompt);
 }
 
 std::vector<std::int32_t> completion_prompt_tokens(const Tokenizer& tokenizer, const std::string& prompt) {

@@ -13,10 +13,15 @@
 
 namespace kvcache::server {
 
-/// The conversation formatted with the tokenizer's chat template, as token ids. Only the template's own
-/// markers become control tokens: "<|im_start|>" typed in a message stays text.
-std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
-                                             bool add_generation_prompt);
+/// The chat template the server formats conversations with: `name` ("chatml", "llama3", ...) if given, else
+/// the one the tokenizer's chat_template is recognised as. ConfigError for an unknown name, or when the
+/// model's template is not recognised and no name was given (the message says to pass --chat-template).
+ChatTemplateInfo server_chat_template(const Tokenizer& tokenizer, const std::string& name = {});
+
+/// The conversation formatted with that template, as token ids (kvcache::encode_chat). Only the template's
+/// own markers become control tokens: "<|im_start|>" typed in a message stays text.
+std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tokenizer, const ChatTemplateInfo& chat_template,
+                                             std::span<const ChatMessage> messages, bool add_generation_prompt);
 
 /// A raw prompt for /v1/completions: BOS as the tokenizer says, text literal.
 std::vector<std::int32_t> completion_prompt_tokens(const Tokenizer& tokenizer, const std::string& prompt);

@@ -122,6 +122,7 @@ struct Server::Impl {
     std::string model_name;
     std::string model_fingerprint;
     std::unique_ptr<Tokenizer> tokenizer;
+    ChatTemplateInfo chat_template;
     std::unique_ptr<Decoder> model;
     std::unique_ptr<PagedKVPool<float>> pool;
     std::unique_ptr<PrefixCache<float>> prefixes;
@@ -150,6 +151,7 @@ struct Server::Impl {
         if (options.ctx < 8) throw ConfigError(fmt::format("--ctx {} is too small (at least 8 positions)", options.ctx));
         const auto file = gguf::File::open(options.model_path);
         tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(file));
+        chat_template = server_chat_template(*tokenizer, options.chat_template);
         model = std::make_unique<Decoder>(DecoderWeights::from_gguf(file), options.threads);
         model_fingerprint = kvcache::model_fingerprint(file);
         model_name = options.model_path.stem().string();
@@ -288,7 +290,7 @@ struct Server::Impl {
             plan.target = r.slot_id ? Target::InPlace : Target::Auto;
             plan.slot = r.slot_id.value_or(-1);
             plan.messages = r.messages;
-            plan.prompt = chat_prompt_tokens(*tokenizer, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));
@@ -326,7 +328,7 @@ struct Server::Impl {
             }
             plan.slot = r.parent_slot_id;
             plan.messages.push_back({"user", message});
-            plan.prompt = chat_prompt_tokens(*tokenizer, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
             plan.params = r.params;
             plan.report_parent = true;
             generate(std::move(plan), res);
@@ -342,7 +344,7 @@ struct Server::Impl {
                 plan.target = Target::New;
             }
             plan.messages.push_back({"user", r.prompt});
-            plan.prompt = chat_prompt_tokens(*tokenizer, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));
@@ -354,7 +356,7 @@ struct Server::Impl {
             plan.messages = conversation_of(r.slot_id, "slot_id");
             plan.messages.push_back(
                 {"user", follow_up_message(*tokenizer, plan.messages, r.text_excerpt, r.context_window, r.prompt)});
-            plan.prompt = chat_prompt_tokens(*tokenizer, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));
@@ -374,7 +376,7 @@ struct Server::Impl {
             plan.slot = r.slot_id;
             plan.messages = std::move(conversation);
             plan.messages.push_back({"user", r.prompt});
-            plan.prompt = chat_prompt_tokens(*tokenizer, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));
@@ -771,16 +773,21 @@ struct Server::Impl {
 
     void health(httplib::Response& res) {
         std::size_t n, b;
+        double speed;
         {
             std::lock_guard lock(slots_mutex);
             n = slots.size();
             b = slots.busy();
         }
+        {
+            std::lock_guard lock(metrics_mutex);
+            speed = last_tokens_per_second;
+        }
         send_json(res, {{"status", shutting_down ? "shutting_down" : "ok"},
                         {"model", model_name},
                         {"slots", {{"used", n}, {"busy", b}, {"max", options.slots}, {"ctx", options.ctx}}},
                         {"kv", kv_json()},
-                        {"last_tokens_per_second", last_tokens_per_second}});
+                        {"last_tokens_per_second", speed}});
     }
 
     void models(httplib::Response& res) {
@@ -792,8 +799,7 @@ struct Server::Impl {
                                                {"meta", {{"n_ctx_slot", options.ctx},
                                                          {"n_vocab", tokenizer->vocab_size()},
                                                          {"layers", model->config().n_layers},
-                                                         {"chat_template", chat_template_family_name(
-                                                                               detect_chat_template(tokenizer->chat_template()).family)}}}}})}});
+                                                         {"chat_template", chat_template_family_name(chat_template.family)}}}}})}});
     }
 
     json slot_json(const Slot& s) const {

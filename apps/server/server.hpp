@@ -17,6 +17,7 @@ struct ServerOptions {
     std::size_t slots = 4;                ///< conversations kept at once (the least recently used idle one goes first)
     std::size_t ctx = 2048;               ///< positions per slot: prompt + max_tokens must fit
     int threads = 0;                      ///< threads of each forward pass; 0: all cores
+    std::string chat_template;            ///< "chatml", "llama3", ...; empty: recognised from the model file
     std::string api_key;                  ///< non-empty: every endpoint but /health and the UI files needs it
     std::filesystem::path slot_save_path; ///< directory of slot cache files; empty: save/restore disabled
     std::size_t prefix_cache_mb = 128;    ///< prefix cache budget (finished conversations' K/V)

@@ -17,6 +17,7 @@
 #include <nlohmann/json.hpp>
 
 #include "kvcache/attention/dense.hpp"
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/model/matmul.hpp"
 #include "kvcache/model/ops.hpp"
 #include "kvcache/model/safetensors.hpp"
@@ -68,13 +69,6 @@ T get_key(const json& j, const char* key) {
 template <class T>
 T get_key_or(const json& j, const char* key, T fallback) {
     return j.contains(key) ? get_key<T>(j, key) : fallback;
-}
-
-/// a * b, or ConfigError naming both when the product does not fit a size_t.
-std::size_t checked_mul(std::size_t a, std::size_t b, std::string_view what) {
-    if (a != 0 && b > SIZE_MAX / a)
-        throw ConfigError(fmt::format("encoder-decoder config: {} = {} x {} overflows", what, a, b));
-    return a * b;
 }
 
 std::string shape_string(std::span<const std::size_t> shape) { return fmt::format("[{}]", fmt::join(shape, ", ")); }
@@ -135,8 +129,7 @@ void EncoderDecoderConfig::validate() const {
     // hostile config (max_positions = 2^59, ...) can size a buffer: the limits are far above any model this
     // reference implementation is meant for, and far below what would overflow.
     auto in_range = [](std::size_t v, std::size_t limit, const char* name) {
-        if (v == 0 || v > limit)
-            throw ConfigError(fmt::format("encoder-decoder config: {} is {}, must be in [1, {}]", name, v, limit));
+        detail::check_range<ConfigError>(v, 1, limit, fmt::format("encoder-decoder config: {}", name));
     };
     in_range(d_model, kMaxDModel, "d_model");
     in_range(n_heads, d_model, "nhead");
@@ -149,10 +142,12 @@ void EncoderDecoderConfig::validate() const {
     if (d_model % n_heads != 0)
         throw ConfigError(fmt::format("encoder-decoder config: d_model {} is not a multiple of nhead {}", d_model, n_heads));
     // The largest tables, with checked products all the same (the limits above keep them far from wrapping).
-    checked_mul(3 * d_model, d_model, "3 * d_model * d_model (in_proj_weight)");
-    checked_mul(d_ff, d_model, "dim_feedforward * d_model");
-    checked_mul(std::max(src_vocab_size, tgt_vocab_size), d_model, "vocab * d_model");
-    checked_mul(max_positions, d_model, "max_positions * d_model");
+    (void)detail::checked_product<ConfigError>("encoder-decoder config: in_proj_weight (3 * d_model x d_model)", 3,
+                                                d_model, d_model);
+    (void)detail::checked_mul<ConfigError>(d_ff, d_model, "encoder-decoder config: dim_feedforward x d_model");
+    (void)detail::checked_mul<ConfigError>(std::max(src_vocab_size, tgt_vocab_size), d_model,
+                                           "encoder-decoder config: vocabulary x d_model");
+    (void)detail::checked_mul<ConfigError>(max_positions, d_model, "encoder-decoder config: max_positions x d_model");
     if (!std::isfinite(layer_norm_eps) || !(layer_norm_eps > 0.0f) || layer_norm_eps > 1.0f)
         throw ConfigError(fmt::format("encoder-decoder config: layer_norm_eps must be in (0, 1], is {}", layer_norm_eps));
     auto token = [&](std::int32_t id, const char* name) {
@@ -232,7 +227,7 @@ void EncoderDecoderWeights::validate() const {
     for_each_tensor(*this, config, [](const std::string& name, const std::vector<float>& v,
                                       const std::vector<std::size_t>& shape, bool optional) {
         if (optional && v.empty()) return;
-        const std::size_t expected = shape.size() == 1 ? shape[0] : shape[0] * shape[1];  // validate() bounds them
+        const std::size_t expected = shape.size() == 1 ? shape[0] : detail::checked_mul(shape[0], shape[1], name);
         if (v.size() != expected)
             throw ShapeError(fmt::format("encoder-decoder: weight {} holds {} floats, expected {} = {}", name, v.size(),
                                          shape_string(shape), expected));
@@ -313,7 +308,7 @@ EncoderDecoderWeights EncoderDecoderWeights::random(EncoderDecoderConfig config,
                                                             name.find("_pos.") != std::string::npos);
             const std::size_t in = w.config.d_model;  // nn.Linear's bound 1/sqrt(fan_in) (fan_in d_model or d_ff)
             const std::size_t fan_in = name.find("linear2") != std::string::npos ? w.config.d_ff : in;
-            const std::size_t size = shape.size() == 1 ? shape[0] : shape[0] * shape[1];
+            const std::size_t size = shape.size() == 1 ? shape[0] : detail::checked_mul(shape[0], shape[1], name);
             if (is_norm) {
                 data.assign(size, name.ends_with(".weight") ? 1.0f : 0.0f);
                 return;
@@ -347,8 +342,11 @@ EncoderDecoder EncoderDecoder::load(const std::filesystem::path& config_json, co
 }
 
 EncoderDecoder::Buffers EncoderDecoder::buffers(std::size_t n) {
-    const std::size_t nd = n * config().d_model, nff = n * config().d_ff;  // n <= max_positions: no overflow
-    if (scratch_.size() < 7 * nd + nff) scratch_.resize(7 * nd + nff);
+    const std::size_t nd = detail::checked_mul(n, config().d_model, "encoder-decoder activations");
+    const std::size_t nff = detail::checked_mul(n, config().d_ff, "encoder-decoder activations");
+    const std::size_t total = detail::checked_add(detail::checked_mul(7, nd, "encoder-decoder activations"), nff,
+                                                  "encoder-decoder activations");
+    if (scratch_.size() < total) scratch_.resize(total);
     float* p = scratch_.data();
     auto take = [&p](std::size_t count) {
         std::span<float> s(p, count);

@@ -22,7 +22,8 @@ nlohmann::json generate_one(kvcache::Decoder& model, const kvcache::Tokenizer& t
     if (request.contains("messages")) {
         std::vector<kvcache::ChatMessage> messages;
         for (const auto& m : request["messages"]) messages.push_back({m["role"], m["content"]});
-        prompt = kvcache::server::chat_prompt_tokens(tokenizer, messages, true);
+        prompt = kvcache::server::chat_prompt_tokens(tokenizer, kvcache::server::server_chat_template(tokenizer),
+                                                     messages, true);
     } else {
         prompt = kvcache::server::completion_prompt_tokens(tokenizer, request["prompt"]);
     }

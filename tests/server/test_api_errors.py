@@ -123,6 +123,15 @@ def test_api_key():
     assert server.get("/v1/models").status_code == 200
 
 
+def test_bad_command_lines_exit_with_a_message():
+    import subprocess
+    for extra, needle in [(["--chat-template", "jinja9"], "--chat-template"), (["--ctx", "3"], "--ctx"),
+                          (["--model", "/nonexistent.gguf"], "not found"), (["--port", "70000"], "--port")]:
+        model = [] if "--model" in extra else ["--model", args.model]
+        r = subprocess.run([args.server, "--port", "0"] + model + extra, capture_output=True, text=True, timeout=120)
+        assert r.returncode != 0 and needle in r.stderr + r.stdout, (extra, r.returncode, r.stderr[-300:])
+
+
 def test_nothing_leaked():
     server.erase_all()
     h = server.health()
@@ -132,6 +141,7 @@ def test_nothing_leaked():
 
 try:
     run_tests([test_malformed_bodies, test_wrong_types_and_values, test_too_many_tokens_for_the_slot,
-               test_unknown_and_gone_slots, test_unknown_endpoint_and_method, test_api_key, test_nothing_leaked])
+               test_unknown_and_gone_slots, test_unknown_endpoint_and_method, test_api_key, test_bad_command_lines_exit_with_a_message,
+               test_nothing_leaked])
 finally:
     server.stop()

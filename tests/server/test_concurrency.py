@@ -84,9 +84,9 @@ def test_dropped_client_frees_its_slot_within_a_step():
         assert chunk, "the server closed the stream"
         received += chunk
     assert server.health()["slots"]["busy"] == 1
-    steps_at_drop = server.metrics()["kvcache_decode_steps_total"]
     sock.close()
     t0 = time.time()
+    steps_at_drop = server.metrics()["kvcache_decode_steps_total"]
     while time.time() - t0 < 30:
         h = server.health()
         if h["kv"]["running"] == 0 and h["slots"]["used"] == 0:

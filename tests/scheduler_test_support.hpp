@@ -8,6 +8,7 @@
 
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/generate.hpp"
+#include "kvcache/model/scheduler.hpp"
 #include "kvcache/model/tokenizer.hpp"
 
 namespace kvcache::test {
@@ -50,6 +51,31 @@ inline std::vector<std::int32_t> numbered_prompt(std::size_t n, std::uint32_t se
         t = static_cast<std::int32_t>(3 + (x >> 8) % 1021);
     }
     return p;
+}
+
+/// generate_with_cache's options for what a request asks.
+inline GenerateOptions alone_options(const RequestOptions& o) {
+    GenerateOptions g;
+    g.max_new_tokens = o.max_new_tokens;
+    g.sampling = o.sampling;
+    g.stop_at_eos = o.stop_at_eos;
+    return g;
+}
+
+/// What the request would give alone: generate_with_cache over a fresh cache.
+inline GenerationResult alone(const std::vector<std::int32_t>& prompt, const RequestOptions& o) {
+    return generate_with_cache(random_decoder(), numbered_tokenizer(), prompt, alone_options(o));
+}
+
+/// max_new tokens, greedy (temperature 0) or sampled from the top 40 with a seed; EOS does not stop.
+inline RequestOptions options(std::size_t max_new, float temperature, std::uint64_t seed) {
+    RequestOptions o;
+    o.max_new_tokens = max_new;
+    o.sampling.temperature = temperature;
+    o.sampling.top_k = temperature > 0 ? 40 : 0;
+    o.sampling.seed = seed;
+    o.stop_at_eos = false;
+    return o;
 }
 
 }  // namespace kvcache::test

@@ -1,6 +1,8 @@
 // The generation loops, with and without a KV cache; they differ only in what each step runs.
 #include "kvcache/model/generate.hpp"
 
+#include "kvcache/model/shifting_generation.hpp"
+
 #include <chrono>
 
 #include "kvcache/model/tokenizer.hpp"
@@ -80,11 +82,13 @@ GenerationResult run(Decoder& model, const Tokenizer& tokenizer, std::span<const
 }  // namespace
 
 std::size_t generation_cache_bytes(const Decoder& model, std::size_t prompt_tokens, const GenerateOptions& options) {
+    if (!options.cache.is_plain()) return cache_options_bytes(model, prompt_tokens, options);  // issue 14
     return model.cache_bytes(capacity_for(prompt_tokens, options));
 }
 
 GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
                                      std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options) {
+    if (!options.cache.is_plain()) return generate_with_cache_options(model, tokenizer, prompt_tokens, options);  // issue 14
     validate(options.sampling);
     if (prompt_tokens.empty()) throw ConfigError("generate: the prompt has no tokens");
     ThreadScope threads(model, options.threads);
@@ -111,6 +115,7 @@ GenerationResult generate_with_step(Decoder& model, const Tokenizer& tokenizer,
 
 GenerationResult generate_without_cache(Decoder& model, const Tokenizer& tokenizer,
                                         std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options) {
+    if (!options.cache.is_plain()) return generate_with_cache_options(model, tokenizer, prompt_tokens, options);  // issue 14
     validate(options.sampling);
     ThreadScope threads(model, options.threads);
     return run(model, tokenizer, prompt_tokens, options,

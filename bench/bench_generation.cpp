@@ -82,8 +82,8 @@ kvcache::Decoder& real_decoder() {
 
 kvcache::Decoder& decoder(const std::string& name) { return name == "real" ? real_decoder() : random_decoder(); }
 
-kvcache::model::EncoderDecoderConfig seq2seq_config() {
-    kvcache::model::EncoderDecoderConfig c;
+kvcache::EncoderDecoderConfig seq2seq_config() {
+    kvcache::EncoderDecoderConfig c;
     c.d_model = 512;
     c.n_heads = 8;
     c.d_ff = 2048;
@@ -95,12 +95,8 @@ kvcache::model::EncoderDecoderConfig seq2seq_config() {
     return c;
 }
 
-kvcache::model::EncoderDecoder& seq2seq() {
-    static kvcache::model::EncoderDecoder m = [] {
-        auto e = kvcache::model::EncoderDecoder::random(seq2seq_config(), 1234);
-        e.set_threads(g_threads);
-        return e;
-    }();
+kvcache::EncoderDecoder& seq2seq() {
+    static kvcache::EncoderDecoder m(kvcache::EncoderDecoderWeights::random(seq2seq_config(), 1234));
     return m;
 }
 
@@ -351,7 +347,8 @@ void BM_Seq2SeqGenerate(benchmark::State& state, bool use_cache) {
     auto& m = seq2seq();
     const std::size_t n = static_cast<std::size_t>(state.range(0));
     const std::vector<std::vector<std::int32_t>> sources{some_tokens(kSourceTokens, 997, 4)};
-    kvcache::model::Seq2SeqGenerateOptions o;
+    kvcache::Seq2SeqGenerateOptions o;
+    o.threads = g_threads;
     o.max_new_tokens = n;
     o.use_cache = use_cache;
     o.stop_at_eos = false;

@@ -15,8 +15,9 @@
 
 namespace {
 
-using kvcache::model::EncoderDecoder;
-using kvcache::model::EncoderDecoderConfig;
+using kvcache::EncoderDecoder;
+using kvcache::EncoderDecoderConfig;
+using kvcache::EncoderDecoderWeights;
 
 constexpr std::size_t kSourceLen = 64;
 
@@ -34,7 +35,7 @@ EncoderDecoderConfig bench_config() {
 }
 
 EncoderDecoder& model() {
-    static EncoderDecoder m = EncoderDecoder::random(bench_config(), 1234);
+    static EncoderDecoder m(EncoderDecoderWeights::random(bench_config(), 1234));
     return m;
 }
 

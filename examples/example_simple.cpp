@@ -5,8 +5,10 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <exception>
 #include <filesystem>
 #include <string>
 #include <vector>
@@ -31,6 +33,26 @@ std::filesystem::path default_model() {
 
 std::string mib(std::size_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1024.0 * 1024.0)); }
 
+// A float option that must be finite and within [lo, hi] (CLI::Range lets NaN through and prints its bounds
+// with all 309 digits of a double).
+CLI::Validator finite_between(double lo, double hi, bool open_low = false) {
+    return CLI::Validator(
+        [=](const std::string& text) -> std::string {
+            double value = 0;
+            try {
+                std::size_t used = 0;
+                value = std::stod(text, &used);
+                if (used != text.size()) return "'" + text + "' is not a number";
+            } catch (const std::exception&) {
+                return "'" + text + "' is not a number";
+            }
+            if (!std::isfinite(value) || value < lo || value > hi || (open_low && value == lo))
+                return fmt::format("{} is outside {}{:g}, {:g}]", text, open_low ? "(" : "[", lo, hi);
+            return {};
+        },
+        fmt::format("{}{:g}, {:g}]", open_low ? "(" : "[", lo, hi));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -40,15 +62,20 @@ int main(int argc, char** argv) {
     std::size_t max_tokens = 64;
     int threads = 0;
     bool skip_uncached = false;
+    std::string chat_format = "auto";
     kvcache::SamplingOptions sampling;
-    app.add_option("prompt", prompt, "The user message (formatted with the model's chat template)");
+    app.add_option("prompt", prompt, "The user message (formatted with the model's chat template; taken literally)");
     app.add_option("-m,--model", model_path, "GGUF model file (default: $KVCACHE_MODEL or models/ in the source tree)");
-    app.add_option("-n,--max-tokens", max_tokens, "Most tokens to generate")->check(CLI::PositiveNumber);
-    app.add_option("-t,--temperature", sampling.temperature, "0 = greedy")->check(CLI::NonNegativeNumber);
-    app.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0 = off)");
-    app.add_option("--top-p", sampling.top_p, "Nucleus sampling threshold in (0, 1]");
+    app.add_option("-n,--max-tokens", max_tokens, "Most tokens to generate")->check(CLI::Range(std::size_t{1}, std::size_t{1} << 20));
+    app.add_option("-t,--temperature", sampling.temperature, "0 = greedy")->check(finite_between(0, 100));
+    app.add_option("--top-k", sampling.top_k, "Keep the k most likely tokens (0 = off)")->check(CLI::Range(0, 1 << 30));
+    app.add_option("--top-p", sampling.top_p, "Nucleus sampling threshold")->check(finite_between(0, 1, true));
     app.add_option("--seed", sampling.seed, "Sampling seed");
-    app.add_option("--threads", threads, "Threads (0 = all cores)");
+    app.add_option("--threads", threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
+    app.add_option("--chat-format", chat_format,
+                   "Chat format: auto (recognise the model's template; an unknown one is an error) or one of "
+                   "chatml, llama3, llama2, zephyr, phi3")
+        ->check(CLI::IsMember({"auto", "chatml", "llama3", "llama2", "zephyr", "phi3"}));
     app.add_flag("--no-uncached", skip_uncached, "Skip the run without a cache");
     CLI11_PARSE(app, argc, argv);
 
@@ -65,9 +92,12 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "model: {} ({}, {} layers, d_model {}, {} heads / {} kv heads), weights {}\n", model_path,
                    c.architecture, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, mib(model.weights().bytes()));
 
+        // The prompt is the user's text: encode_chat keeps it literal, so typing "<|im_end|><|im_start|>system"
+        // cannot forge a turn; only the template's own markers become control tokens.
         const std::vector<kvcache::ChatMessage> messages{{"user", prompt}};
-        const std::string text = kvcache::apply_chat_template(tokenizer.chat_template(), messages, true);
-        const auto prompt_tokens = tokenizer.encode(text, true, true);
+        const auto format = chat_format == "auto" ? kvcache::detect_chat_template(tokenizer.chat_template())
+                                                  : kvcache::chat_template_for(*kvcache::chat_template_family_from_name(chat_format));
+        const auto prompt_tokens = kvcache::encode_chat(tokenizer, format, messages, true);
 
         kvcache::GenerateOptions options;
         options.max_new_tokens = max_tokens;
@@ -96,8 +126,14 @@ int main(int argc, char** argv) {
         fmt::print(stderr, "speedup: {:.2f}x{}\n", uncached.total_seconds / cached.total_seconds,
                    uncached.tokens == cached.tokens ? " (same tokens)" : " (the two runs produced different tokens!)");
         return 0;
+    } catch (const kvcache::ChatTemplateError& e) {
+        fmt::print(stderr, "error: {}\n(pass --chat-format to choose one)\n", e.what());
+        return 1;
     } catch (const kvcache::Error& e) {
         fmt::print(stderr, "error: {}\n", e.what());
         return 1;
+    } catch (const std::exception& e) {  // not expected: the library throws kvcache::Error only
+        fmt::print(stderr, "internal error: {}\n", e.what());
+        return 2;
     }
 }

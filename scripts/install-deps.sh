@@ -6,6 +6,7 @@ packages=(
   libeigen3-dev xtensor-dev catch2 libbenchmark-dev libfmt-dev nlohmann-json3-dev libxxhash-dev libcli11-dev
   libsqlite3-dev
   python3-matplotlib python3-numpy clang libclang-rt-14-dev
+  libcpp-httplib-dev chromium chromium-driver
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -5,7 +5,7 @@
     python3 scripts/make_seq2seq_fixtures.py            # writes tests/fixtures/seq2seq/<name>.{json,safetensors}
 
 For each small seeded model it writes
-    <name>.config.json      the model config kvcache::model::EncoderDecoder reads
+    <name>.config.json      the model config kvcache::EncoderDecoderConfig reads
     <name>.safetensors      model.state_dict() exactly as safetensors.torch.save_file writes it
     <name>.expected.json    reference outputs: encoder output of sources[0], decoder logits for sources[0]
                             with a target prefix, and greedy tokens for every source

@@ -9,6 +9,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 bash scripts/install-deps.sh
+bash scripts/install-python-deps.sh
 bash scripts/fetch-model.sh
 build="${BUILD_DIR:-build}"
 build_type=Release

@@ -2,11 +2,18 @@
 // truncated, corrupted or foreign file is rejected with the cache unchanged and no temporary file left.
 #include <catch2/catch.hpp>
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <atomic>
 #include <bit>
+#include <chrono>
+#include <future>
 #include <type_traits>
 #include <cstdint>
 #include <cstring>
@@ -766,4 +773,155 @@ TEST_CASE("cache file: read_cache_file_info, fingerprints and the checksum", "[c
     CHECK(fingerprint_digest(std::string_view("kvcache")) != fingerprint_digest(std::string_view("kvcachf")));
     const std::string s = "kvcache";
     CHECK(fingerprint_digest(std::as_bytes(std::span(s))) == "xxh3-64:b1c9ac0296b3c980");
+}
+
+namespace {
+
+std::size_t open_descriptors() {
+    return static_cast<std::size_t>(std::distance(fs::directory_iterator("/proc/self/fd"), fs::directory_iterator()));
+}
+
+mode_t mode_of(const fs::path& p) {
+    struct stat st {};
+    REQUIRE(::lstat(p.c_str(), &st) == 0);
+    return st.st_mode & 07777;
+}
+
+// Sets the umask for a scope (and restores it).
+struct ScopedUmask {
+    mode_t old;
+    explicit ScopedUmask(mode_t m) : old(::umask(m)) {}
+    ~ScopedUmask() { ::umask(old); }
+};
+
+}  // namespace
+
+TEST_CASE("cache file: a save whose first write fails releases its descriptor and temp file", "[cache_file][issue9]") {
+    TempDir dir;
+    KVCache<L, H, D> cache(1, 16);
+    fill_row(cache, 0, 6, 1);
+    const auto fp = make_fingerprint(kModel, cache);
+    // A file size limit of 16 bytes makes the constructor's first write fail (EFBIG; SIGXFSZ ignored).
+    struct rlimit old_limit {};
+    REQUIRE(::getrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+    const auto old_handler = ::signal(SIGXFSZ, SIG_IGN);
+    const std::size_t before = open_descriptors();
+    struct rlimit small = old_limit;
+    small.rlim_cur = 16;
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &small) == 0);
+    int failures = 0;
+    for (int i = 0; i < 20; ++i) {
+        try {
+            save_cache_file(dir / "full.kvc", cache, 0, token_ids(6), fp);
+        } catch (const IoError&) {
+            ++failures;
+        }
+    }
+    REQUIRE(::setrlimit(RLIMIT_FSIZE, &old_limit) == 0);
+    ::signal(SIGXFSZ, old_handler);
+    CHECK(failures == 20);
+    CHECK(open_descriptors() == before);  // was +20: one leaked descriptor per failed save
+    CHECK(dir.entries().empty());         // was 20 temp files
+}
+
+TEST_CASE("cache file: saving keeps an existing file's permissions; new files get new_file_mode less the umask",
+          "[cache_file][issue9]") {
+    TempDir dir;
+    KVCache<L, H, D> cache(1, 16);
+    fill_row(cache, 0, 4, 1);
+    const auto fp = make_fingerprint(kModel, cache);
+    const auto path = dir / "p.kvc";
+    {
+        const ScopedUmask mask(022);
+        save_cache_file(path, cache, 0, token_ids(4), fp);
+        CHECK(mode_of(path) == 0600);  // private by default
+        REQUIRE(::chmod(path.c_str(), 0640) == 0);
+        save_cache_file(path, cache, 0, token_ids(4), fp);
+        CHECK(mode_of(path) == 0640);  // was reset to 0600 by every save
+        REQUIRE(::chmod(path.c_str(), 0444) == 0);  // read-only: still replaced (the directory allows it)
+        save_cache_file(path, cache, 0, token_ids(4), fp);
+        CHECK(mode_of(path) == 0444);
+        save_cache_file(dir / "shared.kvc", cache, 0, token_ids(4), fp, SaveOptions{.new_file_mode = 0666});
+        CHECK(mode_of(dir / "shared.kvc") == 0644);
+    }
+    {
+        const ScopedUmask mask(077);
+        save_cache_file(dir / "masked.kvc", cache, 0, token_ids(4), fp, SaveOptions{.new_file_mode = 0666});
+        CHECK(mode_of(dir / "masked.kvc") == 0600);
+    }
+}
+
+TEST_CASE("cache file: a symlink or a non-regular file at the path is refused, without blocking", "[cache_file][issue9]") {
+    TempDir dir;
+    KVCache<L, H, D> cache(1, 16);
+    fill_row(cache, 0, 4, 1);
+    const auto fp = make_fingerprint(kModel, cache);
+    const auto real = dir / "real.kvc";
+    save_cache_file(real, cache, 0, token_ids(4), fp);
+    const auto bytes = read_bytes(real);
+    fs::create_symlink(real, dir / "link.kvc");
+    CHECK_THROWS_WITH(save_cache_file(dir / "link.kvc", cache, 0, token_ids(4), fp), Catch::Contains("symbolic link"));
+    CHECK(fs::is_symlink(dir / "link.kvc"));  // was silently replaced by a regular file
+    CHECK(read_bytes(real) == bytes);
+    fs::create_symlink(dir / "missing.kvc", dir / "dangling.kvc");
+    CHECK_THROWS_AS(save_cache_file(dir / "dangling.kvc", cache, 0, token_ids(4), fp), IoError);
+    CHECK_FALSE(fs::exists(dir / "missing.kvc"));
+
+    fs::create_directory(dir / "adir.kvc");
+    CHECK_THROWS_WITH(save_cache_file(dir / "adir.kvc", cache, 0, token_ids(4), fp), Catch::Contains("not a regular file"));
+    REQUIRE(::mkfifo((dir / "fifo.kvc").c_str(), 0600) == 0);
+    // Saving to and loading from a FIFO must fail at once, not wait for the other end (run with a deadline).
+    auto attempt = std::async(std::launch::async, [&] {
+        int refused = 0;
+        try {
+            save_cache_file(dir / "fifo.kvc", cache, 0, token_ids(4), fp);
+        } catch (const IoError&) {
+            ++refused;
+        }
+        try {
+            (void)read_cache_file_info(dir / "fifo.kvc");
+        } catch (const IoError&) {
+            ++refused;
+        }
+        return refused;
+    });
+    if (attempt.wait_for(std::chrono::seconds(10)) != std::future_status::ready) {
+        // Unblock the reader stuck in open() so the test can end, then fail.
+        const int fd = ::open((dir / "fifo.kvc").c_str(), O_WRONLY | O_NONBLOCK);
+        if (fd >= 0) ::close(fd);
+        FAIL("opening a FIFO blocked");
+    }
+    CHECK(attempt.get() == 2);
+    CHECK_THROWS_AS(read_cache_file_info("/dev/zero"), IoError);
+    CHECK_THROWS_AS(read_cache_file_info(dir.path), IoError);
+    std::vector<std::string> expected{"adir.kvc", "dangling.kvc", "fifo.kvc", "link.kvc", "real.kvc"};
+    CHECK(dir.entries() == expected);  // no temp file left by any refusal
+}
+
+TEST_CASE("cache file: temp files orphaned by a killed save are removed by the next save, live ones kept",
+          "[cache_file][issue9]") {
+    TempDir dir;
+    KVCache<L, H, D> cache(1, 16);
+    fill_row(cache, 0, 4, 1);
+    const auto fp = make_fingerprint(kModel, cache);
+    // A process id that is certainly gone: a child that has exited and been reaped.
+    const pid_t child = ::fork();
+    REQUIRE(child >= 0);
+    if (child == 0) ::_exit(0);
+    REQUIRE(::waitpid(child, nullptr, 0) == child);
+    const auto touch = [&](const std::string& name) { std::ofstream(dir / name) << "partial"; };
+    const std::string dead = "c.kvc.tmp." + std::to_string(child) + ".00000000deadbeef";
+    const std::string live = "c.kvc.tmp." + std::to_string(::getppid()) + ".0000000000000001";
+    const std::string other = "other.kvc.tmp." + std::to_string(child) + ".0000000000000002";
+    touch(dead);
+    touch(live);
+    touch(other);
+    touch("c.kvc.tmp.Ab12Cd");  // the earlier mkstemp naming: removed once an hour old
+    touch("c.kvc.tmp.Xy34Zw");
+    const auto old = fs::file_time_type::clock::now() - std::chrono::hours(2);
+    fs::last_write_time(dir / "c.kvc.tmp.Ab12Cd", old);
+    save_cache_file(dir / "c.kvc", cache, 0, token_ids(4), fp);
+    std::vector<std::string> expected{"c.kvc", live, "c.kvc.tmp.Xy34Zw", other};
+    std::sort(expected.begin(), expected.end());
+    CHECK(dir.entries() == expected);
 }

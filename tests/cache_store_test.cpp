@@ -5,6 +5,7 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
+#include <ctime>
 #include <limits>
 #include <memory>
 #include <string>
@@ -413,4 +414,51 @@ TEST_CASE("CacheStore: mixed concurrent set/get/erase loses nothing and the stat
         if (!limited) CHECK(found == static_cast<std::size_t>(threads) * 100);
         check_books(store);
     }
+}
+
+TEST_CASE("CacheStore: a time-to-live of Duration::max() saturates instead of expiring at once", "[cache_store][issue9]") {
+    FakeClock clock;
+    auto options = string_options(clock);
+    options.default_ttl = Store::Duration::max();
+    Store store(options);
+    store.set("default", std::string("d"));
+    store.set("explicit", std::string("e"), Store::Duration::max());
+    store.set("almost", std::string("a"), Store::Duration::max() - 1s);
+    CHECK(store.get("default"));  // was nullptr: now + ttl wrapped to the past
+    CHECK(store.get("explicit"));
+    CHECK(store.get("almost"));
+    clock.advance(std::chrono::hours(24 * 365 * 100));
+    CHECK(store.size() == 3);
+    CHECK(store.stats().expirations == 0);
+    // The real clock too (its now() is the machine's uptime).
+    Store::Options real;
+    real.sizer = [](const std::string& s) { return s.size(); };
+    real.default_ttl = Store::Duration::max();
+    Store real_store(real);
+    real_store.set("k", std::string("v"));
+    CHECK(real_store.get("k"));
+}
+
+TEST_CASE("CacheStore: a sweep interval of Duration::max() sleeps instead of spinning", "[cache_store][issue9]") {
+    const auto cpu_seconds = [] {
+        timespec ts{};
+        ::clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+        return double(ts.tv_sec) + double(ts.tv_nsec) * 1e-9;
+    };
+    Store::Options options;
+    options.sizer = [](const std::string& s) { return s.size(); };
+    options.sweep_interval = Store::Duration::max();
+    const double cpu_before = cpu_seconds();
+    const auto wall_before = std::chrono::steady_clock::now();
+    {
+        Store store(options);
+        store.set("k", std::string("v"));
+        std::this_thread::sleep_for(400ms);
+        CHECK(store.get("k"));
+    }  // the destructor wakes and joins the sleeping sweeper at once
+    const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - wall_before).count();
+    const double cpu = cpu_seconds() - cpu_before;
+    INFO("cpu " << cpu << " s in " << wall << " s");
+    CHECK(cpu < 0.2);  // was ~0.4: the sweeper spun for the whole sleep
+    CHECK(wall < 5.0);
 }

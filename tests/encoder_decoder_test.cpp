@@ -3,6 +3,8 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstdint>
+#include <filesystem>
 #include <fstream>
 #include <sstream>
 #include <string>
@@ -13,9 +15,9 @@
 #include "kvcache/cache/kv_cache.hpp"
 #include "kvcache/model/encoder_decoder.hpp"
 #include "kvcache/model/safetensors.hpp"
+#include "kvcache/model/text_vocabulary.hpp"
 
 using namespace kvcache;
-using namespace kvcache::model;
 using Catch::Matchers::Contains;
 
 namespace {
@@ -53,6 +55,10 @@ std::vector<safetensors::TensorToWrite> tensors_of(const safetensors::File& f, s
         out.push_back({t.name, t.shape, store.back(), safetensors::DType::F32});
     }
     return out;
+}
+
+EncoderDecoder from_safetensors(const EncoderDecoderConfig& config, const safetensors::File& file) {
+    return EncoderDecoder(EncoderDecoderWeights::from_safetensors(config, file));
 }
 
 }  // namespace
@@ -291,7 +297,7 @@ TEST_CASE("mismatched weight files name the tensor and sizes", "[encoder_decoder
 
     SECTION("a re-serialised file loads to the same model") {
         const auto bytes = safetensors::serialize(all);
-        auto a = EncoderDecoder::from_safetensors(config, safetensors::File::from_memory(bytes));
+        auto a = from_safetensors(config, safetensors::File::from_memory(bytes));
         auto b = load_fixture("post_norm_relu");
         const std::vector<std::int32_t> src = {4, 5, 6};
         CHECK(a.encode(src) == b.encode(src));
@@ -300,7 +306,7 @@ TEST_CASE("mismatched weight files name the tensor and sizes", "[encoder_decoder
         auto some = all;
         std::erase_if(some, [](const auto& t) { return t.name == "transformer.decoder.layers.1.norm3.bias"; });
         const auto bytes = safetensors::serialize(some);
-        CHECK_THROWS_WITH(EncoderDecoder::from_safetensors(config, safetensors::File::from_memory(bytes)),
+        CHECK_THROWS_WITH(from_safetensors(config, safetensors::File::from_memory(bytes)),
                           Contains("transformer.decoder.layers.1.norm3.bias") && Contains("missing"));
     }
     SECTION("wrong shape") {
@@ -308,8 +314,8 @@ TEST_CASE("mismatched weight files name the tensor and sizes", "[encoder_decoder
         for (auto& t : some)
             if (t.name == "generator.weight") t.shape = {t.shape[1], t.shape[0]};
         const auto bytes = safetensors::serialize(some);
-        CHECK_THROWS_AS(EncoderDecoder::from_safetensors(config, safetensors::File::from_memory(bytes)), ShapeError);
-        CHECK_THROWS_WITH(EncoderDecoder::from_safetensors(config, safetensors::File::from_memory(bytes)),
+        CHECK_THROWS_AS(from_safetensors(config, safetensors::File::from_memory(bytes)), ShapeError);
+        CHECK_THROWS_WITH(from_safetensors(config, safetensors::File::from_memory(bytes)),
                           Contains("'generator.weight' has shape [32, 28], expected [28, 32]"));
     }
     SECTION("a tensor the config does not describe") {
@@ -317,21 +323,21 @@ TEST_CASE("mismatched weight files name the tensor and sizes", "[encoder_decoder
         const std::vector<float> extra(4, 0.0f);
         more.push_back({"transformer.decoder.layers.2.norm1.weight", {4}, extra, safetensors::DType::F32});
         const auto bytes = safetensors::serialize(more);
-        CHECK_THROWS_WITH(EncoderDecoder::from_safetensors(config, safetensors::File::from_memory(bytes)),
+        CHECK_THROWS_WITH(from_safetensors(config, safetensors::File::from_memory(bytes)),
                           Contains("transformer.decoder.layers.2.norm1.weight") && Contains("not part of the model"));
     }
     SECTION("config and file disagree on the layer count") {
         auto c = config;
         c.n_decoder_layers = 3;
-        CHECK_THROWS_WITH(EncoderDecoder::from_safetensors(c, file), Contains("transformer.decoder.layers.2"));
+        CHECK_THROWS_WITH(from_safetensors(c, file), Contains("transformer.decoder.layers.2"));
     }
     SECTION("weights built by hand are checked too") {
         auto w = load_fixture("post_norm_relu").weights();
         w.generator.bias.resize(5);
-        CHECK_THROWS_WITH(EncoderDecoder(config, w), Contains("generator.bias") && Contains("[28]"));
+        CHECK_THROWS_WITH(EncoderDecoder(w), Contains("generator.bias") && Contains("[28]"));
         w = load_fixture("post_norm_relu").weights();
         w.decoder.pop_back();
-        CHECK_THROWS_AS(EncoderDecoder(config, w), ShapeError);
+        CHECK_THROWS_AS(EncoderDecoder(w), ShapeError);
     }
     SECTION("a truncated file") {
         const auto bytes = safetensors::serialize(all);
@@ -351,7 +357,7 @@ TEST_CASE("random weights build a working model of any size", "[encoder_decoder]
     c.tgt_vocab_size = 30;
     c.max_positions = 40;
     c.positions = PositionKind::Learned;
-    auto model = EncoderDecoder::random(c, 1);
+    auto model = EncoderDecoder(EncoderDecoderWeights::random(c, 1));
     Seq2SeqGenerateOptions opts;
     opts.max_new_tokens = 20;
     opts.stop_at_eos = false;
@@ -360,7 +366,149 @@ TEST_CASE("random weights build a working model of any size", "[encoder_decoder]
     CHECK(a.size() == 20);
     opts.use_cache = false;
     CHECK(model.generate(src, opts) == a);
-    auto same = EncoderDecoder::random(c, 1);
-    CHECK(same.weights().tgt_embed == model.weights().tgt_embed);
-    CHECK(EncoderDecoder::random(c, 2).weights().tgt_embed != model.weights().tgt_embed);
+    CHECK(EncoderDecoderWeights::random(c, 1).tgt_embed == model.weights().tgt_embed);
+    CHECK(EncoderDecoderWeights::random(c, 2).tgt_embed != model.weights().tgt_embed);
+}
+
+TEST_CASE("hostile config values are refused at load, before anything is allocated (issue 9)", "[encoder_decoder]") {
+    std::ifstream f(kDir + "post_norm_relu.config.json");
+    std::stringstream s;
+    s << f.rdbuf();
+    const auto good = nlohmann::json::parse(s.str());
+    auto with = [&](const char* key, nlohmann::json value) {
+        auto j = good;
+        j[key] = value;
+        return j.dump();
+    };
+    // max_positions * d_model wrapped to 0 and the constructor wrote past the empty position table
+    const std::uint64_t huge = std::uint64_t{1} << 59;
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("max_positions", huge)),
+                      Contains("max_positions") && Contains(std::to_string(huge)));
+    {
+        const auto path = std::filesystem::temp_directory_path() / "kvcache_seq2seq_hostile.config.json";
+        std::ofstream(path) << with("max_positions", huge);
+        CHECK_THROWS_AS(EncoderDecoder::load(path, kDir + "post_norm_relu.safetensors"), ConfigError);
+        std::filesystem::remove(path);
+    }
+    auto c = EncoderDecoderConfig::from_json(s.str());
+    c.max_positions = huge;  // a config built in code is validated by the model too
+    CHECK_THROWS_AS(EncoderDecoderWeights::random(c, 1), ConfigError);
+    auto w = load_fixture("post_norm_relu").weights();
+    w.config = c;
+    CHECK_THROWS_AS(EncoderDecoder(w), ConfigError);
+
+    for (const char* key : {"d_model", "nhead", "dim_feedforward", "num_encoder_layers", "num_decoder_layers",
+                            "src_vocab_size", "tgt_vocab_size", "max_positions"}) {
+        INFO(key);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, std::uint64_t{1} << 40)), ConfigError);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, UINT64_MAX)), ConfigError);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 0)), ConfigError);
+        CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with(key, 1.5)), FormatError);
+    }
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(with("nhead", 64)), Contains("nhead is 64, outside [1, 32]"));
+    // token ids beyond 32 bits were truncated into the vocabulary (2^32 + 2 became 2)
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("eos_token_id", (std::int64_t{1} << 32) + 2)), FormatError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("bos_token_id", -(std::int64_t{1} << 32) + 1)), FormatError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("pad_token_id", 32)), ConfigError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("pad_token_id", -2)), ConfigError);
+    CHECK(EncoderDecoderConfig::from_json(with("pad_token_id", -1)).pad_token_id == -1);
+    // floats: finite and in range before the conversion to float (1e300 as a float is undefined behaviour)
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("layer_norm_eps", 1e300)), ConfigError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("layer_norm_eps", -1e-5)), ConfigError);
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(with("layer_norm_eps", 1e-60)), ConfigError);  // 0 as a float
+    std::string overflowing = with("layer_norm_eps", 0.5);
+    overflowing.replace(overflowing.find("0.5"), 3, "1e400");
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(overflowing), Error);
+}
+
+TEST_CASE("the bundled numbers model turns words into digits as PyTorch does, with and without the caches",
+          "[encoder_decoder]") {
+    // examples/models/numbers, trained by scripts/train_seq2seq_numbers.py; samples.json holds PyTorch's greedy
+    // output for the same (float16-rounded) weights: fixed numbers and numbers never trained on.
+    const std::string dir = std::string(KVCACHE_SOURCE_DIR) + "/examples/models/numbers/";
+    auto model = EncoderDecoder::load(dir + "config.json", dir + "model.safetensors");
+    const auto vocab = Seq2SeqVocabulary::load(dir + "vocab.json");
+    REQUIRE(vocab.source.size() == model.config().src_vocab_size);
+    REQUIRE(vocab.target.size() == model.config().tgt_vocab_size);
+    auto digits = [&](std::string_view words, bool use_cache) {
+        Seq2SeqGenerateOptions opts;
+        opts.max_new_tokens = 8;
+        opts.use_cache = use_cache;
+        return vocab.target.decode(model.generate(vocab.source.encode(words), opts));
+    };
+    // A handful anyone can check by eye (hyphens and capitals are split and lowercased by the vocabulary).
+    CHECK(digits("four hundred and twelve", true) == "412");
+    CHECK(digits("four hundred and twelve", false) == "412");
+    CHECK(digits("Zero", true) == "0");
+    CHECK(digits("thirteen", true) == "13");
+    CHECK(digits("two thousand and five", true) == "2005");
+    CHECK(digits("seventy-one thousand and six", true) == "71006");
+    CHECK(digits("nine hundred and ninety nine thousand nine hundred and ninety nine", true) == "999999");
+
+    const auto samples = read_json(dir + "samples.json");
+    Seq2SeqGenerateOptions opts;
+    opts.max_new_tokens = samples["max_new_tokens"].get<std::size_t>();
+    std::vector<std::vector<std::int32_t>> sources, expected;
+    std::size_t held_out = 0, held_out_right = 0;
+    for (const auto& s : samples["samples"]) {
+        INFO(s["text"].get<std::string>());
+        sources.push_back(vocab.source.encode(s["text"].get<std::string>()));
+        expected.push_back(s["greedy"].get<std::vector<std::int32_t>>());
+        opts.use_cache = true;
+        const auto cached = model.generate(sources.back(), opts);
+        opts.use_cache = false;
+        CHECK(model.generate(sources.back(), opts) == cached);  // bit for bit the same logits, so the same tokens
+        CHECK(cached == expected.back());                       // and PyTorch's tokens
+        if (s["held_out"].get<bool>()) {
+            ++held_out;
+            held_out_right += vocab.target.decode(cached) == std::to_string(s["number"].get<int>());
+        }
+    }
+    CHECK(held_out >= 40);
+    CHECK(held_out_right >= held_out * 9 / 10);  // numbers it never saw: the model generalises
+    // all of them as one batch of different lengths: each row as alone
+    opts.use_cache = true;
+    CHECK(model.generate(sources, opts).tokens == expected);
+}
+
+TEST_CASE("the thread count travels with the call and does not change a bit", "[encoder_decoder]") {
+    EncoderDecoderConfig c;
+    c.d_model = 64;
+    c.n_heads = 4;
+    c.d_ff = 96;
+    c.n_encoder_layers = 2;
+    c.n_decoder_layers = 2;
+    c.src_vocab_size = 50;
+    c.tgt_vocab_size = 40;
+    c.max_positions = 300;
+    EncoderDecoder model(EncoderDecoderWeights::random(c, 3));
+    std::vector<std::int32_t> source(200), target(120);
+    for (std::size_t i = 0; i < source.size(); ++i) source[i] = static_cast<std::int32_t>(3 + i * 7 % 47);
+    for (std::size_t i = 0; i < target.size(); ++i) target[i] = static_cast<std::int32_t>(1 + i * 5 % 39);
+    // long enough that attention really splits its work (n_queries * n_keys * d_model >= 2^20)
+    const auto memory1 = model.encode(source, {.threads = 1});
+    const auto memory2 = model.encode(source, {.threads = 2});
+    CHECK(memory1 == memory2);
+    CHECK(model.decode_uncached(memory1, source.size(), target, {.threads = 1}) ==
+          model.decode_uncached(memory1, source.size(), target, {.threads = 2}));
+    Seq2SeqGenerateOptions opts;
+    opts.max_new_tokens = 20;
+    opts.stop_at_eos = false;
+    opts.threads = 1;
+    const auto one = model.generate(source, opts);
+    opts.threads = 2;
+    CHECK(model.generate(source, opts) == one);
+}
+
+TEST_CASE("a config for another architecture is refused", "[encoder_decoder]") {
+    std::ifstream f(kDir + "post_norm_relu.config.json");
+    std::stringstream s;
+    s << f.rdbuf();
+    auto j = nlohmann::json::parse(s.str());
+    j["architecture"] = "bart";
+    CHECK_THROWS_WITH(EncoderDecoderConfig::from_json(j.dump()), Contains("bart"));
+    j["architecture"] = 3;
+    CHECK_THROWS_AS(EncoderDecoderConfig::from_json(j.dump()), FormatError);
+    j.erase("architecture");  // optional: configs written before the key existed
+    CHECK(EncoderDecoderConfig::from_json(j.dump()).d_model == 32);
 }

@@ -41,6 +41,11 @@ TEST_CASE("exact_match and f1_score take the best gold answer", "[kb][qa]") {
     CHECK(exact_match("1801", {}) == 0.0);
     CHECK(f1_score("1801", {}) == 0.0);
     CHECK(f1_score("the", std::vector<std::string>{"a"}) == 1.0);  // both normalise to nothing
+    CHECK(answer_contains("The founder is Ada Kell.", gold) == 1.0);
+    CHECK(answer_contains("Ada Kellington", gold) == 0.0);  // whole words only
+    CHECK(answer_contains("Kell", gold) == 0.0);
+    CHECK(answer_contains("", {}) == 1.0);
+    CHECK(answer_contains("no", {}) == 0.0);
 }
 
 TEST_CASE("read_qa_dataset reads SQuAD v2.0 with unanswerable questions", "[kb][qa]") {

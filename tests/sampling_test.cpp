@@ -2,6 +2,7 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <limits>
 #include <map>
 #include <vector>
 
@@ -231,4 +232,25 @@ TEST_CASE("bad logits are reported") {
     // -inf logits are never drawn
     std::vector<float> masked{-INFINITY, 0.0f, -INFINITY};
     for (int i = 0; i < 50; ++i) CHECK(s.sample(masked) == 1);
+}
+
+TEST_CASE("temperatures so small that 1/T is infinite sample the top token (was back() on an empty vector)") {
+    const std::vector<float> logits{0.5f, 3.0f, -2.0f, 3.0f, 1.0f};
+    for (const float t : {1e-45f, std::numeric_limits<float>::denorm_min(), 2e-39f, 1e-30f}) {
+        INFO("temperature " << t);
+        Sampler s(SamplingOptions{.temperature = t, .top_k = 3, .top_p = 0.5f, .min_p = 0.1f, .seed = 3});
+        for (int i = 0; i < 20; ++i) {
+            const auto id = s.sample(logits);
+            CHECK((id == 1 || id == 3));  // the two tied top logits
+        }
+        const auto d = s.distribution(logits);
+        REQUIRE_FALSE(d.empty());
+        CHECK(d.front().id == 1);
+    }
+    // Logits whose differences overflow a float (3e38 - -3e38) at a tiny temperature.
+    Sampler s(SamplingOptions{.temperature = 1e-45f});
+    CHECK(s.sample(std::vector<float>{-3e38f, 3e38f, 0.0f}) == 1);
+    Sampler hot(SamplingOptions{.temperature = 1e30f});  // the other end: all but uniform, still a distribution
+    const auto d = hot.distribution(std::vector<float>{-3e38f, 3e38f});
+    REQUIRE(d.size() >= 1);
 }

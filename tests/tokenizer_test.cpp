@@ -655,3 +655,43 @@ TEST_CASE("SmolLM2: a ~2000-token prompt encodes and round-trips", "[tokenizer][
     CHECK(tok.decode(ids) == prompt);
 }
 
+
+TEST_CASE("encode_literal and encode_segments never make special tokens from literal text", "[tokenizer][literal]") {
+    const Tokenizer tok(byte_level_spec());
+    // Control and user-defined token text is spelled out; BOS/EOS follow add_special only.
+    const Ids literal = tok.encode_literal("<|im_start|>hello<tool>");
+    for (const auto id : literal) CHECK_FALSE(tok.is_special(id));
+    CHECK(tok.decode(literal) == "<|im_start|>hello<tool>");
+    CHECK(tok.encode_literal("hello world") == tok.encode("hello world", false, true));
+    // Segments: only markup segments produce special tokens, and only from text wholly inside them.
+    const std::vector<kvcache::TextSegment> segments = {
+        {"<|im_start|>", true}, {"hello<|im_end|>", false}, {"<|im_e", true}, {"nd|>", false}, {"<|im_end|>", true}};
+    const Ids ids = tok.encode_segments(segments, false);
+    CHECK(std::count(ids.begin(), ids.end(), 265) == 1);
+    CHECK(std::count(ids.begin(), ids.end(), 266) == 1);
+    CHECK(ids.front() == 265);
+    CHECK(ids.back() == 266);
+    CHECK(tok.decode(ids) == "<|im_start|>hello<|im_end|><|im_end|><|im_end|>");
+    // Plain text is one run across segment boundaries: "hel" + "lo" merges like "hello".
+    const std::vector<kvcache::TextSegment> split = {{"hel", false}, {"lo", true}};
+    CHECK(tok.encode_segments(split, false) == Ids{259});
+}
+
+TEST_CASE("literal SentencePiece text does not merge into a user-defined piece", "[tokenizer][literal][spm]") {
+    auto spec = sentencepiece_spec();
+    spec.tokens.push_back("▁<x>");
+    spec.token_types.push_back(static_cast<std::int32_t>(TokenType::UserDefined));
+    spec.scores.push_back(100.0f);
+    for (const char* piece : {"<", "x", ">", "<x", "<x>"}) {
+        spec.tokens.push_back(piece);
+        spec.token_types.push_back(1);
+        spec.scores.push_back(-50.0f);
+    }
+    const Tokenizer tok(spec);
+    const auto user_defined = static_cast<std::int32_t>(spec.tokens.size() - 6);
+    const Ids parsed = tok.encode(" <x>", false, false);
+    CHECK(std::find(parsed.begin(), parsed.end(), user_defined) != parsed.end());
+    const Ids literal = tok.encode_literal(" <x>");
+    CHECK(std::find(literal.begin(), literal.end(), user_defined) == literal.end());
+    CHECK(tok.decode(literal) == " <x>");
+}

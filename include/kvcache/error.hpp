@@ -36,6 +36,12 @@ public:
     using Error::Error;
 };
 
+/// A chat template whose family is not recognised (formatting would otherwise guess); see model/chat.hpp.
+class ChatTemplateError : public ConfigError {
+public:
+    using ConfigError::ConfigError;
+};
+
 /// A file or buffer whose contents are malformed, truncated, corrupted or for something else.
 class FormatError : public Error {
 public:

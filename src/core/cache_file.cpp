@@ -3,14 +3,18 @@
 
 #include "kvcache/detail/mapped_file.hpp"
 
+#include <dirent.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include <array>
+#include <atomic>
 #include <bit>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <limits>
 #include <optional>
@@ -202,6 +206,89 @@ std::string fingerprint_digest(std::span<const std::byte> bytes) {
 }
 std::string fingerprint_digest(std::string_view text) { return fingerprint_digest(std::as_bytes(std::span(text))); }
 
+namespace {
+
+// ---- where a save may write, and the temporary files next to it ----
+
+/// The mode bits of the regular file at `path` if there is one, nothing if there is none. Throws IoError for a
+/// symbolic link (never followed nor replaced: see save_cache_file) and for anything not a regular file (a
+/// directory, FIFO or device is refused before anything is written, and without opening it).
+std::optional<mode_t> check_save_target(const fs::path& path) {
+    struct stat st {};
+    if (::lstat(path.c_str(), &st) != 0) {
+        if (errno == ENOENT) return std::nullopt;
+        throw_errno("cannot inspect the save target", path);
+    }
+    if (S_ISLNK(st.st_mode)) {
+        throw IoError(fmt::format("save_cache_file: {} is a symbolic link; it is neither followed nor replaced "
+                                  "(save to the file it names instead)",
+                                  path.string()));
+    }
+    if (!S_ISREG(st.st_mode)) {
+        throw IoError(fmt::format("save_cache_file: {} exists and is not a regular file (a directory, FIFO or "
+                                  "device); refusing to replace it",
+                                  path.string()));
+    }
+    return st.st_mode & 07777;
+}
+
+// Temp files are named "<file>.tmp.<pid>.<unique>" so that a later save can tell an orphan (its process is
+// gone: killed mid-save) from the live temp file of a concurrent save, which it must not touch.
+constexpr std::string_view kTempInfix = ".tmp.";
+
+std::string temp_prefix(const fs::path& path) { return path.filename().string() + std::string(kTempInfix); }
+
+int create_temp_file(const fs::path& path, fs::path& temp_out, mode_t mode) {
+    static std::atomic<std::uint64_t> counter{0};
+    const auto pid = static_cast<long>(::getpid());
+    for (int attempt = 0;; ++attempt) {
+        const std::uint64_t n = counter.fetch_add(1);
+        const auto now = static_cast<std::uint64_t>(std::chrono::steady_clock::now().time_since_epoch().count());
+        const std::uint64_t unique = XXH3_64bits_withSeed(&n, sizeof n, now);
+        fs::path temp = path;
+        temp.replace_filename(fmt::format("{}{}.{:016x}", temp_prefix(path), pid, unique));
+        // open applies the umask to `mode`, as for any new file.
+        const int fd = ::open(temp.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, mode);
+        if (fd >= 0) {
+            temp_out = std::move(temp);
+            return fd;
+        }
+        if (errno != EEXIST || attempt >= 100) throw_errno("cannot create a temporary file for", path);
+    }
+}
+
+/// Removes "<file>.tmp.<pid>.*" files left by saves whose process no longer exists (kill -9, power loss), and
+/// the "<file>.tmp.XXXXXX" files of the earlier naming once they are an hour old. Best effort: a file that
+/// cannot be inspected or removed is left alone.
+void remove_orphaned_temp_files(const fs::path& path) {
+    const fs::path dir = path.has_parent_path() ? path.parent_path() : fs::path(".");
+    const std::string prefix = temp_prefix(path);
+    DIR* d = ::opendir(dir.c_str());
+    if (d == nullptr) return;
+    std::vector<std::string> orphans;
+    while (const dirent* entry = ::readdir(d)) {
+        const std::string_view name = entry->d_name;
+        if (!name.starts_with(prefix)) continue;
+        const std::string_view rest = name.substr(prefix.size());
+        const std::size_t dot = rest.find('.');
+        if (dot != std::string_view::npos && dot > 0 && rest.find_first_not_of("0123456789") == dot) {
+            long pid = 0;
+            for (const char c : rest.substr(0, dot)) pid = pid * 10 + (c - '0');
+            if (pid > 0 && pid != static_cast<long>(::getpid()) && ::kill(static_cast<pid_t>(pid), 0) != 0 && errno == ESRCH)
+                orphans.emplace_back(name);
+        } else if (rest.size() == 6 && rest.find('.') == std::string_view::npos) {  // mkstemp's XXXXXX
+            struct stat st {};
+            const fs::path file = dir / std::string(name);
+            if (::lstat(file.c_str(), &st) == 0 && S_ISREG(st.st_mode) && ::time(nullptr) - st.st_mtime > 3600)
+                orphans.emplace_back(name);
+        }
+    }
+    ::closedir(d);
+    for (const auto& name : orphans) ::unlink((dir / name).c_str());
+}
+
+}  // namespace
+
 namespace detail {
 
 // ================================ writer ================================
@@ -215,6 +302,20 @@ struct CacheFileWriter::State {
     std::size_t current = kMetadataSections;  // the payload section being written
     std::uint64_t written = 0;                // bytes of it so far
     XXH3_state_t* hash = nullptr;
+
+    State() = default;
+    State(const State&) = delete;
+    State& operator=(const State&) = delete;
+    // Owns the descriptor, the temp file and the hash state from the moment each exists, so that a failure
+    // anywhere (even the constructor's first write, on a full disk) releases all three: the destructor of a
+    // CacheFileWriter whose constructor threw never runs, but this one does.
+    ~State() {
+        if (hash) XXH3_freeState(hash);
+        if (fd >= 0) {
+            ::close(fd);
+            ::unlink(temp.c_str());  // not committed: leave nothing behind
+        }
+    }
 
     void write_all(const void* data, std::size_t bytes) {
         const char* p = static_cast<const char*>(data);
@@ -311,11 +412,12 @@ CacheFileWriter::CacheFileWriter(fs::path path, std::uint32_t element_code, std:
     for (std::size_t i = 0; i < tokens.size(); ++i) put_u32(ids.data() + 4 * i, static_cast<std::uint32_t>(tokens[i]));
     fill(3, ids.data(), ids.size());
 
-    // mkstemp in the target's directory: rename is atomic only within one file system.
-    std::string temp = s.path.string() + ".tmp.XXXXXX";
-    s.fd = ::mkstemp(temp.data());
-    if (s.fd < 0) throw_errno("cannot create a temporary file for", s.path);
-    s.temp = temp;
+    // The temp file goes in the target's directory: rename is atomic only within one file system.
+    const std::optional<mode_t> existing_mode = check_save_target(s.path);
+    remove_orphaned_temp_files(s.path);
+    s.fd = create_temp_file(s.path, s.temp, static_cast<mode_t>(options.new_file_mode & 07777));
+    // Keep the permissions of the file being replaced; a new file gets new_file_mode less the umask.
+    if (existing_mode && ::fchmod(s.fd, *existing_mode) != 0) throw_errno("cannot set the permissions of", s.temp);
     s.hash = XXH3_createState();
     if (s.hash == nullptr) throw CapacityError("cannot allocate a checksum state");
     s.write_all(prefix.data(), prefix.size());
@@ -323,14 +425,7 @@ CacheFileWriter::CacheFileWriter(fs::path path, std::uint32_t element_code, std:
     while (s.current < s.sections.size() && s.sections[s.current].bytes == 0) s.finish_payload_section();
 }
 
-CacheFileWriter::~CacheFileWriter() {
-    if (!state_) return;
-    if (state_->hash) XXH3_freeState(state_->hash);
-    if (state_->fd >= 0) {
-        ::close(state_->fd);
-        ::unlink(state_->temp.c_str());  // not committed: leave nothing behind
-    }
-}
+CacheFileWriter::~CacheFileWriter() = default;  // State releases the temp file if not committed
 
 void CacheFileWriter::write(const void* data, std::size_t bytes) {
     State& s = *state_;

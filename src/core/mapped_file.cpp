@@ -23,7 +23,9 @@ namespace {
 }  // namespace
 
 MappedFile MappedFile::open(const std::filesystem::path& path, std::string_view who, bool populate) {
-    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+    // O_NONBLOCK: opening a FIFO for reading would otherwise wait for a writer; the file is refused below
+    // as not regular. (For a regular file the flag changes nothing.)
+    const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
     if (fd < 0) fail(who, "cannot open", path, errno);
     struct stat st {};
     if (::fstat(fd, &st) != 0) {

@@ -44,12 +44,13 @@ AnswerMode parse_answer_mode(std::string_view name) {
 }
 
 KnowledgeAnswerer::KnowledgeAnswerer(Decoder& decoder, const Tokenizer& tokenizer, std::string model_fingerprint,
-                                     AnswerOptions options, std::string instructions)
+                                     AnswerOptions options)
     : decoder_(&decoder),
       tokenizer_(&tokenizer),
       model_fingerprint_(std::move(model_fingerprint)),
       options_(std::move(options)),
-      format_(tokenizer, std::move(instructions)) {
+      format_(tokenizer, options_.instructions, options_.question_template, options_.examples,
+              options_.answer_prefix) {
     validate(options_.sampling);
     if (options_.max_new_tokens == 0) throw ConfigError("KnowledgeAnswerer: max_new_tokens is 0");
     if (options_.rag_top_k == 0) throw ConfigError("KnowledgeAnswerer: rag_top_k is 0");
@@ -84,9 +85,16 @@ KnowledgeSetup KnowledgeAnswerer::set_knowledge(std::string knowledge, const Cac
     if (directory) {
         setup.file = directory->path_for(cache_key("knowledge", knowledge_tokens_, fingerprint_));
         if (std::filesystem::exists(setup.file)) {
-            cache_ = std::make_unique<KnowledgeCache>(
-                KnowledgeCache::load(setup.file, *decoder_, knowledge_tokens_, capacity, fingerprint_));
-            directory->touch(setup.file);
+            try {
+                cache_ = std::make_unique<KnowledgeCache>(
+                    KnowledgeCache::load(setup.file, *decoder_, knowledge_tokens_, capacity, fingerprint_));
+                directory->touch(setup.file);
+            } catch (const FingerprintMismatch&) {
+                throw;  // a whole, valid file for something else under this name: not ours to replace
+            } catch (const FormatError&) {
+                // Truncated or corrupted (a crash mid-copy, a full disk): a cache, so computed again and replaced.
+                cache_.reset();
+            }
         }
     }
     if (!cache_) {
@@ -141,6 +149,16 @@ Answer KnowledgeAnswerer::answer(std::string_view question, AnswerMode mode) {
     g.max_new_tokens = options_.max_new_tokens;
     g.sampling = options_.sampling;
     g.threads = options_.threads;
+    if (options_.stop_at_newline) {
+        bool seen_text = false;
+        g.on_token = [seen_text](std::int32_t, std::string_view piece) mutable {
+            for (char c : piece) {
+                if (c == '\n' && seen_text) return false;
+                if (!std::isspace(static_cast<unsigned char>(c))) seen_text = true;
+            }
+            return true;
+        };
+    }
     GenerationResult r;
     if (mode == AnswerMode::Cag) {
         KnowledgeCache& kc = knowledge_cache();

@@ -49,7 +49,8 @@ DiskCachedGeneration generate_with_disk_cache(Decoder& decoder, const Tokenizer&
                                         });
     out.generation.reused_prompt_tokens = out.reused_tokens;
     out.generation.cache_bytes = cache.bytes_allocated();
-    if (disk.save && fed.size() >= disk.min_saved_tokens && fed.size() > out.reused_tokens) {
+    const bool already_saved = found && found->info.tokens == fed;  // the same prompt gave the same answer
+    if (disk.save && !already_saved && fed.size() >= disk.min_saved_tokens && fed.size() > out.reused_tokens) {
         out.saved_to = directory.save(cache_key("prompt", fed, fingerprint), cache, 0, fed, fingerprint);
     }
     return out;

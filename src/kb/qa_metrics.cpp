@@ -63,6 +63,24 @@ double exact_match(std::string_view prediction, std::span<const std::string> gol
     return 0.0;
 }
 
+double answer_contains(std::string_view prediction, std::span<const std::string> gold_answers) {
+    // Padded with spaces so that a match is of whole words. (Built with append: GCC 12 warns falsely about
+    // " " + string.)
+    auto padded = [](std::string_view text) {
+        std::string out(1, ' ');
+        out.append(normalize_answer(text));
+        out.push_back(' ');
+        return out;
+    };
+    const std::string p = padded(prediction);
+    if (gold_answers.empty()) return p == "  " ? 1.0 : 0.0;
+    for (const std::string& g : gold_answers) {
+        const std::string n = padded(g);
+        if (n != "  " && p.find(n) != std::string::npos) return 1.0;
+    }
+    return 0.0;
+}
+
 double f1_score(std::string_view prediction, std::span<const std::string> gold_answers) {
     const std::string p(prediction);
     if (gold_answers.empty()) return f1_one(p, "");

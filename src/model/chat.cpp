@@ -2,6 +2,10 @@
 #include "kvcache/model/chat.hpp"
 
 #include <string_view>
+#include <utility>
+#include <vector>
+
+#include "kvcache/model/tokenizer.hpp"
 
 namespace kvcache {
 
@@ -47,52 +51,89 @@ std::string literal_default_system_prompt(std::string_view tmpl) {
     return {};
 }
 
-std::string format_chatml(const ChatTemplateInfo& info, std::span<const ChatMessage> messages, bool generation) {
-    std::string out;
-    const auto turn = [&](std::string_view role, std::string_view content) {
-        out.append("<|im_start|>").append(role).append("\n").append(content).append("<|im_end|>\n");
+// A formatted conversation as a run of parts: the template's own markup, and text that came from a message
+// (roles and contents), which is never parsed for special tokens.
+struct Formatted {
+    std::vector<std::pair<std::string, bool>> parts;  // (text, is markup)
+
+    Formatted& markup(std::string_view text) { return add(text, true); }
+    Formatted& message(std::string_view text) { return add(text, false); }
+    Formatted& add(std::string_view text, bool is_markup) {
+        if (text.empty()) return *this;
+        if (!parts.empty() && parts.back().second == is_markup) parts.back().first.append(text);
+        else parts.emplace_back(std::string(text), is_markup);
+        return *this;
+    }
+    std::string joined() const {
+        std::string out;
+        for (const auto& [text, is_markup] : parts) out += text;
+        return out;
+    }
+};
+
+void format_chatml(Formatted& out, const ChatTemplateInfo& info, std::span<const ChatMessage> messages, bool generation) {
+    const auto turn = [&](std::string_view role, std::string_view content, bool content_is_markup) {
+        out.markup("<|im_start|>").message(role).markup("\n").add(content, content_is_markup).markup("<|im_end|>\n");
     };
+    // The default system prompt is the template's own text.
     if (!info.default_system_prompt.empty() && !messages.empty() && messages.front().role != "system")
-        turn("system", info.default_system_prompt);
-    for (const auto& m : messages) turn(m.role, m.content);
-    if (generation) out += "<|im_start|>assistant\n";
-    return out;
+        turn("system", info.default_system_prompt, true);
+    for (const auto& m : messages) turn(m.role, m.content, false);
+    if (generation) out.markup("<|im_start|>assistant\n");
 }
 
-std::string format_llama3(std::span<const ChatMessage> messages, bool generation) {
-    std::string out;
+void format_llama3(Formatted& out, std::span<const ChatMessage> messages, bool generation) {
     for (const auto& m : messages)
-        out.append("<|start_header_id|>").append(m.role).append("<|end_header_id|>\n\n").append(trim(m.content)).append("<|eot_id|>");
-    if (generation) out += "<|start_header_id|>assistant<|end_header_id|>\n\n";
-    return out;
+        out.markup("<|start_header_id|>").message(m.role).markup("<|end_header_id|>\n\n").message(trim(m.content)).markup("<|eot_id|>");
+    if (generation) out.markup("<|start_header_id|>assistant<|end_header_id|>\n\n");
 }
 
-std::string format_llama2(std::span<const ChatMessage> messages) {
-    std::string out;
+void format_llama2(Formatted& out, std::span<const ChatMessage> messages) {
     std::string pending_system;
     bool first_user = true;
     for (const auto& m : messages) {
         if (m.role == "system") {
             pending_system = std::string(trim(m.content));
         } else if (m.role == "user") {
-            out += first_user ? "[INST] " : "<s>[INST] ";
+            out.markup(first_user ? "[INST] " : "<s>[INST] ");
             if (!pending_system.empty()) {
-                out.append("<<SYS>>\n").append(pending_system).append("\n<</SYS>>\n\n");
+                out.markup("<<SYS>>\n").message(pending_system).markup("\n<</SYS>>\n\n");
                 pending_system.clear();
             }
-            out.append(trim(m.content)).append(" [/INST]");
+            out.message(trim(m.content)).markup(" [/INST]");
             first_user = false;
         } else {
-            out.append(" ").append(trim(m.content)).append(" </s>");
+            out.markup(" ").message(trim(m.content)).markup(" </s>");
         }
     }
-    return out;
 }
 
-std::string format_zephyr(std::span<const ChatMessage> messages, bool generation, std::string_view end) {
-    std::string out;
-    for (const auto& m : messages) out.append("<|").append(m.role).append("|>\n").append(m.content).append(end).append("\n");
-    if (generation) out += "<|assistant|>\n";
+void format_zephyr(Formatted& out, std::span<const ChatMessage> messages, bool generation, std::string_view end) {
+    for (const auto& m : messages) out.markup("<|").message(m.role).markup("|>\n").message(m.content).markup(end).markup("\n");
+    if (generation) out.markup("<|assistant|>\n");
+}
+
+std::string template_excerpt(std::string_view t) {
+    constexpr std::size_t kShown = 60;
+    if (t.empty()) return "the template is empty";
+    std::string shown(t.substr(0, kShown));
+    for (char& c : shown)
+        if (c == '\n' || c == '\r' || c == '\t') c = ' ';
+    return "template begins '" + shown + (t.size() > kShown ? "...'" : "'");
+}
+
+Formatted format(const ChatTemplateInfo& info, std::span<const ChatMessage> messages, bool generation) {
+    if (!info.recognised)
+        throw ChatTemplateError("chat template not recognised (" + info.unrecognised_excerpt +
+                                "); name a family explicitly with chat_template_for() (chatml, llama3, llama2, zephyr, phi3)");
+    Formatted out;
+    switch (info.family) {
+        case ChatTemplateFamily::Llama3: format_llama3(out, messages, generation); break;
+        case ChatTemplateFamily::Llama2: format_llama2(out, messages); break;
+        case ChatTemplateFamily::Zephyr: format_zephyr(out, messages, generation, "</s>"); break;
+        case ChatTemplateFamily::Phi3: format_zephyr(out, messages, generation, "<|end|>"); break;
+        case ChatTemplateFamily::ChatML: format_chatml(out, info, messages, generation); break;
+    }
     return out;
 }
 
@@ -113,20 +154,43 @@ ChatTemplateInfo detect_chat_template(const std::string& t) {
     } else {
         info.family = ChatTemplateFamily::ChatML;
         info.recognised = false;
+        info.unrecognised_excerpt = template_excerpt(t);
     }
     return info;
 }
 
+ChatTemplateInfo chat_template_for(ChatTemplateFamily family, std::string default_system_prompt) {
+    ChatTemplateInfo info;
+    info.family = family;
+    info.recognised = true;
+    info.default_system_prompt = std::move(default_system_prompt);
+    return info;
+}
+
+std::optional<ChatTemplateFamily> chat_template_family_from_name(std::string_view name) {
+    for (const auto family : {ChatTemplateFamily::ChatML, ChatTemplateFamily::Llama3, ChatTemplateFamily::Llama2,
+                              ChatTemplateFamily::Zephyr, ChatTemplateFamily::Phi3})
+        if (name == chat_template_family_name(family)) return family;
+    return std::nullopt;
+}
+
 std::string apply_chat_template(const ChatTemplateInfo& info, std::span<const ChatMessage> messages,
                                 bool add_generation_prompt) {
-    switch (info.family) {
-        case ChatTemplateFamily::Llama3: return format_llama3(messages, add_generation_prompt);
-        case ChatTemplateFamily::Llama2: return format_llama2(messages);
-        case ChatTemplateFamily::Zephyr: return format_zephyr(messages, add_generation_prompt, "</s>");
-        case ChatTemplateFamily::Phi3: return format_zephyr(messages, add_generation_prompt, "<|end|>");
-        case ChatTemplateFamily::ChatML: break;
-    }
-    return format_chatml(info, messages, add_generation_prompt);
+    return format(info, messages, add_generation_prompt).joined();
+}
+
+std::vector<std::int32_t> encode_chat(const Tokenizer& tokenizer, const ChatTemplateInfo& info,
+                                      std::span<const ChatMessage> messages, bool add_generation_prompt) {
+    const Formatted formatted = format(info, messages, add_generation_prompt);
+    std::vector<TextSegment> segments;
+    segments.reserve(formatted.parts.size());
+    for (const auto& [text, is_markup] : formatted.parts) segments.push_back({text, is_markup});
+    return tokenizer.encode_segments(segments, true);
+}
+
+std::vector<std::int32_t> encode_chat(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
+                                      bool add_generation_prompt) {
+    return encode_chat(tokenizer, detect_chat_template(tokenizer.chat_template()), messages, add_generation_prompt);
 }
 
 std::string apply_chat_template(const std::string& template_text, std::span<const ChatMessage> messages,

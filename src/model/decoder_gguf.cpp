@@ -4,12 +4,61 @@
 
 #include <fmt/ranges.h>
 
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <optional>
+
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/persist/cache_file.hpp"
 #include "kvcache/model/gguf.hpp"
 
 namespace kvcache {
 
 namespace {
+
+// Bounds far above any real model (the largest have ~128 heads of 256 and d_model ~16k) that keep every product
+// of sizes the decoder forms well inside 64 bits and every head loop inside an int. A file outside them is
+// refused at load, before anything is allocated.
+constexpr std::uint64_t kMaxHeads = 1u << 16;
+constexpr std::uint64_t kMaxHeadDim = 1u << 16;
+constexpr std::uint64_t kMaxWidth = 1u << 24;  // d_model, d_ff
+// Tensors every layer needs (attention norm, q, k, v, output, ffn norm, gate, up, down).
+constexpr std::size_t kTensorsPerLayer = 9;
+
+/// An unsigned metadata value that must lie in [lo, hi]; FormatError naming the key otherwise.
+std::size_t read_size(const gguf::File& f, const std::string& key, std::uint64_t lo, std::uint64_t hi,
+                      std::optional<std::uint64_t> fallback = std::nullopt) {
+    const std::uint64_t v = fallback ? f.get_uint_or(key, *fallback) : f.get_uint(key);
+    if (v < lo || v > hi) throw FormatError(fmt::format("GGUF metadata: {} is {}, outside [{}, {}]", key, v, lo, hi));
+    return static_cast<std::size_t>(v);
+}
+
+/// A float metadata value that must be finite and > 0, also once narrowed to float (1e-300 would become 0).
+float read_positive(const gguf::File& f, const std::string& key, std::optional<double> fallback = std::nullopt) {
+    const double v = fallback ? f.get_float_or(key, *fallback) : f.get_float(key);
+    const auto narrowed = static_cast<float>(v);
+    if (!std::isfinite(v) || !(v > 0) || !std::isfinite(narrowed) || !(narrowed > 0))
+        throw FormatError(fmt::format("GGUF metadata: {} is {}; it must be finite and > 0 (as a float)", key, v));
+    return narrowed;
+}
+
+/// 1 / a positive scaling factor, refused if the reciprocal is not a finite positive float either.
+float reciprocal_of_factor(const gguf::File& f, const std::string& key) {
+    const float factor = read_positive(f, key);
+    const float scale = 1.0f / factor;
+    if (!std::isfinite(scale) || !(scale > 0))
+        throw FormatError(fmt::format("GGUF metadata: {} is {}; its reciprocal is not a usable float", key, factor));
+    return scale;
+}
+
+/// A token id from the metadata: -1 (none) or inside the vocabulary.
+std::int32_t read_token_id(const gguf::File& f, const std::string& key, std::size_t vocab_size) {
+    const std::int64_t id = f.get_int(key);
+    if (id < 0 || static_cast<std::uint64_t>(id) >= vocab_size)
+        throw FormatError(fmt::format("GGUF metadata: {} is {}, outside the vocabulary of {} tokens", key, id, vocab_size));
+    return static_cast<std::int32_t>(id);
+}
 
 std::vector<float> load_vector(const gguf::File& file, const std::string& name, std::size_t expected) {
     const gguf::TensorInfo& t = file.tensor(name);
@@ -77,8 +126,10 @@ WeightMatrix WeightMatrix::from_gguf(const gguf::TensorInfo& t, bool keep_quanti
     w.format_ = WeightFormat::F32;
     w.rows_ = rows;
     w.cols_ = cols;
-    w.data_ = detail::AlignedBuffer<std::byte>(rows * cols * sizeof(float));
-    gguf::dequantize(t.type, t.data, reinterpret_cast<float*>(w.data_.data()), rows * cols);
+    const std::size_t elements = detail::checked_mul<FormatError>(rows, cols, fmt::format("tensor '{}' elements", t.name));
+    w.data_ = detail::AlignedBuffer<std::byte>(
+        detail::checked_mul<FormatError>(elements, sizeof(float), fmt::format("tensor '{}' as float bytes", t.name)));
+    gguf::dequantize(t.type, t.data, reinterpret_cast<float*>(w.data_.data()), elements);
     return w;
 }
 
@@ -95,19 +146,29 @@ DecoderConfig DecoderConfig::from_gguf(const gguf::File& f) {
     } else {
         throw ConfigError(fmt::format("decoder: architecture '{}' is not supported (llama, mistral, qwen2 are)", a));
     }
-    c.n_layers = f.get_uint(a + ".block_count");
-    c.d_model = f.get_uint(a + ".embedding_length");
-    c.d_ff = f.get_uint(a + ".feed_forward_length");
-    c.n_heads = f.get_uint(a + ".attention.head_count");
-    c.n_kv_heads = f.get_uint_or(a + ".attention.head_count_kv", c.n_heads);
-    if (c.n_heads == 0) throw FormatError(fmt::format("{}.attention.head_count is 0", a));
+    // Every size is range-checked here, before anything is sized by it: a hostile value (block_count 2^40,
+    // head_count 9 + 3 * 2^58 so that head_count * key_length wraps to a plausible width) is a FormatError.
+    const std::size_t layer_limit = std::min<std::size_t>(f.tensors().size() / kTensorsPerLayer, kMaxHeads);
+    if (const std::uint64_t layers = f.get_uint(a + ".block_count"); layers > layer_limit)
+        throw FormatError(fmt::format("GGUF metadata: {}.block_count is {}, but the file's {} tensors hold at most {} "
+                                      "layers of {} tensors",
+                                      a, layers, f.tensors().size(), layer_limit, kTensorsPerLayer));
+    c.n_layers = read_size(f, a + ".block_count", 1, layer_limit);
+    c.d_model = read_size(f, a + ".embedding_length", 1, kMaxWidth);
+    c.d_ff = read_size(f, a + ".feed_forward_length", 1, kMaxWidth);
+    c.n_heads = read_size(f, a + ".attention.head_count", 1, kMaxHeads);
+    c.n_kv_heads = read_size(f, a + ".attention.head_count_kv", 1, c.n_heads, c.n_heads);
     if (!f.find(a + ".attention.key_length") && c.d_model % c.n_heads != 0) {
         throw FormatError(fmt::format("{0}.embedding_length ({1}) is not a multiple of {0}.attention.head_count ({2}) "
                                       "and {0}.attention.key_length is absent: no head size",
                                       a, c.d_model, c.n_heads));
     }
-    c.head_dim = f.get_uint_or(a + ".attention.key_length", c.d_model / c.n_heads);
-    c.rope_dim = f.get_uint_or(a + ".rope.dimension_count", c.head_dim);
+    c.head_dim = read_size(f, a + ".attention.key_length", 1, kMaxHeadDim, c.d_model / c.n_heads);
+    // Within the bounds above these cannot wrap; checked all the same, so a future bound change cannot
+    // reintroduce the wrap that let a shape check pass.
+    (void)detail::checked_mul<FormatError>(c.n_heads, c.head_dim, "GGUF metadata: head_count x key_length");
+    (void)detail::checked_mul<FormatError>(c.n_kv_heads, c.head_dim, "GGUF metadata: head_count_kv x key_length");
+    c.rope_dim = read_size(f, a + ".rope.dimension_count", 1, c.head_dim, c.head_dim);
     c.context_length = f.get_uint_or(a + ".context_length", 0);
     if (f.find(a + ".attention.value_length") &&
         f.get_uint(a + ".attention.value_length") != f.get_uint_or(a + ".attention.key_length", c.head_dim)) {
@@ -115,25 +176,35 @@ DecoderConfig DecoderConfig::from_gguf(const gguf::File& f) {
                                       "decoder needs one head size",
                                       a, f.get_uint(a + ".attention.value_length"), c.head_dim));
     }
-    c.rope_base = static_cast<float>(f.get_float_or(a + ".rope.freq_base", 10000.0));
+    c.rope_base = read_positive(f, a + ".rope.freq_base", 10000.0);
     // RoPE scaling: linear (positions divided by the factor) is a multiply; YaRN and the others change the
     // attention itself, so a file that asks for them is refused rather than run wrongly.
     const std::string scaling = f.get_string_or(a + ".rope.scaling.type", "none");
     if (scaling == "linear") {
-        c.rope_position_scale = static_cast<float>(1.0 / f.get_float(a + ".rope.scaling.factor"));
+        c.rope_position_scale = reciprocal_of_factor(f, a + ".rope.scaling.factor");
     } else if (scaling != "none") {
         throw ConfigError(fmt::format("decoder: RoPE scaling '{}' ({}.rope.scaling.type) is not supported (none, "
                                       "linear are)",
                                       scaling, a));
     } else if (f.find(a + ".rope.scale_linear")) {
-        c.rope_position_scale = static_cast<float>(1.0 / f.get_float(a + ".rope.scale_linear"));
+        c.rope_position_scale = reciprocal_of_factor(f, a + ".rope.scale_linear");
     }
     c.sliding_window = f.get_uint_or(a + ".attention.sliding_window", 0);
     if (a != "qwen2") c.qkv_bias = f.find_tensor("blk.0.attn_q.bias") != nullptr;
-    c.norm_eps = static_cast<float>(f.get_float(a + ".attention.layer_norm_rms_epsilon"));
+    c.norm_eps = read_positive(f, a + ".attention.layer_norm_rms_epsilon");
     c.vocab_size = f.tensor("token_embd.weight").shape.size() == 2 ? f.tensor("token_embd.weight").shape[1] : 0;
-    if (f.find("tokenizer.ggml.bos_token_id")) c.bos_id = static_cast<std::int32_t>(f.get_int("tokenizer.ggml.bos_token_id"));
-    if (f.find("tokenizer.ggml.eos_token_id")) c.eos_id = static_cast<std::int32_t>(f.get_int("tokenizer.ggml.eos_token_id"));
+    // The tokenizer's ids index the embedding and the sampler's ids index the tokenizer: the two must agree
+    // here, not at the first token outside one of them.
+    if (const gguf::KeyValue* tokens = f.find("tokenizer.ggml.tokens")) {
+        const auto* array = std::get_if<std::shared_ptr<gguf::Array>>(&tokens->value);
+        if (array == nullptr || *array == nullptr)
+            throw FormatError("GGUF metadata: tokenizer.ggml.tokens is not an array");
+        if ((*array)->values.size() != c.vocab_size)
+            throw FormatError(fmt::format("GGUF: the tokenizer has {} tokens but token_embd.weight has {} rows",
+                                          (*array)->values.size(), c.vocab_size));
+    }
+    if (f.find("tokenizer.ggml.bos_token_id")) c.bos_id = read_token_id(f, "tokenizer.ggml.bos_token_id", c.vocab_size);
+    if (f.find("tokenizer.ggml.eos_token_id")) c.eos_id = read_token_id(f, "tokenizer.ggml.eos_token_id", c.vocab_size);
     try {
         c.validate();
     } catch (const ConfigError& e) {

@@ -1,6 +1,7 @@
-// Norm, RoPE, SwiGLU: out-of-line so every caller runs the same machine code (one order per token).
+// Norms, RoPE, activations: out-of-line so every caller runs the same machine code (one order per token).
 #include "kvcache/model/ops.hpp"
 
+#include <algorithm>
 #include <cmath>
 
 namespace kvcache {
@@ -13,6 +14,24 @@ void rms_norm(const float* x, const float* weight, std::size_t n_tokens, std::si
         for (std::size_t i = 0; i < dim; ++i) ss += double(xt[i]) * double(xt[i]);
         const float inv = static_cast<float>(1.0 / std::sqrt(ss / double(dim) + double(eps)));
         for (std::size_t i = 0; i < dim; ++i) ot[i] = xt[i] * inv * weight[i];
+    }
+}
+
+void layer_norm(const float* x, const float* weight, const float* bias, std::size_t n_tokens, std::size_t dim,
+                float eps, float* out) {
+    for (std::size_t t = 0; t < n_tokens; ++t) {
+        const float* xt = x + t * dim;
+        float* ot = out + t * dim;
+        // mean and variance in double (two passes: no cancellation), the normalisation itself in float
+        double mean = 0;
+        for (std::size_t i = 0; i < dim; ++i) mean += xt[i];
+        mean /= static_cast<double>(dim);
+        double var = 0;
+        for (std::size_t i = 0; i < dim; ++i) var += (xt[i] - mean) * (xt[i] - mean);
+        var /= static_cast<double>(dim);
+        const float rstd = static_cast<float>(1.0 / std::sqrt(var + eps));
+        const float m = static_cast<float>(mean);
+        for (std::size_t i = 0; i < dim; ++i) ot[i] = (xt[i] - m) * rstd * weight[i] + bias[i];
     }
 }
 
@@ -41,6 +60,14 @@ void swiglu(float* gate, const float* up, std::size_t count) {
     for (std::size_t i = 0; i < count; ++i) {
         const float g = gate[i];
         gate[i] = g / (1.0f + std::exp(-g)) * up[i];
+    }
+}
+
+void activate(Activation activation, float* x, std::size_t count) {
+    if (activation == Activation::ReLU) {
+        for (std::size_t i = 0; i < count; ++i) x[i] = std::max(x[i], 0.0f);
+    } else {
+        for (std::size_t i = 0; i < count; ++i) x[i] = 0.5f * x[i] * (1.0f + std::erf(x[i] * 0.70710678118654752f));
     }
 }
 

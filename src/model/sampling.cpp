@@ -105,14 +105,20 @@ void Sampler::filter(std::span<const float> logits, std::span<const std::int32_t
         if (std::isfinite(l)) max_logit = std::max(max_logit, l);
     }
     if (!std::isfinite(max_logit)) throw ConfigError("sampler: no logit is finite");
+    // 1 / T is inf for T below ~2.9e-39; then the top token's 0 * inf was NaN and every token dropped out,
+    // leaving nothing to draw (issue 9). The top token's weight is exp(0) = 1 by definition, written out so
+    // that no T can make it NaN; the others become exp(-inf) = 0. Normal temperatures give the same bits.
     const float inv_t = 1.0f / options_.temperature;
     for (std::size_t i = 0; i < scratch_logits_.size(); ++i) {
-        float l = scratch_logits_[i];
+        const float l = scratch_logits_[i];
         if (!std::isfinite(l)) continue;
-        float p = std::exp((l - max_logit) * inv_t);
+        const float below_top = l - max_logit;  // <= 0; -inf if the difference overflows a float
+        const float p = below_top == 0 ? 1.0f : std::exp(below_top * inv_t);
         if (p > 0) candidates_.push_back({static_cast<std::int32_t>(i), p});
     }
-    // The top token always has p = 1 here, so candidates_ is never empty.
+    // The top token has exp(0) = 1 exactly, so candidates_ is never empty; kept as a check all the same, since
+    // every later stage (and the draw) relies on it.
+    if (candidates_.empty()) throw ConfigError(fmt::format("sampler: no token survives temperature {}", options_.temperature));
 
     // Stage 3: top-k.
     if (options_.top_k > 0 && static_cast<std::size_t>(options_.top_k) < candidates_.size()) {
@@ -164,6 +170,7 @@ void Sampler::filter(std::span<const float> logits, std::span<const std::int32_t
 
 std::int32_t Sampler::sample(std::span<const float> logits, std::span<const std::int32_t> history) {
     filter(logits, history);
+    if (candidates_.empty()) throw ConfigError("sampler: no candidate token to draw from");
     if (candidates_.size() == 1) return candidates_[0].id;
     double total = 0;
     for (const auto& c : candidates_) total += c.probability;

@@ -122,12 +122,26 @@ struct Tokenizer::Impl {
                              std::to_string(types.size()) + ")");
     }
 
+    // Which special tokens a stretch of text may contain.
+    enum class Specials { None, UserDefinedOnly, All };
+    // A stretch [begin, end) of the text and what it may contain.
+    struct Stretch {
+        std::size_t begin, end;
+        Specials specials;
+    };
+
     void build();
-    void encode_text(std::string_view text, bool after_special, std::vector<std::int32_t>& out) const;
-    void bpe_word(std::string_view word, std::vector<std::int32_t>& out) const;
-    void spm_fragment(std::string_view text, std::vector<std::int32_t>& out) const;
-    // Length of the special token starting at text[pos] (0 if none), and its id.
-    std::pair<std::size_t, std::int32_t> match_special(std::string_view text, std::size_t pos, bool parse_special) const;
+    // literal: the pieces of plain text never merge into a token of a special type (message content).
+    void encode_text(std::string_view text, bool after_special, bool literal, std::vector<std::int32_t>& out) const;
+    void bpe_word(std::string_view word, bool literal, std::vector<std::int32_t>& out) const;
+    void spm_fragment(std::string_view text, bool literal, std::vector<std::int32_t>& out) const;
+    // Length of the special token of an allowed kind starting at text[pos] and ending by `limit` (0 if none),
+    // and its id.
+    std::pair<std::size_t, std::int32_t> match_special(std::string_view text, std::size_t pos, std::size_t limit,
+                                                       Specials allowed) const;
+    // Splits the text around the special tokens its stretches allow and encodes the plain text between them.
+    std::vector<std::int32_t> encode_stretches(std::string_view text, std::span<const Stretch> stretches,
+                                               bool add_special, bool literal) const;
 };
 
 void Tokenizer::Impl::build() {
@@ -251,22 +265,24 @@ void Tokenizer::Impl::build() {
 }
 
 std::pair<std::size_t, std::int32_t> Tokenizer::Impl::match_special(std::string_view text, std::size_t pos,
-                                                                    bool parse_special) const {
+                                                                    std::size_t limit, Specials allowed) const {
+    if (allowed == Specials::None) return {0, -1};
     for (const std::int32_t id : specials_by_first_byte[static_cast<unsigned char>(text[pos])]) {
         // User-defined tokens are always whole; control/unknown only when the caller asks for special parsing.
-        if (!parse_special && types[static_cast<std::size_t>(id)] != TokenType::UserDefined) continue;
+        if (allowed == Specials::UserDefinedOnly && types[static_cast<std::size_t>(id)] != TokenType::UserDefined) continue;
         const std::string& s = spec.tokens[static_cast<std::size_t>(id)];
-        if (text.compare(pos, s.size(), s) == 0) return {s.size(), id};
+        if (s.size() <= limit - pos && text.compare(pos, s.size(), s) == 0) return {s.size(), id};
     }
     return {0, -1};
 }
 
-void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<std::int32_t>& out) const {
+void Tokenizer::Impl::bpe_word(std::string_view word, bool literal, std::vector<std::int32_t>& out) const {
     if (word.empty()) return;
     if (ignore_merges) {
         std::string spelled;
         for (const char c : word) unicode::append_utf8(spelled, byte_to_codepoint()[static_cast<unsigned char>(c)]);
-        if (const auto it = text_to_id.find(spelled); it != text_to_id.end()) {
+        if (const auto it = text_to_id.find(spelled);
+            it != text_to_id.end() && !(literal && is_special_type(types[static_cast<std::size_t>(it->second)]))) {
             out.push_back(it->second);
             return;
         }
@@ -298,6 +314,7 @@ void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<std::int32_t>&
         const std::int32_t lid = symbols[static_cast<std::size_t>(left)].id, rid = symbols[static_cast<std::size_t>(right)].id;
         if (lid < 0 || rid < 0) return;
         const auto it = merges.find(pair_key(lid, rid));
+        if (it != merges.end() && literal && is_special_type(types[static_cast<std::size_t>(it->second.id)])) return;
         if (it != merges.end()) heap.push({it->second.rank, left, right, it->second.id, lid, rid});
     };
     for (std::int32_t i = 0; i + 1 < static_cast<std::int32_t>(symbols.size()); ++i) consider(i);
@@ -318,7 +335,7 @@ void Tokenizer::Impl::bpe_word(std::string_view word, std::vector<std::int32_t>&
         if (symbols[static_cast<std::size_t>(i)].id >= 0) out.push_back(symbols[static_cast<std::size_t>(i)].id);
 }
 
-void Tokenizer::Impl::spm_fragment(std::string_view raw, std::vector<std::int32_t>& out) const {
+void Tokenizer::Impl::spm_fragment(std::string_view raw, bool literal, std::vector<std::int32_t>& out) const {
     const std::string text = replace_all(raw, " ", kSpmSpace);
     struct Symbol {
         std::int32_t begin, length;  // bytes of `text`; length 0 once merged into the left neighbour
@@ -344,7 +361,7 @@ void Tokenizer::Impl::spm_fragment(std::string_view raw, std::vector<std::int32_
         if (it == text_to_id.end()) return -1;
         const TokenType t = types[static_cast<std::size_t>(it->second)];
         // Control and byte tokens are never the result of merging text.
-        return t == TokenType::Normal || t == TokenType::UserDefined || t == TokenType::Undefined ? it->second : -1;
+        return t == TokenType::Normal || t == TokenType::Undefined || (t == TokenType::UserDefined && !literal) ? it->second : -1;
     };
     std::priority_queue<Bigram> heap;
     const auto consider = [&](std::int32_t left) {
@@ -388,21 +405,22 @@ void Tokenizer::Impl::spm_fragment(std::string_view raw, std::vector<std::int32_
     }
 }
 
-void Tokenizer::Impl::encode_text(std::string_view text, bool after_special, std::vector<std::int32_t>& out) const {
+void Tokenizer::Impl::encode_text(std::string_view text, bool after_special, bool literal,
+                                  std::vector<std::int32_t>& out) const {
     if (kind == Kind::SentencePieceBpe) {
         if (spec.add_space_prefix && after_special) {
             std::string prefixed = " ";
             prefixed += text;
-            spm_fragment(prefixed, out);
+            spm_fragment(prefixed, literal, out);
         } else {
-            spm_fragment(text, out);
+            spm_fragment(text, literal, out);
         }
         return;
     }
     if (text.empty()) return;
     std::vector<std::pair<std::size_t, std::size_t>> words;
     detail::pre_tokenize(pre, text, words);
-    for (const auto& [begin, end] : words) bpe_word(text.substr(begin, end - begin), out);
+    for (const auto& [begin, end] : words) bpe_word(text.substr(begin, end - begin), literal, out);
 }
 
 Tokenizer::Tokenizer(TokenizerSpec spec) : impl_(std::make_unique<Impl>()) {
@@ -414,36 +432,62 @@ Tokenizer::Tokenizer(Tokenizer&&) noexcept = default;
 Tokenizer& Tokenizer::operator=(Tokenizer&&) noexcept = default;
 Tokenizer::~Tokenizer() = default;
 
-std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
-    const Impl& m = *impl_;
+std::vector<std::int32_t> Tokenizer::Impl::encode_stretches(std::string_view text, std::span<const Stretch> stretches,
+                                                           bool add_special, bool literal) const {
     // Symbol lists index with int32 (half the memory of size_t on the hot path); longer inputs are refused.
     if (text.size() > static_cast<std::size_t>(INT32_MAX) / 4)
         throw CapacityError("tokenizer: text of " + std::to_string(text.size()) + " bytes is longer than the " +
                             std::to_string(INT32_MAX / 4) + " bytes encode accepts");
     std::vector<std::int32_t> out;
     out.reserve(text.size() / 3 + 2);
-    if (add_special && m.spec.add_bos && m.spec.bos_id >= 0) out.push_back(m.spec.bos_id);
-    // Split around special-token text (leftmost, then longest), encode the plain text between.
+    if (add_special && spec.add_bos && spec.bos_id >= 0) out.push_back(spec.bos_id);
+    // Split around special-token text (leftmost, then longest) that lies wholly inside a stretch allowing it;
+    // encode the plain text between as one run, across stretch boundaries.
     bool after_special = true;
     std::size_t plain_begin = 0;
+    std::size_t stretch = 0;
     for (std::size_t pos = 0; pos < text.size();) {
-        const auto [length, id] = m.match_special(text, pos, parse_special);
+        while (stretch < stretches.size() && stretches[stretch].end <= pos) ++stretch;
+        const auto [length, id] = stretch < stretches.size()
+                                      ? match_special(text, pos, stretches[stretch].end, stretches[stretch].specials)
+                                      : std::pair<std::size_t, std::int32_t>{0, -1};
         if (length == 0) {
             ++pos;
             continue;
         }
-        if (pos > plain_begin) {
-            m.encode_text(text.substr(plain_begin, pos - plain_begin), after_special, out);
-        }
+        if (pos > plain_begin) encode_text(text.substr(plain_begin, pos - plain_begin), after_special, literal, out);
         out.push_back(id);
         after_special = true;
         pos += length;
         plain_begin = pos;
-        continue;
     }
-    if (plain_begin < text.size()) m.encode_text(text.substr(plain_begin), after_special, out);
-    if (add_special && m.spec.add_eos && m.spec.eos_id >= 0) out.push_back(m.spec.eos_id);
+    if (plain_begin < text.size()) encode_text(text.substr(plain_begin), after_special, literal, out);
+    if (add_special && spec.add_eos && spec.eos_id >= 0) out.push_back(spec.eos_id);
     return out;
+}
+
+std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
+    const Impl::Stretch whole{0, text.size(), parse_special ? Impl::Specials::All : Impl::Specials::UserDefinedOnly};
+    return impl_->encode_stretches(text, std::span(&whole, 1), add_special, false);
+}
+
+std::vector<std::int32_t> Tokenizer::encode_segments(std::span<const TextSegment> segments, bool add_special) const {
+    std::string text;
+    std::vector<Impl::Stretch> stretches;
+    stretches.reserve(segments.size());
+    for (const auto& segment : segments) {
+        if (segment.text.size() > static_cast<std::size_t>(INT32_MAX) - text.size())
+            throw CapacityError("tokenizer: segments of more than " + std::to_string(INT32_MAX) + " bytes in all");
+        stretches.push_back({text.size(), text.size() + segment.text.size(),
+                             segment.markers ? Impl::Specials::All : Impl::Specials::None});
+        text += segment.text;
+    }
+    return impl_->encode_stretches(text, stretches, add_special, true);
+}
+
+std::vector<std::int32_t> Tokenizer::encode_literal(std::string_view text, bool add_special) const {
+    const TextSegment whole{text, false};
+    return encode_segments(std::span(&whole, 1), add_special);
 }
 
 std::string Tokenizer::decode(std::span<const std::int32_t> ids, bool render_special) const {

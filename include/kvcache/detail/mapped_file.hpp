@@ -9,6 +9,14 @@
 namespace kvcache::detail {
 
 /// Owns a private read-only mapping of a regular file (an empty file maps to an empty span). Move-only.
+///
+/// Anything else (a directory, FIFO, socket or device such as /dev/zero) is refused without blocking.
+/// A file truncated by another process while it is mapped makes access past its new end raise SIGBUS; that is
+/// not caught. kvcache keeps the window small and never causes it itself: the cache-file reader faults the
+/// whole file in at once and copies out what it loads, the GGUF decoder loader copies or dequantises the
+/// weights at load, and save_cache_file never truncates a file in place (it renames a new one over it, which
+/// leaves an existing mapping of the old file intact). Do not truncate a model or cache file in place while a
+/// program may be loading it.
 class MappedFile {
 public:
     /// Opens and maps `path`. `who` prefixes error messages ("gguf: cannot open '<path>': <reason>").

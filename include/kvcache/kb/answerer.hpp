@@ -42,6 +42,11 @@ struct AnswerOptions {
     std::size_t context = 8192;         ///< the most positions a prompt + answer may take
     std::size_t prefill_chunk = 512;    ///< tokens per forward pass when prefilling the knowledge
     SamplingOptions sampling;           ///< greedy by default
+    bool stop_at_newline = true;        ///< an answer is one line: stop at the first line break after some text
+    std::string instructions = std::string(kDefaultQAInstructions);       ///< see QAPromptFormat
+    std::string question_template = std::string(kDefaultQuestionTemplate); ///< see QAPromptFormat
+    std::vector<QAExample> examples;                                       ///< see QAPromptFormat
+    std::string answer_prefix = std::string(kDefaultAnswerPrefix);        ///< see QAPromptFormat
     int threads = 0;                    ///< 0 keeps the decoder's
 };
 
@@ -70,13 +75,14 @@ public:
     /// model_fingerprint: model_fingerprint() of the decoder's file — it keys the knowledge cache files.
     /// The decoder and tokenizer must outlive the answerer.
     KnowledgeAnswerer(Decoder& decoder, const Tokenizer& tokenizer, std::string model_fingerprint,
-                      AnswerOptions options = {}, std::string instructions = std::string(kDefaultQAInstructions));
+                      AnswerOptions options = {});
     ~KnowledgeAnswerer();
 
     /// Sets the knowledge of none and cag answers. CapacityError if knowledge + question_room + max_new_tokens
     /// exceed the context (nothing changes then). With build_cache, the knowledge cache is made now: from the
     /// directory's file for this model and knowledge if there is one (FingerprintMismatch if a file under
-    /// that name is for something else), else by a prefill that is then saved there.
+    /// that name is for something else), else by a prefill that is then saved there (also replacing a
+    /// truncated or corrupted file).
     KnowledgeSetup set_knowledge(std::string knowledge, const CacheDirectory* directory = nullptr,
                                  bool build_cache = true);
     /// The knowledge base rag answers search (must outlive the answerer; nullptr: none).

@@ -16,6 +16,11 @@ std::string normalize_answer(std::string_view text);
 /// unanswerable question) counts as one empty answer.
 double exact_match(std::string_view prediction, std::span<const std::string> gold_answers);
 
+/// 1 if a normalised gold answer occurs, as whole words, in the normalised prediction ("The mayor is Orla Venn."
+/// contains "Orla Venn"), else 0. Not a SQuAD metric: it says whether a sentence-long answer holds the fact.
+/// No gold answers: 1 only for an empty prediction.
+double answer_contains(std::string_view prediction, std::span<const std::string> gold_answers);
+
 /// The best token F1 (harmonic mean of precision and recall of the normalised words, counted with
 /// multiplicity) against any gold answer. Two empty answers score 1; one empty answer scores 0.
 double f1_score(std::string_view prediction, std::span<const std::string> gold_answers);

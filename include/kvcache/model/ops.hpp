@@ -1,4 +1,4 @@
-// The per-token operations of the reference decoder besides the matrix products: norm, RoPE, SwiGLU.
+// The per-token operations of the reference models besides the matrix products: norms, RoPE, activations.
 //
 // Each works on [n_tokens][...] rows and treats every token on its own, in one fixed order, so a token's
 // result never depends on how many tokens share the call (see matmul.hpp for why that matters).
@@ -9,12 +9,23 @@
 
 namespace kvcache {
 
+/// The feed-forward activation of an nn.Transformer layer.
+enum class Activation {
+    ReLU,  ///< max(x, 0)
+    GELU,  ///< x * Phi(x) in the exact erf form (PyTorch's "gelu", not the tanh approximation)
+};
+
 /// How RoPE pairs up the dimensions of a head. Interleaved: (x[2i], x[2i+1]) — llama.cpp's "NORM", what
 /// llama/mistral GGUFs expect (the converter permutes Q/K for it). Neox: (x[i], x[i + rope_dim/2]) — qwen2.
 enum class RopeStyle { Interleaved, Neox };
 
 /// out[t] = x[t] / sqrt(mean(x[t]^2) + eps) * weight, for t < n_tokens; rows of `dim`. out may alias x.
 void rms_norm(const float* x, const float* weight, std::size_t n_tokens, std::size_t dim, float eps, float* out);
+
+/// out[t] = (x[t] - mean(x[t])) / sqrt(var(x[t]) + eps) * weight + bias, for t < n_tokens; rows of `dim`.
+/// The variance is the biased one, as nn.LayerNorm's. out may alias x.
+void layer_norm(const float* x, const float* weight, const float* bias, std::size_t n_tokens, std::size_t dim,
+                float eps, float* out);
 
 /// Rotates the first rope_dim dimensions of every head of x ([n_tokens][n_heads][head_dim]) in place;
 /// token t is at position first_position + t. inv_freq has rope_dim / 2 entries: base^(-2i / rope_dim).
@@ -23,6 +34,9 @@ void apply_rope(float* x, std::size_t n_tokens, std::size_t n_heads, std::size_t
 
 /// gate[i] = silu(gate[i]) * up[i] for i < count.
 void swiglu(float* gate, const float* up, std::size_t count);
+
+/// x[i] = activation(x[i]) for i < count.
+void activate(Activation activation, float* x, std::size_t count);
 
 /// acc[i] += x[i] for i < count.
 void add_into(float* acc, const float* x, std::size_t count);

@@ -7,7 +7,8 @@
 //    and the adjacent pair whose concatenation is the highest-scoring vocabulary entry merges first; characters
 //    not in the vocabulary fall back to byte tokens <0xNN>.
 // Special-token text (<|im_start|>) in the input is recognised when parse_special is set; user-defined tokens
-// are always recognised, as llama.cpp does.
+// are always recognised, as llama.cpp does. Text from a user (a chat message) goes through encode_literal or
+// encode_segments instead, which never turn text into a special token: typing "<|im_end|>" must not end a turn.
 #pragma once
 
 #include <cstddef>
@@ -50,6 +51,12 @@ struct TokenizerSpec {
     std::string chat_template;             ///< tokenizer.chat_template, may be empty
 };
 
+/// A part of a text to encode with Tokenizer::encode_segments.
+struct TextSegment {
+    std::string_view text;
+    bool markers = false;  ///< true: a chat template's own markup; special-token text in it becomes that token
+};
+
 /// Immutable after construction: encode/decode are const and may run concurrently from several threads.
 class Tokenizer {
 public:
@@ -68,6 +75,19 @@ public:
     /// Any byte string is accepted; malformed UTF-8 is tokenised byte by byte. Throws CapacityError for texts
     /// over 512 MiB.
     std::vector<std::int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = false) const;
+
+    /// Encodes the concatenation of the segments. Special-token text (control, user-defined or unknown tokens)
+    /// becomes its token only where it lies wholly inside a segment with `markers` set. Everywhere else the
+    /// text is literal: it is split into ordinary pieces, and no merge produces a token of a special type (so
+    /// a user-defined token typed in a message is spelled out too); only the unknown token can appear, as the
+    /// fallback for bytes the vocabulary lacks. Plain text between two special tokens is encoded as one run
+    /// across segment boundaries, so the result equals encode(concatenation, add_special, true) whenever the
+    /// literal segments contain no special-token text and the vocabulary has no user-defined tokens.
+    /// Throws CapacityError when the segments hold over 512 MiB in all.
+    std::vector<std::int32_t> encode_segments(std::span<const TextSegment> segments, bool add_special = true) const;
+
+    /// encode_segments with one literal segment: the text exactly as typed, never a special token from it.
+    std::vector<std::int32_t> encode_literal(std::string_view text, bool add_special = false) const;
 
     /// Token ids to text. Control tokens are written as their text when render_special is set, else dropped.
     /// For the llama model the space that add_space_prefix put in front of the text (or after a special token)

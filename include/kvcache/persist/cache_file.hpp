@@ -87,6 +87,10 @@ struct SaveOptions {
     /// fsync the file and its directory before returning, so the file survives a crash or power loss.
     /// Off only for scratch files (it is what bounds save speed on a disk).
     bool durable = true;
+    /// Permission bits of a file that did not exist before, less the process umask (as open(2) applies it).
+    /// Private by default: a cache file holds a conversation's token ids. A file that exists keeps its own
+    /// permission bits when it is replaced (not its owner: the new file belongs to the saving process).
+    std::uint32_t new_file_mode = 0600;
 };
 
 namespace detail {
@@ -208,6 +212,12 @@ CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cach
 /// an existing file is replaced only by a complete new one. Every layer of the row must hold exactly
 /// tokens.size() positions (ShapeError otherwise, and no file is written). Keys and values must share one
 /// element type that has a cache-file code (ConfigError otherwise).
+/// The path: a symbolic link there is refused (IoError), neither followed nor replaced by a regular file; so is
+/// anything else that is not a regular file (directory, FIFO, device), before anything is written. Permissions:
+/// see SaveOptions::new_file_mode. Temporary files are named "<file>.tmp.<pid>.<hex>"; those of a save whose
+/// process has died (kill -9 mid-save) are removed by the next save to the same path, while the temp file of
+/// a concurrent save in a live process is left alone. On failure (full disk, I/O error) the temp file and its
+/// descriptor are released and the old file is untouched.
 template <KVCacheReadable C>
 void save_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
                      std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,

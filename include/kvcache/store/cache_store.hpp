@@ -166,7 +166,7 @@ public:
         std::lock_guard lock(mutex_);
         const TimePoint now = options_.clock();
         expire(now, released);  // expired entries go before any live one is evicted
-        const std::optional<TimePoint> expires = ttl ? std::optional<TimePoint>(now + *ttl) : std::nullopt;
+        const std::optional<TimePoint> expires = ttl ? std::optional<TimePoint>(saturating_add(now, *ttl)) : std::nullopt;
         const auto found = index_.find(key);
         if (found != index_.end()) {
             Node& node = *found->second;
@@ -306,13 +306,23 @@ private:
         return removed;
     }
 
+    /// now + ttl, or the largest time point where that would overflow (a TTL of Duration::max() means "as long
+    /// as possible", not an entry that expires at once because the sum wrapped to the past).
+    static TimePoint saturating_add(TimePoint now, Duration ttl) {
+        if (now.time_since_epoch() > Duration::zero() && ttl > TimePoint::max() - now) return TimePoint::max();
+        return now + ttl;
+    }
+
     void sweep_loop(std::stop_token stop) {
+        // wait_for adds the interval to the clock's now: Duration::max() would overflow into the past and the
+        // thread would spin on a core. A century is "never" for a sweep and leaves ample headroom.
+        const Duration interval = std::min<Duration>(options_.sweep_interval, std::chrono::hours(24 * 365 * 100));
         while (!stop.stop_requested()) {
             std::vector<ValuePtr> released;
             {
                 std::unique_lock lock(mutex_);
                 // Returns early only when stop is requested (the predicate is never true otherwise).
-                if (wake_.wait_for(lock, stop, options_.sweep_interval, [] { return false; }) || stop.stop_requested()) {
+                if (wake_.wait_for(lock, stop, interval, [] { return false; }) || stop.stop_requested()) {
                     return;
                 }
                 expire(options_.clock(), released);

@@ -41,6 +41,7 @@ int main(int argc, char** argv) {
     std::optional<std::string> type_k, type_v;
     kvcache::PerplexityOptions options;
     int threads = 0;
+    std::size_t max_tokens = 0;
     bool json = false;
     app.add_option("file", file, "UTF-8 text file")->required();
     app.add_option("-m,--model", model_path, "GGUF model file (default: $KVCACHE_MODEL or models/ in the source tree)");
@@ -55,6 +56,7 @@ int main(int argc, char** argv) {
     app.add_option("--sinks", options.cache.sinks, "Streaming mode: attention sinks kept at the start");
     app.add_option("--window", options.cache.window, "Streaming mode: the most recent positions kept (> 0 selects it)");
     app.add_option("--evict-block", options.cache.evict_block, "Streaming mode: positions dropped at once");
+    app.add_option("--tokens", max_tokens, "Use only the first N tokens of the text (0: all)");
     app.add_option("--threads", threads, "Threads (0 = all cores)");
     app.add_flag("--json", json, "Print the result as one JSON line on stdout");
     CLI11_PARSE(app, argc, argv);
@@ -73,7 +75,8 @@ int main(int argc, char** argv) {
         const auto gguf = kvcache::gguf::File::open(model_path);
         const kvcache::Tokenizer tokenizer = kvcache::Tokenizer::from_gguf(gguf);
         kvcache::Decoder model(kvcache::DecoderWeights::from_gguf(gguf), threads);
-        const auto tokens = tokenizer.encode(text, true, false);
+        auto tokens = tokenizer.encode(text, true, false);
+        if (max_tokens && tokens.size() > max_tokens) tokens.resize(max_tokens);
         const bool streaming = options.cache.window > 0;
         fmt::print(stderr, "{}: {} bytes, {} tokens; ctx {}, keys {} values {}{}\n", file, text.size(), tokens.size(),
                    options.context, kvcache::cache_element_name(options.cache.keys),

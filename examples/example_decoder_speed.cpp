@@ -7,11 +7,13 @@
 #include <fmt/format.h>
 
 #include <chrono>
+#include <exception>
 #include <cstdlib>
 #include <filesystem>
 #include <numeric>
 #include <vector>
 
+#include "kvcache/error.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/generate.hpp"
 #include "kvcache/model/gguf.hpp"
@@ -44,7 +46,9 @@ double read_bandwidth(int threads) {
 }
 }  // namespace
 
-int main(int argc, char** argv) {
+// A function-try-block: every kvcache::Error (a bad model file, a cache too large) ends the program with its
+// message and status 1 instead of std::terminate.
+int main(int argc, char** argv) try {
     CLI::App app{"Decode/prefill speed of the reference decoder"};
     std::string path = std::getenv("KVCACHE_MODEL") ? std::getenv("KVCACHE_MODEL")
                                                     : std::string(KVCACHE_SOURCE_DIR) +
@@ -54,10 +58,11 @@ int main(int argc, char** argv) {
     bool no_bandwidth = false;
     std::size_t gen_tokens = 256;
     app.add_option("-m,--model", path, "GGUF model");
-    app.add_option("--threads", threads, "Threads");
+    app.add_option("--threads", threads, "Threads")->check(CLI::Range(1, 1024));
     app.add_flag("--float-weights", float_weights, "Dequantise all weights to float at load");
     app.add_flag("--no-bandwidth", no_bandwidth, "Skip the 1 GiB bandwidth measurement");
-    app.add_option("--generate", gen_tokens, "New tokens for the with/without cache comparison (0: skip)");
+    app.add_option("--generate", gen_tokens, "New tokens for the with/without cache comparison (0: skip)")
+        ->check(CLI::Range(std::size_t{0}, std::size_t{1} << 16));
     CLI11_PARSE(app, argc, argv);
     if (!std::filesystem::exists(path)) {
         fmt::print(stderr, "error: model file not found: {} (run scripts/fetch-model.sh)\n", path);
@@ -129,4 +134,10 @@ int main(int argc, char** argv) {
                    with.tokens == without.tokens ? "yes" : "NO");
     }
     return 0;
+} catch (const kvcache::Error& e) {
+    fmt::print(stderr, "error: {}\n", e.what());
+    return 1;
+} catch (const std::exception& e) {  // not expected: the library throws kvcache::Error only
+    fmt::print(stderr, "internal error: {}\n", e.what());
+    return 2;
 }

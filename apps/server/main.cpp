@@ -4,10 +4,13 @@
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
+#include <atomic>
 #include <csignal>
 #include <cstdlib>
 #include <filesystem>
 #include <pthread.h>
+#include <sys/types.h>
+#include <unistd.h>
 #include <thread>
 
 #include "kvcache/error.hpp"
@@ -67,9 +70,11 @@ int main(int argc, char** argv) {
         }
         kvcache::server::Server server(o);
         const int port = server.bind();
+        std::atomic<bool> signalled{false};
         std::thread signals([&] {
             int sig = 0;
             sigwait(&stop_signals, &sig);
+            signalled = true;
             fmt::print(stderr, "kvcache-server: signal {}, shutting down\n", sig);
             server.shutdown();
         });
@@ -77,11 +82,10 @@ int main(int argc, char** argv) {
                    o.slots, o.ctx);
         std::fflush(stdout);
         server.serve();
-        // serve() returns only after shutdown(); the signal thread has finished or is finishing.
-        if (signals.joinable()) {
-            pthread_kill(signals.native_handle(), SIGTERM);  // harmless if it already returned
-            signals.join();
-        }
+        // serve() returns after shutdown() — or if listening failed, with the signal thread still waiting:
+        // then a signal to the process wakes it (shutdown() is idempotent).
+        if (!signalled) kill(getpid(), SIGTERM);
+        signals.join();
         return 0;
     } catch (const kvcache::Error& e) {
         fmt::print(stderr, "error: {}\n", e.what());

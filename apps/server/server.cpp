@@ -773,16 +773,21 @@ struct Server::Impl {
 
     void health(httplib::Response& res) {
         std::size_t n, b;
+        double speed;
         {
             std::lock_guard lock(slots_mutex);
             n = slots.size();
             b = slots.busy();
         }
+        {
+            std::lock_guard lock(metrics_mutex);
+            speed = last_tokens_per_second;
+        }
         send_json(res, {{"status", shutting_down ? "shutting_down" : "ok"},
                         {"model", model_name},
                         {"slots", {{"used", n}, {"busy", b}, {"max", options.slots}, {"ctx", options.ctx}}},
                         {"kv", kv_json()},
-                        {"last_tokens_per_second", last_tokens_per_second}});
+                        {"last_tokens_per_second", speed}});
     }
 
     void models(httplib::Response& res) {

@@ -1,6 +1,7 @@
 // Cache files: the byte layout (docs/cache-file-format.md), the atomic writer and the mapping reader.
 #include "kvcache/persist/cache_file.hpp"
 
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/detail/mapped_file.hpp"
 
 #include <dirent.h>
@@ -185,14 +186,19 @@ std::vector<Section> plan_sections(std::uint64_t model_bytes, std::uint64_t cach
     sections.push_back({kLayerShapes, 0, 0, 8 * static_cast<std::uint64_t>(layers.size()), 0});
     sections.push_back({kTokens, 0, 0, 4 * num_tokens, 0});
     for (std::size_t l = 0; l < layers.size(); ++l) {
-        const std::uint64_t bytes = num_tokens * (layers[l].token_width() / block_values) * element_bytes;
+        // A cache type reports its own shapes (a user's type may report anything): checked, never wrapped.
+        // q8_0/q4_0 elements are blocks of block_values values along head_dim (issue 14).
+        const std::uint64_t bytes = detail::checked_product("save_cache_file: layer payload bytes", num_tokens,
+                                                            layers[l].kv_heads, layers[l].head_dim / block_values,
+                                                            element_bytes);
         sections.push_back({kKeys, static_cast<std::uint32_t>(l), 0, bytes, 0});
         sections.push_back({kValues, static_cast<std::uint32_t>(l), 0, bytes, 0});
     }
     std::uint64_t at = kHeaderBytes + kEntryBytes * sections.size();
     for (auto& s : sections) {
+        (void)detail::checked_add(at, kSectionAlignment - 1, "save_cache_file: section offset");  // align_up's sum
         s.offset = align_up(at);
-        at = s.offset + s.bytes;
+        at = detail::checked_add(s.offset, s.bytes, "save_cache_file: file size");
     }
     return sections;
 }

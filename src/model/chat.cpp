@@ -109,7 +109,13 @@ void format_llama2(Formatted& out, std::span<const ChatMessage> messages) {
 }
 
 void format_zephyr(Formatted& out, std::span<const ChatMessage> messages, bool generation, std::string_view end) {
-    for (const auto& m : messages) out.markup("<|").message(m.role).markup("|>\n").message(m.content).markup(end).markup("\n");
+    for (const auto& m : messages) {
+        // The standard roles' markers are single control tokens (<|user|>) in these vocabularies: markup. Any
+        // other role is message text, so that a role cannot smuggle in a control token.
+        if (m.role == "system" || m.role == "user" || m.role == "assistant") out.markup("<|" + m.role + "|>\n");
+        else out.markup("<|").message(m.role).markup("|>\n");
+        out.message(m.content).markup(end).markup("\n");
+    }
     if (generation) out.markup("<|assistant|>\n");
 }
 

@@ -77,7 +77,7 @@ GenerationResult generate_with_cache_options(Decoder& model, const Tokenizer& to
                     }
                     n = std::min(rest.size(), capacity - length);
                 }
-                model.forward(rest.first(n), cache, 0, logits);
+                model.forward(rest.first(n), cache, 0, logits, ForwardOptions{.threads = options.threads});
                 rest = rest.subspan(n);
                 fed += n;
             }

@@ -300,10 +300,15 @@ void Tokenizer::Impl::bpe_word(std::string_view word, bool literal, std::vector<
     };
     std::vector<Symbol> symbols;
     symbols.reserve(word.size());
+    // A byte without a token becomes the unknown token; in literal text only if that is not a control token
+    // (SmolLM2 names <|endoftext|> as its unknown token: a 0xFF byte in a message must not end the text).
+    const std::int32_t fallback = literal && spec.unk_id >= 0 && types[static_cast<std::size_t>(spec.unk_id)] == TokenType::Control
+                                      ? -1
+                                      : spec.unk_id;
     for (const char c : word) {
         const std::int32_t id = byte_token[static_cast<unsigned char>(c)];
         const auto index = static_cast<std::int32_t>(symbols.size());
-        symbols.push_back({id >= 0 ? id : spec.unk_id, index - 1, index + 1});
+        symbols.push_back({id >= 0 ? id : fallback, index - 1, index + 1});
     }
     symbols.back().next = -1;
     std::priority_queue<Candidate, std::vector<Candidate>, std::greater<>> heap;
@@ -397,7 +402,7 @@ void Tokenizer::Impl::spm_fragment(std::string_view raw, bool literal, std::vect
         for (std::int32_t k = 0; k < s.length; ++k) {
             const std::int32_t id = byte_token[static_cast<unsigned char>(text[static_cast<std::size_t>(s.begin + k)])];
             if (id >= 0) out.push_back(id);
-            else if (spec.unk_id >= 0) {
+            else if (spec.unk_id >= 0 && !(literal && types[static_cast<std::size_t>(spec.unk_id)] == TokenType::Control)) {
                 out.push_back(spec.unk_id);
                 break;  // one <unk> per character, as SentencePiece does without byte fallback
             }

@@ -178,6 +178,17 @@ def test_save_erase_restore_continue():
     assert g["usage"]["prompt_tokens_details"]["cached_tokens"] >= before["tokens"] - 1
     history = conversation(slot)
     assert g["tokens"] == reference(args, [{"messages": history[:-1], "max_tokens": N}])[0]["tokens"]
+    # bad files change nothing: a corrupt file, a name outside the directory, a missing file
+    with open(os.path.join(save_dir, "bad.kvc"), "wb") as fh:
+        fh.write(b"KVCACHE!" + b"\0" * 200)
+    before = server.slots()
+    for body, status, code in [({"filename": "bad.kvc"}, 400, "invalid_cache_file"),
+                               ({"filename": "../planet.kvc"}, 400, "invalid_filename"),
+                               ({"filename": ".hidden"}, 400, "invalid_filename"),
+                               ({"filename": "none.kvc"}, 404, "file_not_found")]:
+        r = server.post(f"/slots/{slot}?action=restore", body)
+        assert r.status_code == status and r.json()["error"]["code"] == code, (body, r.status_code, r.text)
+    assert server.slots() == before
 
 
 def test_sigterm_ends_streams_cleanly_and_saves_slots():

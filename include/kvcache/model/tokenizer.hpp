@@ -80,7 +80,8 @@ public:
     /// becomes its token only where it lies wholly inside a segment with `markers` set. Everywhere else the
     /// text is literal: it is split into ordinary pieces, and no merge produces a token of a special type (so
     /// a user-defined token typed in a message is spelled out too); only the unknown token can appear, as the
-    /// fallback for bytes the vocabulary lacks. Plain text between two special tokens is encoded as one run
+    /// fallback for bytes the vocabulary lacks — and not even that if the file names a control token as its
+    /// unknown token (SmolLM2: <|endoftext|>): such bytes are then dropped from literal text. Plain text between two special tokens is encoded as one run
     /// across segment boundaries, so the result equals encode(concatenation, add_special, true) whenever the
     /// literal segments contain no special-token text and the vocabulary has no user-defined tokens.
     /// Throws CapacityError when the segments hold over 512 MiB in all.
@@ -91,7 +92,8 @@ public:
 
     /// Token ids to text. Control tokens are written as their text when render_special is set, else dropped.
     /// For the llama model the space that add_space_prefix put in front of the text (or after a special token)
-    /// is removed again, so decode(encode(x)) == x. Throws IndexError for an id outside [0, vocab_size()).
+    /// is removed again, so decode(encode(x)) == x — except that text containing U+2581 itself decodes with
+    /// spaces there, as in SentencePiece. Throws IndexError for an id outside [0, vocab_size()).
     std::string decode(std::span<const std::int32_t> ids, bool render_special = true) const;
 
     /// The bytes one token stands for (may be part of a UTF-8 character). Throws IndexError if out of range.

@@ -4,6 +4,7 @@
 #include <algorithm>
 #include <chrono>
 
+#include "kvcache/model/shifting_generation.hpp"
 #include "kvcache/model/tokenizer.hpp"
 
 namespace kvcache {
@@ -108,11 +109,13 @@ GenerationResult run(const Decoder& model, const Tokenizer& tokenizer, std::span
 }  // namespace
 
 std::size_t generation_cache_bytes(const Decoder& model, std::size_t prompt_tokens, const GenerateOptions& options) {
+    if (!options.cache.is_plain()) return cache_options_bytes(model, prompt_tokens, options);  // issue 14
     return model.cache_bytes(capacity_for(prompt_tokens, options));
 }
 
 GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
                                      std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options) {
+    if (!options.cache.is_plain()) return generate_with_cache_options(model, tokenizer, prompt_tokens, options);  // issue 14
     validate(options.sampling);
     if (prompt_tokens.empty()) throw ConfigError("generate: the prompt has no tokens");
     const ForwardOptions forward_options{.threads = options.threads};

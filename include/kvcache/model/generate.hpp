@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/sampling.hpp"
 
@@ -33,6 +34,9 @@ struct GenerateOptions {
     /// return false to stop. Not called for the stop token. At the end, bytes still held back (an
     /// incomplete UTF-8 sequence) are passed once with token -1.
     std::function<bool(std::int32_t token, std::string_view piece)> on_token;
+    /// Key/value element types and what a full cache does (context shift, sinks + window): see
+    /// cache_options.hpp. Anything but the default routes generate_with_cache to generate_with_cache_options.
+    CacheOptions cache;
 };
 
 struct GenerationResult {

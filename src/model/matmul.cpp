@@ -1,17 +1,17 @@
-// Weight storage and the matrix products of the reference model: AVX2 kernels plus a scalar reference.
+// Weight storage and the matrix products of the reference model: vector kernels (detail/simd.hpp) plus a
+// scalar reference.
 #include "kvcache/model/matmul.hpp"
 
 #include <fmt/format.h>
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
+#include <utility>
 #include <vector>
 
-#if defined(__AVX2__) && defined(__FMA__)
-#include <immintrin.h>
-#define KVCACHE_MATMUL_AVX2 1
-#endif
+#include "kvcache/detail/simd.hpp"
 #include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
@@ -24,7 +24,10 @@ constexpr std::size_t kBlock = 32;             // elements per quantised block
 constexpr std::size_t kQ8_0Bytes = 2 + 32;     // fp16 d, 32 x int8
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16; // fp16 d, fp16 m, 16 bytes of nibbles
 constexpr std::size_t kRowsPerTask = 16;       // rows one thread finishes before taking the next stretch
-constexpr int kTokensPerPass = 4;              // tokens that share one decoded weight block
+// Tokens that share one decoded weight block: the batch width of one pass over the weights. Any value >= 1
+// gives the same bits (a token's arithmetic does not depend on its neighbours); wider reads the weights fewer
+// times per batch but needs 2 (f32) or 1 (quantised) accumulator registers per token.
+constexpr int kTokensPerPass = 4;
 
 float half_at(const std::byte* p) {
     std::uint16_t bits;
@@ -69,92 +72,69 @@ void decode_row(WeightFormat f, const std::byte* row, std::size_t cols, float* o
     }
 }
 
-#if KVCACHE_MATMUL_AVX2
-/// Horizontal sum in one fixed order.
-inline float hsum(__m256 v) {
-    __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-    s = _mm_add_ps(s, _mm_movehl_ps(s, s));
-    s = _mm_add_ss(s, _mm_movehdup_ps(s));
-    return _mm_cvtss_f32(s);
-}
-inline __m256 u8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v)); }
-inline __m256 i8_to_ps(__m128i v) { return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(v)); }
-/// The 32 decoded integer codes of one block (q0..q3, 8 lanes each) against 32 inputs, in one fixed order.
-inline __m256 block_dot(__m256 q0, __m256 q1, __m256 q2, __m256 q3, const float* xb) {
-    __m256 s = _mm256_mul_ps(q0, _mm256_loadu_ps(xb));
-    s = _mm256_fmadd_ps(q1, _mm256_loadu_ps(xb + 8), s);
-    s = _mm256_fmadd_ps(q2, _mm256_loadu_ps(xb + 16), s);
-    return _mm256_fmadd_ps(q3, _mm256_loadu_ps(xb + 24), s);
-}
-
 // Each kernel: out[t] = dot(row, x[t]) for t < NT. A token's accumulators see the same operations for
-// every NT, which is what makes batched and single-token results bitwise equal.
+// every NT, which is what makes batched and single-token results bitwise equal. The vector primitives are
+// detail/simd.hpp's, shared with attention.
+#if KVCACHE_HAVE_AVX2
+using V8 = detail::Simd<8>;
 
 template <int NT>
 void dot_f32(const std::byte* row_bytes, std::size_t cols, const float* const* x, const float* const*,
              float* out) {
     const auto* w = reinterpret_cast<const float*>(row_bytes);
-    __m256 a0[NT], a1[NT];
-    for (int t = 0; t < NT; ++t) a0[t] = a1[t] = _mm256_setzero_ps();
+    V8::V a0[NT], a1[NT];
+    for (int t = 0; t < NT; ++t) a0[t] = a1[t] = V8::zero();
     std::size_t c = 0;
     for (; c + 16 <= cols; c += 16) {
-        const __m256 w0 = _mm256_loadu_ps(w + c), w1 = _mm256_loadu_ps(w + c + 8);
+        const V8::V w0 = V8::loadf(w + c), w1 = V8::loadf(w + c + 8);
         for (int t = 0; t < NT; ++t) {
-            a0[t] = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x[t] + c), a0[t]);
-            a1[t] = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x[t] + c + 8), a1[t]);
+            a0[t] = V8::fmadd(w0, V8::loadf(x[t] + c), a0[t]);
+            a1[t] = V8::fmadd(w1, V8::loadf(x[t] + c + 8), a1[t]);
         }
     }
     for (int t = 0; t < NT; ++t) {
         float tail = 0;
         for (std::size_t k = c; k < cols; ++k) tail = std::fma(w[k], x[t][k], tail);
-        out[t] = hsum(_mm256_add_ps(a0[t], a1[t])) + tail;
+        out[t] = detail::hsum(V8::add(a0[t], a1[t])) + tail;
     }
 }
 
 template <int NT>
 void dot_q8_0(const std::byte* row, std::size_t cols, const float* const* x, const float* const*, float* out) {
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    V8::V acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = V8::zero();
+    V8::V q[4];
     for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const std::byte* blk = row + b * kQ8_0Bytes;
-        const __m256 d = _mm256_set1_ps(half_at(blk));
-        const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 2));
-        const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 18));
-        const __m256 q0 = i8_to_ps(lo), q1 = i8_to_ps(_mm_srli_si128(lo, 8));
-        const __m256 q2 = i8_to_ps(hi), q3 = i8_to_ps(_mm_srli_si128(hi, 8));
-        for (int t = 0; t < NT; ++t) {
-            acc[t] = _mm256_fmadd_ps(d, block_dot(q0, q1, q2, q3, x[t] + b * kBlock), acc[t]);
-        }
+        const V8::V d = V8::set1(half_at(blk));
+        detail::q8_codes(blk + 2, q);
+        for (int t = 0; t < NT; ++t) acc[t] = V8::fmadd(d, detail::block32_dot(q, x[t] + b * kBlock), acc[t]);
     }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]);
+    for (int t = 0; t < NT; ++t) out[t] = detail::hsum(acc[t]);
 }
 
 /// Q4_1: dot = sum_b d_b * (q_b . x_b) + m_b * sum(x_b); the block sums of x are computed once per token.
 template <int NT>
 void dot_q4_1(const std::byte* row, std::size_t cols, const float* const* x, const float* const* xsum,
               float* out) {
-    __m256 acc[NT];
+    V8::V acc[NT];
     float macc[NT];
     for (int t = 0; t < NT; ++t) {
-        acc[t] = _mm256_setzero_ps();
+        acc[t] = V8::zero();
         macc[t] = 0;
     }
-    const __m128i nibble = _mm_set1_epi8(0x0F);
+    V8::V q[4];
     for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const std::byte* blk = row + b * kQ4_1Bytes;
-        const __m256 d = _mm256_set1_ps(half_at(blk));
+        const V8::V d = V8::set1(half_at(blk));
         const float m = half_at(blk + 2);
-        const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
-        const __m128i lo = _mm_and_si128(raw, nibble);
-        const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
-        const __m256 q0 = u8_to_ps(lo), q1 = u8_to_ps(_mm_srli_si128(lo, 8));
-        const __m256 q2 = u8_to_ps(hi), q3 = u8_to_ps(_mm_srli_si128(hi, 8));
+        detail::q4_codes(blk + 4, q);
         for (int t = 0; t < NT; ++t) {
-            acc[t] = _mm256_fmadd_ps(d, block_dot(q0, q1, q2, q3, x[t] + b * kBlock), acc[t]);
+            acc[t] = V8::fmadd(d, detail::block32_dot(q, x[t] + b * kBlock), acc[t]);
             macc[t] = std::fma(m, xsum[t][b], macc[t]);
         }
     }
-    for (int t = 0; t < NT; ++t) out[t] = hsum(acc[t]) + macc[t];
+    for (int t = 0; t < NT; ++t) out[t] = detail::hsum(acc[t]) + macc[t];
 }
 #else
 // Portable fallback with the same per-token structure (one fixed order per output).
@@ -185,15 +165,29 @@ void dot_q4_1(const std::byte* r, std::size_t c, const float* const* x, const fl
 
 using DotFn = void (*)(const std::byte*, std::size_t, const float* const*, const float* const*, float*);
 
+/// The kernels for 1..kTokensPerPass tokens of one format, indexed by token count - 1.
+template <std::size_t... I>
+constexpr std::array<DotFn, sizeof...(I)> f32_kernels(std::index_sequence<I...>) {
+    return {dot_f32<int(I) + 1>...};
+}
+template <std::size_t... I>
+constexpr std::array<DotFn, sizeof...(I)> q8_0_kernels(std::index_sequence<I...>) {
+    return {dot_q8_0<int(I) + 1>...};
+}
+template <std::size_t... I>
+constexpr std::array<DotFn, sizeof...(I)> q4_1_kernels(std::index_sequence<I...>) {
+    return {dot_q4_1<int(I) + 1>...};
+}
 
 DotFn kernel_for(WeightFormat f, int nt) {
-    static constexpr DotFn f32[] = {dot_f32<1>, dot_f32<2>, dot_f32<3>, dot_f32<4>};
-    static constexpr DotFn q8[] = {dot_q8_0<1>, dot_q8_0<2>, dot_q8_0<3>, dot_q8_0<4>};
-    static constexpr DotFn q4[] = {dot_q4_1<1>, dot_q4_1<2>, dot_q4_1<3>, dot_q4_1<4>};
+    static constexpr auto widths = std::make_index_sequence<kTokensPerPass>{};
+    static constexpr auto f32 = f32_kernels(widths);
+    static constexpr auto q8 = q8_0_kernels(widths);
+    static constexpr auto q4 = q4_1_kernels(widths);
     switch (f) {
-        case WeightFormat::F32: return f32[nt - 1];
-        case WeightFormat::Q8_0: return q8[nt - 1];
-        case WeightFormat::Q4_1: return q4[nt - 1];
+        case WeightFormat::F32: return f32[std::size_t(nt - 1)];
+        case WeightFormat::Q8_0: return q8[std::size_t(nt - 1)];
+        case WeightFormat::Q4_1: return q4[std::size_t(nt - 1)];
     }
     return nullptr;
 }
@@ -286,7 +280,7 @@ void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_str
                 const float* ss[kTokensPerPass];
                 for (int i = 0; i < nt; ++i) {
                     xs[i] = x + (t + i) * cols;
-                    ss[i] = xsum + (t + i) * nb;
+                    ss[i] = format == WeightFormat::Q4_1 ? xsum + (t + i) * nb : nullptr;  // only Q4_1 has sums
                 }
                 const DotFn dot = kernel_for(format, nt);
                 float out[kTokensPerPass];

@@ -1,4 +1,5 @@
-// The few vector primitives the attention kernels are built from: load-as-float, dot, axpy, exp.
+// The few vector primitives the attention and matmul kernels are built from: load-as-float, dot, axpy, exp,
+// and the integer codes of quantised weight blocks as floats.
 //
 // Each has an AVX2+FMA path and a portable path (Simd<W> also an AVX-512 one). Within one build a primitive
 // always sums in the same order for the same length, which is what makes the kernels' results independent
@@ -195,6 +196,7 @@ struct Simd<1> {
     static V load(const T* row, std::size_t i) { return row_value(row, i); }
     static void store(float* p, V v) { *p = v; }
     static V fmadd(V a, V b, V c) { return fused_multiply_add(a, b, c); }
+    static V add(V a, V b) { return a + b; }
     static void reduce4(V a0, V a1, V a2, V a3, float* out) {
         out[0] = a0;
         out[1] = a1;
@@ -215,6 +217,7 @@ struct Simd<8> {
     static V load(const T* row, std::size_t i) { return load8_row(row, i); }
     static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
+    static V add(V a, V b) { return _mm256_add_ps(a, b); }
     static void reduce4(V a0, V a1, V a2, V a3, float* out) {
         // fold 8 -> 4 lanes: [a0 folded | a1 folded], [a2 folded | a3 folded]
         const V s01 = _mm256_add_ps(_mm256_permute2f128_ps(a0, a1, 0x20), _mm256_permute2f128_ps(a0, a1, 0x31));
@@ -269,6 +272,7 @@ struct Simd<16> {
     }
     static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
     static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
+    static V add(V a, V b) { return _mm512_add_ps(a, b); }
     /// 128-bit quarters [a.q(i0), a.q(i1), b.q(i2), b.q(i3)] for imm = _MM_SHUFFLE(i3, i2, i1, i0).
     template <int imm>
     static V shuffle128(V a, V b) { return _mm512_mask_shuffle_f32x4(a, 0xFFFF, a, b, imm); }
@@ -390,5 +394,38 @@ inline float exp_shifted(const float* s, float shift, float* p, std::size_t n) {
     }
     return total;
 }
+
+#if KVCACHE_HAVE_AVX2
+/// The 32 int8 codes of a Q8_0 weight block (32 bytes at p), as four vectors of 8 floats in order.
+inline void q8_codes(const std::byte* p, __m256 q[4]) {
+    const __m128i lo = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i hi = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16));
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(lo, 8)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+/// The 32 4-bit codes of a Q4_1 weight block (16 bytes at p: code j is the low nibble of byte j, code j + 16
+/// its high nibble), as four vectors of 8 floats in order.
+inline void q4_codes(const std::byte* p, __m256 q[4]) {
+    const __m128i nibble = _mm_set1_epi8(0x0F);
+    const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+    const __m128i lo = _mm_and_si128(raw, nibble);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(raw, 4), nibble);
+    q[0] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo));
+    q[1] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(lo, 8)));
+    q[2] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi));
+    q[3] = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(_mm_srli_si128(hi, 8)));
+}
+
+/// The 32 codes of one block against 32 floats at x, lane by lane in one fixed order: q0·x0, then + q1·x1, ...
+inline __m256 block32_dot(const __m256 q[4], const float* x) {
+    __m256 s = _mm256_mul_ps(q[0], _mm256_loadu_ps(x));
+    s = _mm256_fmadd_ps(q[1], _mm256_loadu_ps(x + 8), s);
+    s = _mm256_fmadd_ps(q[2], _mm256_loadu_ps(x + 16), s);
+    return _mm256_fmadd_ps(q[3], _mm256_loadu_ps(x + 24), s);
+}
+#endif
 
 }  // namespace kvcache::detail

@@ -1,7 +1,8 @@
 // bench_attention: decode attention (one query token) over the KV cache, against the machine's read bandwidth.
 //
-// Shape: 9 query heads, 3 kv heads (GQA, group 3), head size 64, fp32 and fp16 caches, contexts 128 … 32768.
-// One call reads the whole cache of one layer: 2 (K and V) * kv_heads * head_dim * sizeof(T) bytes per position.
+// Shape: 9 query heads, 3 kv heads (GQA, group 3), head size 64, fp32, fp16, bf16, q8_0 and q4_0 caches, contexts
+// 128 … 32768. One call reads the whole cache of one layer: 2 (K and V) * kv_heads * (bytes of head_dim values)
+// per position — 256 * 2 bytes for fp32, 68 * 2 for q8_0 (two 34-byte blocks), 36 * 2 for q4_0.
 // It does 4 * q_heads * head_dim FLOP per position (a multiply-add for q·k and one for p·v, per query head).
 //
 // Cold vs hot. In a real decode step every layer's cache is read once and then the other layers' caches are,
@@ -50,12 +51,16 @@ kvcache_bench::Bandwidth g_read_bw[3];  // read bandwidth on 1 and 2 threads (in
 
 template <class T>
 constexpr const char* type_name() {
-    return std::is_same_v<T, float> ? "fp32" : "fp16";
+    if constexpr (std::is_same_v<T, float>) return "fp32";
+    else if constexpr (std::is_same_v<T, fp16>) return "fp16";
+    else if constexpr (std::is_same_v<T, bf16>) return "bf16";
+    else if constexpr (std::is_same_v<T, q8_0>) return "q8_0";
+    else return "q4_0";
 }
 
 template <class T>
 std::size_t layer_bytes(std::size_t context) {
-    return 2 * kKVHeads * kHeadDim * sizeof(T) * context;
+    return 2 * kKVHeads * storage_units<T>(kHeadDim) * sizeof(T) * context;
 }
 
 /// `layers` layers of `context` random positions each (the same positions in every layer: the contents do not
@@ -203,6 +208,9 @@ int main(int argc, char** argv) {
     benchmark::AddCustomContext("attention_cold_set_MiB", std::to_string(g_cold_bytes >> 20));
     register_type<float>();
     register_type<fp16>();
+    register_type<bf16>();
+    register_type<q8_0>();
+    register_type<q4_0>();
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

@@ -2,6 +2,7 @@
 // and print both timings. Run scripts/fetch-model.sh first.
 //
 //   example_simple "Why is the sky blue?" --max-tokens 64 --threads 2
+//   example_simple "Tell a long story." -n 512 --cache-type q8_0 --ctx 256 --context-shift   (goes past 256)
 #include <CLI/CLI.hpp>
 #include <fmt/format.h>
 
@@ -10,10 +11,12 @@
 #include <cstdlib>
 #include <exception>
 #include <filesystem>
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "kvcache/error.hpp"
+#include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/chat.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/generate.hpp"
@@ -77,6 +80,20 @@ int main(int argc, char** argv) {
                    "chatml, llama3, llama2, zephyr, phi3")
         ->check(CLI::IsMember({"auto", "chatml", "llama3", "llama2", "zephyr", "phi3"}));
     app.add_flag("--no-uncached", skip_uncached, "Skip the run without a cache");
+    // The cache (issue 14): element types, positions, and what happens when it is full.
+    std::string cache_type = "f32";
+    std::optional<std::size_t> ctx;
+    kvcache::CacheOptions cache;
+    app.add_option("--cache-type", cache_type, "KV cache element type: f32, f16, bf16, q8_0, q4_0")
+        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+    app.add_option("--ctx", ctx, "Positions the cache holds (default: prompt + max tokens)")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 24));
+    app.add_flag("--context-shift", cache.context_shift,
+                 "When the cache is full, drop the older half after --keep positions and go on");
+    app.add_option("--keep", cache.n_keep, "Positions a context shift keeps at the start (default 0)");
+    app.add_option("--sinks", cache.sinks, "Attention sinks: first positions always kept (with --window)");
+    app.add_option("--window", cache.window, "Keep only the last W positions after the sinks (a sink + window cache)")
+        ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 24));
     CLI11_PARSE(app, argc, argv);
 
     try {
@@ -103,10 +120,15 @@ int main(int argc, char** argv) {
         options.max_new_tokens = max_tokens;
         options.sampling = sampling;
         options.threads = threads;
-        fmt::print(stderr, "prompt: {} tokens; KV cache for {} positions: {} (float, {} per token)\n",
-                   prompt_tokens.size(), prompt_tokens.size() + max_tokens,
-                   mib(kvcache::generation_cache_bytes(model, prompt_tokens.size(), options)),
-                   fmt::format("{} bytes", model.cache_bytes(1)));
+        cache.keys = cache.values = kvcache::parse_cache_element(cache_type);
+        options.cache = cache;
+        options.cache_capacity = ctx;
+        const std::size_t positions = cache.window ? cache.sinks + cache.window : ctx.value_or(prompt_tokens.size() + max_tokens);
+        fmt::print(stderr, "prompt: {} tokens; KV cache for {} positions: {} ({}, {:.0f} bytes per token){}\n",
+                   prompt_tokens.size(), positions,
+                   mib(kvcache::generation_cache_bytes(model, prompt_tokens.size(), options)), cache_type,
+                   double(model.cache_bytes(1)) / 4.0 * kvcache::cache_element_bytes_per_value(cache.keys),
+                   cache.context_shift ? ", context shift when full" : cache.window ? ", sinks + window" : "");
 
         options.on_token = [](std::int32_t, std::string_view piece) {
             std::fwrite(piece.data(), 1, piece.size(), stdout);

@@ -126,8 +126,20 @@ threads_used=$THREADS; [[ $THREADS == 0 ]] && threads_used=$(nproc)
 NOTE="$(nproc) cores ($cpu_name), $threads_used threads; load $load_start at start; other processes used $others cores on average during the run; $(date -u +%Y-%m-%d)"
 echo "== $NOTE"
 
+# ---- batched decode (issue 11): aggregate tokens/s with 1-16 sequences, admission latency; SmolLM2 only ----
+BATCHED_ARGS=()
+if [[ ",$MODELS," == *",real,"* ]]; then
+  BATCHED_OUT="$RESULTS/batched$SUFFIX.json"
+  echo "== bench_batched -> $BATCHED_OUT [$(elapsed)]"
+  cmake --build "$BUILD" --target bench_batched -j2 | grep -Ev '^\[[0-9]+/[0-9]+\]' || true
+  QUICK_ARG=(); [[ $QUICK == 1 ]] && QUICK_ARG=(--quick)
+  "$BUILD/bench/bench_batched" --threads="$THREADS" "${QUICK_ARG[@]+"${QUICK_ARG[@]}"}" \
+    --benchmark_out="$BATCHED_OUT" --benchmark_out_format=json | grep -E '^BM_' || true
+  BATCHED_ARGS=(--batched "$BATCHED_OUT")
+fi
+
 echo "== plots [$(elapsed)]"
-PLOT_ARGS=(--generation "$OUT" "${MEMORY_ARGS[@]}" --out "$PLOTS" --note "$NOTE")
+PLOT_ARGS=(--generation "$OUT" "${MEMORY_ARGS[@]}" "${BATCHED_ARGS[@]+"${BATCHED_ARGS[@]}"}" --out "$PLOTS" --note "$NOTE")
 [[ $QUICK == 1 ]] && PLOT_ARGS+=(--suffix _quick)
 "$PYTHON" "$ROOT/scripts/plot_bench.py" "${PLOT_ARGS[@]}" | tee "$RESULTS/summary$SUFFIX.txt"
 echo "== done in $(elapsed); load average now $load_end"

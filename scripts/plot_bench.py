@@ -11,6 +11,9 @@ Writes
   step_latency.png      time of one generation step vs its context length (log-log, and linear for the cache)
   speedup.png           time without / time with the cache vs n, measured and predicted from the step curves
   kv_memory.png         KV-cache bytes vs length: formula, bytes_allocated() and the process's RSS growth
+  batched_decode.png    (with --batched, bench_batched's JSON) aggregate decode tokens/s vs sequences decoded
+                        together at context 512, and the step latency of running streams while a 1024-token
+                        prompt is admitted, by prefill chunk
 
 Honesty rules the plots keep: measured points are markers; fits and predictions are dashed lines drawn only
 over the range they were fitted on or predicted from; a series ends where its measurements end, and nothing
@@ -402,6 +405,77 @@ def cache_ops_summary(gen, summary):
             summary.append(f"cacheop  {model:8s} {what}: " + "; ".join(parts))
 
 
+def load_batched(path):
+    """bench_batched's JSON as {name: {arg: benchmark record}} (best time of repeated runs)."""
+    with open(path) as f:
+        data = json.load(f)
+    out = {}
+    for b in data.get("benchmarks", []):
+        if b.get("run_type") == "aggregate" or "error_occurred" in b:
+            continue
+        name, _, arg = b["name"].partition("/")
+        arg = int(arg.split("/")[0])
+        prev = out.setdefault(name, {}).get(arg)
+        if prev is None or to_seconds(b) < to_seconds(prev):
+            out[name][arg] = b
+    return out
+
+
+def plot_batched(batched, out, suffix, note, summary):
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(12.5, 5.6), gridspec_kw={"width_ratios": [3, 2]})
+    styles = {"BM_BatchedDecode": ("batched forward (Decoder)", "#d62728", "o"),
+              "BM_SchedulerDecode": ("through the Scheduler (sampling, bookkeeping)", "#1f77b4", "s")}
+    for name, (label, color, marker) in styles.items():
+        cases = batched.get(name, {})
+        if not cases:
+            continue
+        xs = sorted(cases)
+        ys = [cases[x]["tokens_per_second"] for x in xs]
+        ax.plot(xs, ys, marker=marker, color=color, label=label)
+        for x, y in zip(xs, ys):
+            ax.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(0, 7), ha="center", fontsize=7.5,
+                        color=color)
+        if 1 in cases:
+            base = cases[1]["tokens_per_second"]
+            ratios = ", ".join(f"{x}: {cases[x]['tokens_per_second'] / base:.2f}x" for x in xs)
+            summary.append(f"batched  {name}: aggregate tokens/s " +
+                           ", ".join(f"{x} seq {cases[x]['tokens_per_second']:.1f}" for x in xs) +
+                           f"; vs one sequence {ratios}")
+            if name == "BM_BatchedDecode":
+                ax.plot(xs, [base * x for x in xs], ls="--", color="0.6", lw=1,
+                        label="linear in sequences (weights read once, nothing else costs)")
+    log2_axis(ax)
+    ax.set_yscale("log")
+    ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.set_xlabel("sequences decoding together (each at context 512)")
+    ax.set_ylabel("aggregate decode tokens/s")
+    ax.set_title("SmolLM2-135M Q4_1: aggregate decode throughput")
+    ax.legend(loc="upper left")
+    adm = batched.get("BM_Admission", {})
+    if adm:
+        chunks = sorted(adm)
+        normal = [adm[c]["normal_step_ms"] for c in chunks]
+        mean = [adm[c]["admission_step_ms"] for c in chunks]
+        worst = [adm[c]["admission_worst_ms"] for c in chunks]
+        pos = np.arange(len(chunks))
+        bx.bar(pos - 0.27, normal, 0.27, label="normal step (4 streams)", color="#7f7f7f")
+        bx.bar(pos, mean, 0.27, label="step while the prompt is admitted (mean)", color="#ff7f0e")
+        bx.bar(pos + 0.27, worst, 0.27, label="... (worst)", color="#d62728")
+        for i, c in enumerate(chunks):
+            bx.annotate(f"{mean[i] / normal[i]:.1f}x\n{adm[c]['admission_steps']:.0f} steps", (pos[i], mean[i]),
+                        textcoords="offset points", xytext=(0, 4), ha="center", fontsize=7.5)
+            summary.append(f"batched  admission of a {1024}-token prompt, prefill_chunk {c}: normal step "
+                           f"{normal[i]:.1f} ms, during admission mean {mean[i]:.1f} ms (x{mean[i] / normal[i]:.2f}),"
+                           f" worst {worst[i]:.1f} ms, {adm[c]['admission_steps']:.0f} steps, "
+                           f"{adm[c]['admission_seconds']:.2f} s to admit")
+        bx.set_xticks(pos)
+        bx.set_xticklabels([f"chunk {c}" for c in chunks])
+        bx.set_ylabel("step time (ms)")
+        bx.set_title("running streams while a 1024-token prompt comes in")
+        bx.legend(loc="upper left")
+    return save(fig, out, "batched_decode", suffix, note)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--generation", required=True, action="append",
@@ -411,6 +485,7 @@ def main():
     ap.add_argument("--out", default="bench/plots", help="directory for the PNGs")
     ap.add_argument("--suffix", default="", help="appended to each PNG's name (e.g. _quick)")
     ap.add_argument("--note", default="", help="machine note printed in each figure's corner")
+    ap.add_argument("--batched", help="bench_batched JSON (--benchmark_out): adds batched_decode.png")
     args = ap.parse_args()
     os.makedirs(args.out, exist_ok=True)
     context, gen = load_generation(args.generation[0])
@@ -434,6 +509,8 @@ def main():
              plot_speedup(gen, args.out, args.suffix, note, summary)]
     if memories:
         paths.append(plot_memory(memories, gen, args.out, args.suffix, note, summary))
+    if args.batched:
+        paths.append(plot_batched(load_batched(args.batched), args.out, args.suffix, note, summary))
     cost_model_summary(gen, summary)
     cache_ops_summary(gen, summary)
     for line in summary:

@@ -3,13 +3,13 @@
 # Only tests whose threads are std::thread/std::jthread belong here: OpenMP regions (libgomp is not
 # instrumented) would report false races. Environment knobs (all optional):
 #   BUILD_DIR=build-tsan      where to build
-#   TSAN_TESTS="a_test b_test" which test executables (default: cache_store_test)
+#   TSAN_TESTS="a_test b_test" which test executables (default: cache_store_test scheduler_threads_test)
 #   CMAKE_ARGS="..."          extra arguments for cmake
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 build="${BUILD_DIR:-build-tsan}"
-tests="${TSAN_TESTS:-cache_store_test}"
+tests="${TSAN_TESTS:-cache_store_test scheduler_threads_test}"
 jobs="$(nproc)"
 # shellcheck disable=SC2086
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVCACHE_WERROR=ON -DKVCACHE_SANITIZE=thread \

@@ -15,6 +15,7 @@
 #include "kvcache/attention/attention.hpp"
 #include "kvcache/cache/kv_cache.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
+#include "kvcache/cache/paged_kv_cache.hpp"
 #include "kvcache/testing/random.hpp"
 
 using namespace kvcache;
@@ -238,4 +239,83 @@ TEST_CASE("attention determinism: the comparisons can fail (a different query ch
     const auto a = run(cache, q, 1, s.q_heads, {});
     q[5] += 1e-3f;
     CHECK_FALSE(same_bits(run(cache, q, 1, s.q_heads, {}), a));
+}
+
+// ---- quantised caches (q8_0, q4_0) and caches whose keys and values have different types ----
+namespace {
+
+/// A key type and a value type, for the quantised determinism cases.
+template <class K, class V>
+struct KV_ {
+    using Key = K;
+    using Value = V;
+};
+
+/// Head sizes a 32-value block divides: 64 and 32 take the 16-lane path (8 without AVX-512), 96 the 8-lane one.
+constexpr Shape kBlockShapes[] = {{3, 64, 9}, {2, 96, 8}, {1, 32, 3}};
+
+}  // namespace
+
+TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batching, chunking and paging",
+                   "[attention][determinism][quantised]", (KV_<q8_0, q8_0>), (KV_<q4_0, q4_0>), (KV_<q8_0, fp16>),
+                   (KV_<q4_0, q8_0>)) {
+    using K = typename TestType::Key;
+    using V = typename TestType::Value;
+    for (const Shape s : kBlockShapes) {
+        const std::size_t n = 1100, width = s.kv_heads * s.head_dim, qw = s.q_heads * s.head_dim;
+        const auto k = random_normal(n * width, 21), v = random_normal(n * width, 22);
+        const auto q = random_normal(n * qw, 23);
+        MultiLayerKVCache<K, V> full(1, s.kv_heads, s.head_dim, 1, n);
+        full.append(0, 0, k, v, n);
+        for (const std::size_t window : {std::size_t(0), std::size_t(100)}) {
+            INFO("head_dim " << s.head_dim << " window " << window);
+            const AttentionOptions opts{.window = window, .threads = 1};
+            const auto all_at_once = run(full, q, n, s.q_heads, opts);
+            // (a) threads
+            for (const int threads : {2, 3, 0}) {
+                AttentionOptions t = opts;
+                t.threads = threads;
+                CHECK(same_bits(run(full, q, n, s.q_heads, t), all_at_once));
+            }
+            // (b) token by token and chunked prefill
+            MultiLayerKVCache<K, V> growing(1, s.kv_heads, s.head_dim, 1, n);
+            std::size_t mismatches = 0;
+            std::vector<float> pieces;
+            for (std::size_t at = 0; at < n; at += 37) {
+                const std::size_t m = std::min<std::size_t>(37, n - at);
+                growing.append(0, 0, std::span<const float>(k).subspan(at * width, m * width),
+                               std::span<const float>(v).subspan(at * width, m * width), m);
+                const auto out = run(growing, std::span<const float>(q).subspan(at * qw, m * qw), m, s.q_heads, opts);
+                pieces.insert(pieces.end(), out.begin(), out.end());
+                // the chunk's last token alone (a decode step)
+                const auto last = run(growing, std::span<const float>(q).subspan((at + m - 1) * qw, qw), 1, s.q_heads, opts);
+                if (!same_bits(last, std::span<const float>(all_at_once).subspan((at + m - 1) * qw, qw))) ++mismatches;
+            }
+            CHECK(same_bits(pieces, all_at_once));
+            CHECK(mismatches == 0);
+            // (c) a paged pool (blocks of 7 and 16 positions) when keys and values share a type
+            if constexpr (std::is_same_v<K, V>) {
+                for (const std::size_t block : {std::size_t(7), std::size_t(16)}) {
+                    PagedKVPool<K> pool(1, s.kv_heads, s.head_dim, PagedKVPool<K>::blocks_for(n, block), block);
+                    auto seq = pool.sequence(pool.create_sequence());
+                    fill(seq, n, 0);  // other contents first: then the same as `full`, chunked
+                    pool.truncate(seq.id(), 0);
+                    for (std::size_t at = 0; at < n; at += 300) {
+                        const std::size_t m = std::min<std::size_t>(300, n - at);
+                        seq.append(0, 0, std::span<const float>(k).subspan(at * width, m * width),
+                                   std::span<const float>(v).subspan(at * width, m * width), m);
+                    }
+                    INFO("paged block " << block);
+                    CHECK(same_bits(run(seq, q, n, s.q_heads, opts), all_at_once));
+                }
+            }
+        }
+    }
+    // compile-time dims read the same bits as run-time dims
+    KVCache<1, 3, 64, K, V> fixed(1, 700);
+    MultiLayerKVCache<K, V> runtime(1, 3, 64, 1, 700);
+    fill(fixed, 700, 24);
+    fill(runtime, 700, 24);
+    const auto q1 = random_normal(9 * 64, 25);
+    CHECK(same_bits(run(fixed, q1, 1, 9, {}), run(runtime, q1, 1, 9, {})));
 }

@@ -7,14 +7,16 @@ bin="$1"
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 fixture="$root/tests/fixtures/seq2seq/post_norm_relu"
 failures=0
+err_file="$(mktemp)"
+trap 'rm -f "$err_file"' EXIT
 fail() { echo "FAIL: $*"; failures=$((failures + 1)); }
 
 # expect_refused DESCRIPTION ARGS...: non-zero status, a message on stderr, no answer on stdout, no crash
 expect_refused() {
     local what="$1"; shift
     local out err status
-    out="$("$bin" "$@" 2>/tmp/example_seq2seq_cli_err.$$)"; status=$?
-    err="$(cat /tmp/example_seq2seq_cli_err.$$)"
+    out="$("$bin" "$@" 2>"$err_file")"; status=$?
+    err="$(cat "$err_file")"
     if [ "$status" -eq 0 ] || [ "$status" -ge 128 ]; then fail "$what: status $status (want a clean non-zero exit)"; fi
     if [ -z "$err" ]; then fail "$what: no message"; fi
     if [ -n "$out" ]; then fail "$what: printed an answer: $out"; fi

@@ -1,7 +1,10 @@
-// Storage element types of a cache: float, fp16 (IEEE binary16) and bf16; arithmetic is always float.
+// Storage element types of a cache — float, fp16, bf16 and the GGUF blocks q8_0 and q4_0 — and the open trait
+// (ElementTraits) through which a user adds their own; arithmetic is always float.
 #pragma once
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <concepts>
 #include <cstddef>
 #include <cstdint>
@@ -107,74 +110,254 @@ struct bf16 {
     static float to_float(std::uint16_t h) { return std::bit_cast<float>(static_cast<std::uint32_t>(h) << 16); }
 };
 
-/// The storage types a cache may use.
-template <class T>
-concept StorageElement = std::same_as<T, float> || std::same_as<T, fp16> || std::same_as<T, bf16>;
+/// q8_0: 32 values as an fp16 scale d and 32 signed bytes q, value j = d * q[j] (GGUF's block_q8_0, 34 bytes).
+struct q8_0 {
+    static constexpr std::size_t kValues = 32;
+    fp16 d;
+    std::int8_t qs[kValues];
+};
 
+/// q4_0: 32 values as an fp16 scale d and 16 bytes of 4-bit q, value j = d * (q_j - 8), where q_j for j < 16
+/// is the low nibble of byte j and q_(j+16) its high nibble (GGUF's block_q4_0, 18 bytes).
+struct q4_0 {
+    static constexpr std::size_t kValues = 32;
+    fp16 d;
+    std::uint8_t qs[kValues / 2];
+};
+
+static_assert(sizeof(q8_0) == 34 && sizeof(q4_0) == 18, "quantised blocks must have GGUF's sizes");
+
+/// The open trait that makes a type a cache storage element. Specialise it for your own type with:
+///   static constexpr std::string_view name;          short name for messages, fingerprints, benchmarks
+///   static constexpr std::size_t block_values;        values one object of the type holds (1, or a block)
+///   static constexpr std::uint32_t file_code;         cache-file type code; 0 = cannot be saved to cache files
+///                                                     (codes 1-5 are kvcache's own, see cache-file-format.md)
+///   static void encode(const float* src, T* dst, std::size_t n);  n values -> n / block_values objects
+///   static void decode(const T* src, float* dst, std::size_t n);  n / block_values objects -> n values
+/// n is always a multiple of block_values (a cache refuses head sizes that are not: ConfigError). The type
+/// must be trivially copyable (caches copy it with memcpy). Every cache, attention and layout conversion
+/// then accepts it; attention reads a user type by decoding one block at a time into a small buffer on the
+/// stack, the built-in types in registers. See tests/element_types_quant_test.cpp for a user type.
+template <class T>
+struct ElementTraits;
+
+/// The storage types a cache may use: any T with a complete ElementTraits<T>.
+template <class T>
+concept StorageElement = std::is_trivially_copyable_v<T> && requires(const float* f, float* out, T* dst, const T* src,
+                                                                     std::size_t n) {
+    { ElementTraits<T>::name } -> std::convertible_to<std::string_view>;
+    { ElementTraits<T>::block_values } -> std::convertible_to<std::size_t>;
+    { ElementTraits<T>::file_code } -> std::convertible_to<std::uint32_t>;
+    ElementTraits<T>::encode(f, dst, n);
+    ElementTraits<T>::decode(src, out, n);
+    requires ElementTraits<T>::block_values >= 1;
+};
+
+/// Values one storage object of T holds (1 for float/fp16/bf16, 32 for q8_0/q4_0).
 template <StorageElement T>
+inline constexpr std::size_t block_values_v = ElementTraits<T>::block_values;
+
+/// A storage type whose objects each hold one value (float, fp16, bf16): element-wise access works.
+template <class T>
+concept ScalarElement = StorageElement<T> && block_values_v<T> == 1;
+
+/// Storage objects holding `values` values (a row of a head: head_dim values -> head_dim / block_values).
+template <StorageElement T>
+constexpr std::size_t storage_units(std::size_t values) {
+    return values / block_values_v<T>;
+}
+
+/// Whether a head of `head_dim` values can be stored as T (a whole number of blocks).
+template <StorageElement T>
+constexpr bool fits_blocks(std::size_t head_dim) {
+    return head_dim % block_values_v<T> == 0;
+}
+
+template <ScalarElement T>
 inline float to_float(T v) {
     if constexpr (std::same_as<T, float>) {
         return v;
     } else {
-        return T::to_float(v.bits);
-    }
-}
-
-template <StorageElement T>
-inline T from_float(float f) {
-    if constexpr (std::same_as<T, float>) {
+        float f;
+        ElementTraits<T>::decode(&v, &f, 1);
         return f;
-    } else {
-        return T::from_bits(T::from_float(f));
     }
 }
 
-/// Converts n floats to storage type T (vectorised where the CPU allows).
+template <ScalarElement T>
+inline T from_float(float f) {
+    T v;
+    ElementTraits<T>::encode(&f, &v, 1);
+    return v;
+}
+
+/// Converts n floats to storage type T (n / block_values objects; vectorised where the CPU allows).
 template <StorageElement T>
 inline void convert_from_float(const float* src, T* dst, std::size_t n) {
-    if constexpr (std::same_as<T, float>) {
-        if (n) std::memcpy(dst, src, n * sizeof(float));
-    } else {
-        std::size_t i = 0;
-#if defined(__F16C__) && defined(__AVX__)
-        if constexpr (std::same_as<T, fp16>) {
-            for (; i + 8 <= n; i += 8) {
-                const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
-                _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
-            }
-        }
-#endif
-        for (; i < n; ++i) dst[i] = from_float<T>(src[i]);
-    }
+    ElementTraits<T>::encode(src, dst, n);
 }
 
-/// Converts n storage elements to floats (vectorised where the CPU allows).
+/// Converts n values stored as T (n / block_values objects) to floats (vectorised where the CPU allows).
 template <StorageElement T>
 inline void convert_to_float(const T* src, float* dst, std::size_t n) {
-    if constexpr (std::same_as<T, float>) {
-        if (n) std::memcpy(dst, src, n * sizeof(float));
-    } else {
-        std::size_t i = 0;
-#if defined(__F16C__) && defined(__AVX__)
-        if constexpr (std::same_as<T, fp16>) {
-            for (; i + 8 <= n; i += 8) {
-                const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
-                _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
-            }
-        }
-#endif
-        for (; i < n; ++i) dst[i] = to_float(src[i]);
-    }
+    ElementTraits<T>::decode(src, dst, n);
 }
 
 /// A short name for messages, file headers and benchmark labels.
 template <StorageElement T>
 constexpr std::string_view element_name() {
-    if constexpr (std::same_as<T, float>) return "f32";
-    else if constexpr (std::same_as<T, fp16>) return "f16";
-    else return "bf16";
+    return ElementTraits<T>::name;
 }
 
+template <>
+struct ElementTraits<float> {
+    static constexpr std::string_view name = "f32";
+    static constexpr std::size_t block_values = 1;
+    static constexpr std::uint32_t file_code = 1;
+    static void encode(const float* src, float* dst, std::size_t n) {
+        if (n) std::memcpy(dst, src, n * sizeof(float));
+    }
+    static void decode(const float* src, float* dst, std::size_t n) {
+        if (n) std::memcpy(dst, src, n * sizeof(float));
+    }
+};
+
+template <>
+struct ElementTraits<fp16> {
+    static constexpr std::string_view name = "f16";
+    static constexpr std::size_t block_values = 1;
+    static constexpr std::uint32_t file_code = 2;
+    static void encode(const float* src, fp16* dst, std::size_t n) {
+        std::size_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+        for (; i + 8 <= n; i += 8) {
+            const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(src + i), _MM_FROUND_TO_NEAREST_INT);
+            _mm_storeu_si128(reinterpret_cast<__m128i*>(dst + i), h);
+        }
+#endif
+        for (; i < n; ++i) dst[i] = fp16::from_bits(fp16::from_float(src[i]));
+    }
+    static void decode(const fp16* src, float* dst, std::size_t n) {
+        std::size_t i = 0;
+#if defined(__F16C__) && defined(__AVX__)
+        for (; i + 8 <= n; i += 8) {
+            const __m128i h = _mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i));
+            _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(h));
+        }
+#endif
+        for (; i < n; ++i) dst[i] = fp16::to_float(src[i].bits);
+    }
+};
+
+template <>
+struct ElementTraits<bf16> {
+    static constexpr std::string_view name = "bf16";
+    static constexpr std::size_t block_values = 1;
+    static constexpr std::uint32_t file_code = 3;
+    static void encode(const float* src, bf16* dst, std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) dst[i] = bf16::from_bits(bf16::from_float(src[i]));
+    }
+    static void decode(const bf16* src, float* dst, std::size_t n) {
+        for (std::size_t i = 0; i < n; ++i) dst[i] = bf16::to_float(src[i].bits);
+    }
+};
+
+namespace detail {
+
+/// x, with the compiler barred from fusing the multiply that produced it into a following add: gguf-py
+/// rounds x * id and then x * id + 8.5 separately, and a fused multiply-add would round once.
+inline float rounded(float x) {
+#if defined(__GNUC__) && (defined(__x86_64__) || defined(__i386__))
+    __asm__("" : "+x"(x));
+    return x;
+#else
+    volatile float v = x;
+    return v;
+#endif
+}
+
+/// gguf-py's np_roundf: round half away from zero, as floor(|x|) + floor(2 * (|x| - floor(|x|))) with the sign.
+inline float round_half_away(float x) {
+    const float a = std::fabs(x);
+    const float whole = std::floor(a);
+    const float b = whole + std::floor(2.0f * (a - whole));
+    return x < 0.0f ? -b : b;
+}
+
+}  // namespace detail
+
+/// Quantisation exactly as gguf-py's Q8_0.quantize_blocks (which is ggml's reference): d = max|x| / 127,
+/// q = round-half-away(x / d) computed as x * (1 / d); d stored as fp16. Non-finite inputs give q = 0 where
+/// the result would not be a number (gguf-py leaves those undefined).
+template <>
+struct ElementTraits<q8_0> {
+    static constexpr std::string_view name = "q8_0";
+    static constexpr std::size_t block_values = q8_0::kValues;
+    static constexpr std::uint32_t file_code = 4;
+    static void encode(const float* src, q8_0* dst, std::size_t n) {
+        for (std::size_t b = 0; b < n / block_values; ++b, src += block_values) {
+            float amax = 0.0f;
+            for (std::size_t j = 0; j < block_values; ++j) amax = std::max(amax, std::fabs(src[j]));
+            const float d = amax / 127.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            dst[b].d = fp16::from_bits(fp16::from_float(d));
+            for (std::size_t j = 0; j < block_values; ++j) {
+                const float q = detail::round_half_away(src[j] * id);
+                dst[b].qs[j] = std::fabs(q) <= 127.0f ? static_cast<std::int8_t>(q) : std::int8_t{0};
+            }
+        }
+    }
+    static void decode(const q8_0* src, float* dst, std::size_t n) {
+        for (std::size_t b = 0; b < n / block_values; ++b, dst += block_values) {
+            const float d = fp16::to_float(src[b].d.bits);
+            for (std::size_t j = 0; j < block_values; ++j) dst[j] = static_cast<float>(src[b].qs[j]) * d;
+        }
+    }
+};
+
+/// Quantisation exactly as gguf-py's Q4_0.quantize_blocks: m = the value of largest magnitude (the first, on
+/// ties), d = m / -8, q = min(15, trunc(x * (1 / d) + 8.5)); d stored as fp16. Non-finite inputs: as q8_0.
+template <>
+struct ElementTraits<q4_0> {
+    static constexpr std::string_view name = "q4_0";
+    static constexpr std::size_t block_values = q4_0::kValues;
+    static constexpr std::uint32_t file_code = 5;
+    static std::uint8_t nibble(float x, float id) {
+        const float q = std::trunc(detail::rounded(x * id) + 8.5f);
+        return q >= 0.0f && q <= 15.0f ? static_cast<std::uint8_t>(q) : (q > 15.0f ? std::uint8_t{15} : std::uint8_t{0});
+    }
+    static void encode(const float* src, q4_0* dst, std::size_t n) {
+        constexpr std::size_t half = block_values / 2;
+        for (std::size_t b = 0; b < n / block_values; ++b, src += block_values) {
+            float amax = std::fabs(src[0]), m = src[0];
+            for (std::size_t j = 1; j < block_values; ++j) {
+                if (std::fabs(src[j]) > amax) {
+                    amax = std::fabs(src[j]);
+                    m = src[j];
+                }
+            }
+            const float d = m / -8.0f;
+            const float id = d != 0.0f ? 1.0f / d : 0.0f;
+            dst[b].d = fp16::from_bits(fp16::from_float(d));
+            for (std::size_t j = 0; j < half; ++j) {
+                dst[b].qs[j] = static_cast<std::uint8_t>(nibble(src[j], id) | (nibble(src[j + half], id) << 4));
+            }
+        }
+    }
+    static void decode(const q4_0* src, float* dst, std::size_t n) {
+        constexpr std::size_t half = block_values / 2;
+        for (std::size_t b = 0; b < n / block_values; ++b, dst += block_values) {
+            const float d = fp16::to_float(src[b].d.bits);
+            for (std::size_t j = 0; j < half; ++j) {
+                dst[j] = static_cast<float>(static_cast<int>(src[b].qs[j] & 0x0f) - 8) * d;
+                dst[j + half] = static_cast<float>(static_cast<int>(src[b].qs[j] >> 4) - 8) * d;
+            }
+        }
+    }
+};
+
 static_assert(sizeof(fp16) == 2 && sizeof(bf16) == 2, "16-bit storage types must be 2 bytes");
+static_assert(StorageElement<float> && StorageElement<fp16> && StorageElement<bf16> && StorageElement<q8_0> &&
+              StorageElement<q4_0>);
 
 }  // namespace kvcache

@@ -132,10 +132,21 @@ std::string_view element_name_of(std::uint32_t code) {
         case 1: return "f32";
         case 2: return "f16";
         case 3: return "bf16";
+        case 4: return "q8_0";  // issue 14: GGUF blocks of 32 values (h14)
+        case 5: return "q4_0";
         default: return {};
     }
 }
-std::uint32_t element_bytes_of(std::uint32_t code) { return code == 1 ? 4 : 2; }
+std::uint32_t element_bytes_of(std::uint32_t code) {
+    switch (code) {
+        case 1: return 4;
+        case 4: return 34;  // one block: fp16 scale + 32 int8
+        case 5: return 18;  // one block: fp16 scale + 16 bytes of nibbles
+        default: return 2;
+    }
+}
+/// Values one stored element holds: a q8_0/q4_0 element is a block of 32 values along the head dimension.
+std::uint64_t block_values_of(std::uint32_t code) { return code == 4 || code == 5 ? 32 : 1; }
 
 std::string_view kind_name(std::uint32_t kind) {
     switch (kind) {
@@ -168,7 +179,7 @@ void check_little_endian() {
 /// The sections of a file in order and where each starts: the one layout both writer and reader use.
 std::vector<Section> plan_sections(std::uint64_t model_bytes, std::uint64_t cache_bytes,
                                    const std::vector<LayerShape>& layers, std::uint64_t num_tokens,
-                                   std::uint64_t element_bytes) {
+                                   std::uint64_t element_bytes, std::uint64_t block_values) {
     std::vector<Section> sections;
     sections.push_back({kModelFingerprint, 0, 0, model_bytes, 0});
     sections.push_back({kCacheFingerprint, 0, 0, cache_bytes, 0});
@@ -176,8 +187,10 @@ std::vector<Section> plan_sections(std::uint64_t model_bytes, std::uint64_t cach
     sections.push_back({kTokens, 0, 0, 4 * num_tokens, 0});
     for (std::size_t l = 0; l < layers.size(); ++l) {
         // A cache type reports its own shapes (a user's type may report anything): checked, never wrapped.
+        // q8_0/q4_0 elements are blocks of block_values values along head_dim (issue 14).
         const std::uint64_t bytes = detail::checked_product("save_cache_file: layer payload bytes", num_tokens,
-                                                            layers[l].kv_heads, layers[l].head_dim, element_bytes);
+                                                            layers[l].kv_heads, layers[l].head_dim / block_values,
+                                                            element_bytes);
         sections.push_back({kKeys, static_cast<std::uint32_t>(l), 0, bytes, 0});
         sections.push_back({kValues, static_cast<std::uint32_t>(l), 0, bytes, 0});
     }
@@ -364,7 +377,14 @@ CacheFileWriter::CacheFileWriter(fs::path path, std::uint32_t element_code, std:
     if (layers.empty() || layers.size() > std::numeric_limits<std::uint32_t>::max()) {
         throw ConfigError(fmt::format("save_cache_file: {} layers; a cache file holds 1 to 2^32-1", layers.size()));
     }
-    s.sections = plan_sections(fingerprint.model.size(), fingerprint.cache.size(), layers, tokens.size(), element_bytes);
+    for (const LayerShape& shape : layers) {
+        if (shape.head_dim % block_values_of(element_code) != 0) {
+            throw ConfigError(fmt::format("save_cache_file: head size {} is not a multiple of {}'s {}-value blocks",
+                                          shape.head_dim, element_name_of(element_code), block_values_of(element_code)));
+        }
+    }
+    s.sections = plan_sections(fingerprint.model.size(), fingerprint.cache.size(), layers, tokens.size(), element_bytes,
+                               block_values_of(element_code));
     s.header.version = kVersion;
     s.header.header_bytes = kHeaderBytes;
     s.header.file_bytes = s.sections.back().offset + s.sections.back().bytes;
@@ -611,7 +631,11 @@ CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>
     for (std::size_t l = 0; l < info.layers.size(); ++l) {
         const std::byte* p = s.data + s.sections[2].offset + 8 * l;
         info.layers[l] = LayerShape{get_u32(p), get_u32(p + 4)};
-        const auto bytes = mul(h.num_tokens, info.layers[l].token_width());
+        if (info.layers[l].head_dim % block_values_of(h.element_code) != 0) {
+            s.fail(fmt::format("layer {} head size {} is not a multiple of {}'s {}-value blocks", l,
+                               info.layers[l].head_dim, info.element, block_values_of(h.element_code)));
+        }
+        const auto bytes = mul(h.num_tokens, info.layers[l].token_width() / block_values_of(h.element_code));
         const auto payload = bytes ? mul(*bytes, h.element_bytes) : std::nullopt;
         if (info.layers[l].kv_heads == 0 || info.layers[l].head_dim == 0) {
             s.fail(fmt::format("layer {} has {} kv heads of size {}", l, info.layers[l].kv_heads, info.layers[l].head_dim));

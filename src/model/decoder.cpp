@@ -152,7 +152,7 @@ MultiLayerKVCache<float> Decoder::make_cache(std::size_t capacity, std::size_t b
     return MultiLayerKVCache<float>(cache_layers(), batch, capacity, Growth::Fixed);
 }
 
-bool Decoder::check_inputs(std::span<const std::int32_t> tokens, std::size_t logits_size) const {
+Decoder::LogitsWanted Decoder::check_inputs(std::span<const std::int32_t> tokens, std::size_t logits_size) const {
     const std::size_t vocab = config().vocab_size;
     for (std::size_t t = 0; t < tokens.size(); ++t) {
         if (tokens[t] < 0 || static_cast<std::size_t>(tokens[t]) >= vocab) {
@@ -160,9 +160,11 @@ bool Decoder::check_inputs(std::span<const std::int32_t> tokens, std::size_t log
                                          t, vocab));
         }
     }
-    if (logits_size == tokens.size() * vocab && !tokens.empty()) return true;
-    if (logits_size == vocab) return false;
-    throw ShapeError(fmt::format("decoder: logits buffer has {} floats; expected {} (last token) or {} ({} tokens)",
+    if (logits_size == 0) return LogitsWanted::None;
+    if (logits_size == vocab) return tokens.empty() ? LogitsWanted::None : LogitsWanted::Last;  // no token: untouched
+    if (logits_size == tokens.size() * vocab) return LogitsWanted::All;
+    throw ShapeError(fmt::format("decoder: logits buffer has {} floats; expected {} (last token), {} ({} tokens) or "
+                                 "0 (none)",
                                  logits_size, vocab, tokens.size() * vocab, tokens.size()));
 }
 
@@ -178,8 +180,9 @@ void Decoder::check_cache_shape(std::size_t layers, std::size_t layer, std::size
     }
 }
 
-void Decoder::reserve_scratch(std::size_t n) {
+void Decoder::reserve_scratch(std::size_t n, std::size_t logit_rows) {
     const DecoderConfig& c = config();
+    if (logits_.size() < logit_rows * c.vocab_size && logit_rows > 1) logits_.resize(logit_rows * c.vocab_size);
     if (x_.size() >= n * c.d_model) return;
     x_.resize(n * c.d_model);
     xb_.resize(n * c.d_model);

@@ -95,7 +95,8 @@ class Server:
             r = self.post(f"/slots/{s['id']}?action=erase")
             assert r.status_code == 200, r.text
 
-    def stop(self, sig=signal.SIGTERM, timeout=60):
+    def stop(self, sig=signal.SIGTERM, timeout=120):
+        """Stops the server; it must exit 0 (a sanitizer report or a crash at shutdown fails the test)."""
         if self.proc.poll() is None:
             self.proc.send_signal(sig)
             try:
@@ -103,6 +104,8 @@ class Server:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 raise AssertionError("server did not stop within %d s of signal %d" % (timeout, sig))
+        if self.proc.returncode != 0:
+            raise AssertionError(f"server exited with {self.proc.returncode}:\n{self.log_text()[-4000:]}")
         return self.proc.returncode
 
     def log_text(self):

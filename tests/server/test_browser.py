@@ -1,6 +1,7 @@
 """kvcache-server's web UI in headless Chromium (selenium + chromedriver): send a message, wait for the streamed
-answer, select a passage of it and branch from it, check the tree, the slots panel and the server's slots, and
-save a screenshot (--screenshot; docs/images/server-ui.png in the repository was made by this test)."""
+answer, select a passage of it and branch from it, focus on a passage of the branch, continue from the first
+answer; check the tree, the slots panel and the server's slots, and save a screenshot (--screenshot;
+docs/images/server-ui.png in the repository was made by this test)."""
 import os
 import shutil
 import tempfile
@@ -78,8 +79,43 @@ def test_send_stream_branch_screenshot():
     assert len(slots) == 2, slots
     branch = [s for s in slots.values() if s["parent"] is not None]
     assert len(branch) == 1 and branch[0]["parent"] in slots and branch[0]["last_reused_tokens"] > 0, slots
+    # focus: a passage of the branch's answer (the newest answer of its slot), asked about in the same slot
+    select_words_of_last_answer = """
+        const all = document.querySelectorAll('#messages .message.assistant.done .content');
+        const el = all[all.length - 1];
+        const text = el.firstChild.textContent;
+        const words = text.split(' ');
+        const end = words.slice(0, 3).join(' ').length;
+        const range = document.createRange();
+        range.setStart(el.firstChild, 0);
+        range.setEnd(el.firstChild, end);
+        window.getSelection().removeAllRanges();
+        window.getSelection().addRange(range);
+        document.getElementById('messages').dispatchEvent(new MouseEvent('mouseup', {bubbles: true}));"""
+    driver.execute_script(select_words_of_last_answer)
+    WebDriverWait(driver, 10).until(lambda d: "hidden" not in popup.get_attribute("class"))
+    driver.find_element(By.ID, "popup-prompt").send_keys("Why?")
+    driver.find_element(By.ID, "popup-focus").click()
+    WebDriverWait(driver, 120).until(lambda d: len(answers_done()) == 3)
+    assert "focus" in driver.find_elements(By.CSS_SELECTOR, "#messages .message.user")[-1].text
+    assert len(server.slots()) == 2, "focus continues in the same slot"
+    # continue from the first answer: its slot (never continued so far) goes on in place
+    driver.find_elements(By.CSS_SELECTOR, "#messages .message.assistant .continue-here")[0].click()
+    WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages .message")) == 2)
+    box = driver.find_element(By.ID, "prompt")
+    box.send_keys("Give one example.")
+    driver.find_element(By.ID, "send").click()
+    WebDriverWait(driver, 120).until(lambda d: len(answers_done()) == 2 and
+                                     len(d.find_elements(By.CSS_SELECTOR, "#messages .message")) == 4)
+    slots = {s["id"]: s for s in server.slots()}
+    assert len(slots) == 2 and slots[branch[0]["parent"]]["messages"] == 4, slots
+    assert len(driver.find_elements(By.CSS_SELECTOR, "#tree .node")) == 8
     driver.execute_script("refreshSlots()")
     WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#slots tbody tr")) == 2)
+    # show the branch and the focus again for the screenshot (tree order: question, answer, branch question,
+    # its answer, focus question, its answer, ...)
+    driver.find_elements(By.CSS_SELECTOR, "#tree .node")[5].click()
+    WebDriverWait(driver, 10).until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#messages .message")) == 6)
     # a screenshot without the selection highlight
     driver.execute_script("window.getSelection().removeAllRanges()")
     os.makedirs(os.path.dirname(os.path.abspath(args.screenshot)), exist_ok=True)

@@ -99,7 +99,9 @@ def test_dropped_client_frees_its_slot_within_a_step():
     assert_baseline()
     assert m1["kvcache_requests_cancelled_total"] == m0["kvcache_requests_cancelled_total"] + 1
     print(f"  freed {freed_after * 1000:.0f} ms and {steps:.0f} steps after the drop; {generated:.0f} tokens generated")
-    assert steps <= 3, f"{steps} decode steps ran after the client dropped"
+    # typically 1-2: the write of the next token fails, the step after that frees the blocks; one more for a
+    # step that may run between the close and the metrics read on a loaded machine
+    assert steps <= 4, f"{steps} decode steps ran after the client dropped"
     assert generated < 20, generated
 
 

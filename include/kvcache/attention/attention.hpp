@@ -95,7 +95,8 @@ struct StridedRows {
     void prefetch_next_tile(std::size_t r, std::size_t d) const {
 #if defined(__GNUC__)
         const auto at = reinterpret_cast<std::uintptr_t>(base) + (r + kAttentionTile) * stride * sizeof(T);
-        for (std::size_t b = 0; b < d * sizeof(T); b += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + b), 0, 3);
+        const std::size_t row_bytes = storage_units<T>(d) * sizeof(T);
+        for (std::size_t b = 0; b < row_bytes; b += 64) __builtin_prefetch(reinterpret_cast<const void*>(at + b), 0, 3);
 #else
         (void)r;
         (void)d;
@@ -113,6 +114,8 @@ struct GatheredRows {
 /// scores[g * kAttentionTile + r] = q_g · k_r for the NB query heads q ([NB][d], pre-scaled) and rows
 /// r in [0, n). Four rows at a time; a short last group repeats row n-1 (its extra results are dropped),
 /// so every score is the same instruction sequence — and so the same bits — wherever its row falls.
+/// A row of a quantised type is dequantised W values at a time in registers (Simd<W>::load), once for all
+/// NB heads.
 template <StorageElement T, std::size_t W, std::size_t NB, class Rows>
 inline void tile_scores(const float* q, std::size_t d, const Rows& k, std::size_t n, float* scores) {
     using S = Simd<W>;
@@ -125,7 +128,7 @@ inline void tile_scores(const float* q, std::size_t d, const Rows& k, std::size_
             for (std::size_t j = 0; j < 4; ++j) acc[g][j] = S::zero();
         for (std::size_t i = 0; i < d; i += W) {
             for (std::size_t j = 0; j < 4; ++j) {
-                const typename S::V x = S::template load<T>(row[j] + i);
+                const typename S::V x = S::template load<T>(row[j], i);
                 for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i), x, acc[g][j]);
             }
         }
@@ -148,11 +151,11 @@ inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float*
             for (std::size_t b = 0; b < kBlock; ++b) a[g][b] = S::loadf(acc[g] + i + b * W);
         for (std::size_t r = 0; r < n; ++r) {
             if (i == 0) v.prefetch_next_tile(r, d);
-            const T* row = v[r] + i;
+            const T* row = v[r];
             typename S::V w[NB];
             for (std::size_t g = 0; g < NB; ++g) w[g] = S::set1(p[g * kAttentionTile + r]);
             for (std::size_t b = 0; b < kBlock; ++b) {
-                const typename S::V x = S::template load<T>(row + b * W);
+                const typename S::V x = S::template load<T>(row, i + b * W);
                 for (std::size_t g = 0; g < NB; ++g) a[g][b] = S::fmadd(w[g], x, a[g][b]);
             }
         }
@@ -163,7 +166,7 @@ inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float*
         typename S::V a[NB];
         for (std::size_t g = 0; g < NB; ++g) a[g] = S::loadf(acc[g] + i);
         for (std::size_t r = 0; r < n; ++r) {
-            const typename S::V x = S::template load<T>(v[r] + i);
+            const typename S::V x = S::template load<T>(v[r], i);
             for (std::size_t g = 0; g < NB; ++g) a[g] = S::fmadd(S::set1(p[g * kAttentionTile + r]), x, a[g]);
         }
         for (std::size_t g = 0; g < NB; ++g) S::store(acc[g] + i, a[g]);
@@ -189,17 +192,17 @@ inline void tile_softmax(float* scores, std::size_t n, const SoftmaxState& state
 
 /// Folds one tile of n rows into the state of `group` pre-scaled queries qs ([group][d]): scores for all
 /// heads, softmax per head, then values — each pass takes the heads kAttentionHeadBundle at a time, so a
-/// row is loaded (and converted from fp16/bf16) once per bundle rather than once per head.
-template <StorageElement T, std::size_t W, class Rows>
-void fold_tile(const float* qs, std::size_t group, std::size_t d, const Rows& k, const Rows& v, std::size_t n,
+/// row is loaded (and converted from fp16/bf16 or dequantised) once per bundle rather than once per head.
+template <StorageElement TK, StorageElement TV, std::size_t W, class KRows, class VRows>
+void fold_tile(const float* qs, std::size_t group, std::size_t d, const KRows& k, const VRows& v, std::size_t n,
                float* scores, const SoftmaxState& state) {
     for (std::size_t g0 = 0; g0 < group; g0 += kAttentionHeadBundle) {
         const std::size_t nb = std::min(kAttentionHeadBundle, group - g0);
         const float* q = qs + g0 * d;
         float* s = scores + g0 * kAttentionTile;
-        if (nb == 3) tile_scores<T, W, 3>(q, d, k, n, s);
-        else if (nb == 2) tile_scores<T, W, 2>(q, d, k, n, s);
-        else tile_scores<T, W, 1>(q, d, k, n, s);
+        if (nb == 3) tile_scores<TK, W, 3>(q, d, k, n, s);
+        else if (nb == 2) tile_scores<TK, W, 2>(q, d, k, n, s);
+        else tile_scores<TK, W, 1>(q, d, k, n, s);
     }
     for (std::size_t g = 0; g < group; ++g) tile_softmax(scores + g * kAttentionTile, n, state, g);
     for (std::size_t g0 = 0; g0 < group; g0 += kAttentionHeadBundle) {
@@ -207,16 +210,16 @@ void fold_tile(const float* qs, std::size_t group, std::size_t d, const Rows& k,
         float* acc[kAttentionHeadBundle];
         for (std::size_t g = 0; g < nb; ++g) acc[g] = state.acc(g0 + g);
         const float* p = scores + g0 * kAttentionTile;
-        if (nb == 3) tile_accumulate<T, W, 3>(p, v, n, acc, d);
-        else if (nb == 2) tile_accumulate<T, W, 2>(p, v, n, acc, d);
-        else tile_accumulate<T, W, 1>(p, v, n, acc, d);
+        if (nb == 3) tile_accumulate<TV, W, 3>(p, v, n, acc, d);
+        else if (nb == 2) tile_accumulate<TV, W, 2>(p, v, n, acc, d);
+        else tile_accumulate<TV, W, 1>(p, v, n, acc, d);
     }
 }
 
 /// Reads positions [lo, hi) of one kv head (from any chunk range) into the state, tile by tile, with
 /// tiles cut at absolute multiples of kAttentionTile. A tile inside one chunk is read through its stride;
 /// one that spans chunks through gathered row pointers — the arithmetic is the same either way.
-template <StorageElement T, std::size_t W, class Chunks>
+template <StorageElement TK, StorageElement TV, std::size_t W, class Chunks>
 void attend_positions(const float* qs, std::size_t group, std::size_t d, const Chunks& chunks, std::size_t lo,
                       std::size_t hi, const SoftmaxState& state) {
     TileScratch& tmp = tile_scratch();
@@ -225,26 +228,26 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
     std::size_t next = lo;  // next position to read
     std::size_t n = 0;      // rows of the current tile gathered so far (when it spans chunks)
     std::size_t tile_end = std::min(hi, (lo / kAttentionTile + 1) * kAttentionTile);
-    for (const KVChunk<T>& chunk : chunks) {
+    for (const KVChunk<TK, TV>& chunk : chunks) {
         if (chunk.start >= hi) break;
         const std::size_t end = std::min(hi, chunk.start + chunk.length);
         std::size_t pos = std::max(next, chunk.start);
-        const std::size_t stride = chunk.row_stride(d);
+        const std::size_t kstride = chunk.key_row_stride(d), vstride = chunk.value_row_stride(d);
         while (pos < end) {
-            const T* krow = chunk.keys + (pos - chunk.start) * stride;
-            const T* vrow = chunk.values + (pos - chunk.start) * stride;
+            const TK* krow = chunk.keys + (pos - chunk.start) * kstride;
+            const TV* vrow = chunk.values + (pos - chunk.start) * vstride;
             if (n == 0 && tile_end <= end) {  // the whole tile lies in this chunk: read it through the stride
-                fold_tile<T, W>(qs, group, d, StridedRows<T>{krow, stride}, StridedRows<T>{vrow, stride},
-                                tile_end - pos, scores, state);
+                fold_tile<TK, TV, W>(qs, group, d, StridedRows<TK>{krow, kstride}, StridedRows<TV>{vrow, vstride},
+                                     tile_end - pos, scores, state);
             } else {  // gather this chunk's part of the tile
                 const std::size_t stop = std::min(end, tile_end);
-                for (; pos < stop; ++pos, krow += stride, vrow += stride, ++n) {
+                for (; pos < stop; ++pos, krow += kstride, vrow += vstride, ++n) {
                     tmp.krows[n] = krow;
                     tmp.vrows[n] = vrow;
                 }
                 if (pos < tile_end) break;  // the tile goes on in the next chunk
-                fold_tile<T, W>(qs, group, d, GatheredRows<T>{tmp.krows.data()}, GatheredRows<T>{tmp.vrows.data()},
-                                n, scores, state);
+                fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data()},
+                                     GatheredRows<TV>{tmp.vrows.data()}, n, scores, state);
                 n = 0;
             }
             pos = tile_end;
@@ -253,23 +256,23 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
         next = std::max(next, pos);
     }
     if (n) {  // only if the chunks ended before hi
-        fold_tile<T, W>(qs, group, d, GatheredRows<T>{tmp.krows.data()}, GatheredRows<T>{tmp.vrows.data()}, n,
-                        scores, state);
+        fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data()}, GatheredRows<TV>{tmp.vrows.data()}, n,
+                             scores, state);
     }
 }
 
 /// attend_positions with the widest Simd<W> that divides head_dim.
-template <StorageElement T, class Chunks>
+template <StorageElement TK, StorageElement TV, class Chunks>
 void attend_positions_simd(const float* qs, std::size_t group, std::size_t d, const Chunks& chunks, std::size_t lo,
                            std::size_t hi, const SoftmaxState& state) {
     switch (simd_lanes_for(d)) {
 #if KVCACHE_HAVE_AVX512
-        case 16: return attend_positions<T, 16>(qs, group, d, chunks, lo, hi, state);
+        case 16: return attend_positions<TK, TV, 16>(qs, group, d, chunks, lo, hi, state);
 #endif
 #if KVCACHE_HAVE_AVX2
-        case 8: return attend_positions<T, 8>(qs, group, d, chunks, lo, hi, state);
+        case 8: return attend_positions<TK, TV, 8>(qs, group, d, chunks, lo, hi, state);
 #endif
-        default: return attend_positions<T, 1>(qs, group, d, chunks, lo, hi, state);
+        default: return attend_positions<TK, TV, 1>(qs, group, d, chunks, lo, hi, state);
     }
 }
 
@@ -298,7 +301,8 @@ inline AttentionPlan& attention_plan() {
 template <KVCacheReadable C>
 void attention(const C& cache, std::size_t layer, std::size_t row, std::span<const float> q, std::size_t n_tokens,
                std::size_t n_q_heads, std::span<float> out, const AttentionOptions& opts = {}) {
-    using T = typename C::element_type;
+    using TK = key_element_t<C>;
+    using TV = value_element_t<C>;
     const auto s = detail::check_attention(cache, layer, row, q, n_tokens, n_q_heads, out, opts);
     if (n_tokens == 0) return;
     const std::size_t d = s.head_dim;
@@ -332,7 +336,8 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
     // Threads only when there is enough to read to pay for waking them (the split does not change the result).
     std::size_t positions = 0;
     for (const auto& item : plan.work) positions += item.hi - item.lo;
-    const std::size_t bytes = positions * 2 * d * sizeof(T);
+    const std::size_t bytes =
+        positions * (storage_units<TK>(d) * sizeof(TK) + storage_units<TV>(d) * sizeof(TV));
     const int threads = bytes < detail::kAttentionParallelBytes
                             ? 1
                             : std::min<int>(detail::resolve_threads(opts.threads), static_cast<int>(plan.work.size()));
@@ -352,7 +357,7 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
         const detail::SoftmaxState state{states + item.slot * state_size, d};
         state.reset(s.group);
         const float* qs = qbase + (item.token * n_q_heads + item.kv_head * s.group) * d;
-        detail::attend_positions_simd<T>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo, item.hi, state);
+        detail::attend_positions_simd<TK, TV>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo, item.hi, state);
     }
     (void)threads;
     (void)chunk;

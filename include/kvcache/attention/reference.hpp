@@ -1,5 +1,6 @@
 // attention_reference: the textbook softmax(q·Kᵀ·scale)·V over a cache, in double precision.
-// Slow on purpose and easy to check by eye; the fast kernel is tested against it.
+// Slow on purpose and easy to check by eye; the fast kernel is tested against it. Quantised rows are decoded
+// with the element type's own decode, so both see the same values.
 #pragma once
 
 #include <algorithm>
@@ -23,6 +24,7 @@ void attention_reference(const C& cache, std::size_t layer, std::size_t row, std
     const std::size_t d = s.head_dim;
     std::vector<double> scores;
     std::vector<double> acc(d);
+    std::vector<float> row_values(d);  // one stored row, decoded (a block type decodes whole blocks)
     for (std::size_t t = 0; t < n_tokens; ++t) {
         std::size_t lo = 0, hi = 0;
         s.visible(opts, t, lo, hi);
@@ -32,12 +34,13 @@ void attention_reference(const C& cache, std::size_t layer, std::size_t row, std
             // scores of the visible positions, in order
             scores.assign(hi - lo, 0.0);
             for (const auto& chunk : cache.chunks(layer, row, kv_head)) {
-                const std::size_t stride = chunk.row_stride(d);
+                const std::size_t stride = chunk.key_row_stride(d);
                 for (std::size_t i = 0; i < chunk.length; ++i) {
                     const std::size_t pos = chunk.start + i;
                     if (pos < lo || pos >= hi) continue;
+                    convert_to_float(chunk.keys + i * stride, row_values.data(), d);
                     double dotp = 0.0;
-                    for (std::size_t k = 0; k < d; ++k) dotp += double(qh[k]) * double(to_float(chunk.keys[i * stride + k]));
+                    for (std::size_t k = 0; k < d; ++k) dotp += double(qh[k]) * double(row_values[k]);
                     scores[pos - lo] = dotp * s.scale;
                 }
             }
@@ -49,12 +52,13 @@ void attention_reference(const C& cache, std::size_t layer, std::size_t row, std
             }
             std::fill(acc.begin(), acc.end(), 0.0);
             for (const auto& chunk : cache.chunks(layer, row, kv_head)) {
-                const std::size_t stride = chunk.row_stride(d);
+                const std::size_t stride = chunk.value_row_stride(d);
                 for (std::size_t i = 0; i < chunk.length; ++i) {
                     const std::size_t pos = chunk.start + i;
                     if (pos < lo || pos >= hi) continue;
+                    convert_to_float(chunk.values + i * stride, row_values.data(), d);
                     const double w = scores[pos - lo] / total;
-                    for (std::size_t k = 0; k < d; ++k) acc[k] += w * double(to_float(chunk.values[i * stride + k]));
+                    for (std::size_t k = 0; k < d; ++k) acc[k] += w * double(row_values[k]);
                 }
             }
             float* oh = out.data() + (t * n_q_heads + h) * d;

@@ -11,13 +11,40 @@
 
 namespace kvcache {
 
+namespace detail {
+/// A cache's key and value storage types: key_element_type / value_element_type where it names them (caches
+/// whose keys and values may differ), else element_type for both.
+template <class C>
+struct CacheElements {
+    using key = typename C::element_type;
+    using value = typename C::element_type;
+};
+template <class C>
+    requires requires {
+        typename C::key_element_type;
+        typename C::value_element_type;
+    }
+struct CacheElements<C> {
+    using key = typename C::key_element_type;
+    using value = typename C::value_element_type;
+};
+}  // namespace detail
+
+/// The storage type of a cache's keys.
+template <class C>
+using key_element_t = typename detail::CacheElements<C>::key;
+/// The storage type of a cache's values.
+template <class C>
+using value_element_t = typename detail::CacheElements<C>::value;
+
 /// A cache attention can read: per layer and batch row, how many positions it holds and their keys and
 /// values for each kv head, as a range of KVChunk in position order. Each layer keeps its own length per
-/// row, because a model appends layer by layer.
+/// row, because a model appends layer by layer. Keys and values may be stored as different types
+/// (key_element_type / value_element_type); a cache with one type for both may just name element_type.
 template <class C>
 concept KVCacheReadable = requires(const C& cache, std::size_t layer, std::size_t row, std::size_t head) {
-    typename C::element_type;
-    requires StorageElement<typename C::element_type>;
+    requires StorageElement<key_element_t<C>>;
+    requires StorageElement<value_element_t<C>>;
     { cache.num_layers() } -> std::convertible_to<std::size_t>;
     { cache.batch_size() } -> std::convertible_to<std::size_t>;
     { cache.num_kv_heads(layer) } -> std::convertible_to<std::size_t>;
@@ -25,7 +52,7 @@ concept KVCacheReadable = requires(const C& cache, std::size_t layer, std::size_
     { cache.seq_len(layer, row) } -> std::convertible_to<std::size_t>;
     { cache.chunks(layer, row, head) } -> std::ranges::input_range;
     requires std::same_as<std::ranges::range_value_t<decltype(cache.chunks(layer, row, head))>,
-                          KVChunk<typename C::element_type>>;
+                          KVChunk<key_element_t<C>, value_element_t<C>>>;
 };
 
 /// A cache a model can also append to: `append(layer, row, keys, values, n_tokens)` stores the K and V
@@ -46,8 +73,8 @@ namespace kvcache {
 /// what zero-copy views need. KVCache and MultiLayerKVCache are; a paged cache is not.
 template <class C>
 concept ContiguousKVCache = KVCacheReadable<C> && requires(const C& cache, std::size_t layer, std::size_t row) {
-    { cache.key_data(layer, row) } -> std::same_as<const typename C::element_type*>;
-    { cache.value_data(layer, row) } -> std::same_as<const typename C::element_type*>;
+    { cache.key_data(layer, row) } -> std::same_as<const key_element_t<C>*>;
+    { cache.value_data(layer, row) } -> std::same_as<const value_element_t<C>*>;
     { cache.capacity() } -> std::convertible_to<std::size_t>;
 };
 

@@ -16,18 +16,23 @@
 
 namespace kvcache {
 
-/// A KV cache for `Layers` layers of `Heads` kv heads of size `HeadDim`, stored as T (float, fp16, bf16).
-/// Batch size and capacity (the most positions a row can hold) are chosen at construction; the memory is
-/// one 64-byte aligned allocation made then and never again.
+/// A KV cache for `Layers` layers of `Heads` kv heads of size `HeadDim`, keys stored as K and values as V
+/// (float, fp16, bf16, q8_0, q4_0 or a user's ElementTraits type; V defaults to K). Batch size and capacity (the
+/// most positions a row can hold) are chosen at construction; the memory is one 64-byte aligned allocation made
+/// then and never again. A block type needs HeadDim to be a multiple of its block (checked at compile time).
 ///
-/// Layout: element (layer, kind, row, head, position, d) with kind 0 = K, 1 = V lives at
-///   ((((layer * 2 + kind) * batch + row) * Heads + head) * capacity + position) * HeadDim + d,
-/// so the keys of one head are one contiguous [position][HeadDim] matrix that decode attention streams.
+/// Layout: when K == V, element (layer, kind, row, head, position, d) with kind 0 = K, 1 = V lives at
+///   ((((layer * 2 + kind) * batch + row) * Heads + head) * capacity + position) * R + d,
+/// where R = HeadDim storage objects per row for float/fp16/bf16 (HeadDim / 32 blocks for q8_0/q4_0, d then
+/// counting blocks). So the keys of one head are one contiguous [position][HeadDim] matrix that decode attention
+/// streams. When K != V the same order holds, with each (layer, kind, row) region padded to 64 bytes.
 /// Each (layer, row) has its own length, because a model appends layer by layer.
-template <std::size_t Layers, std::size_t Heads, std::size_t HeadDim, StorageElement T = float>
-class KVCache : public detail::ContiguousCacheBase<KVCache<Layers, Heads, HeadDim, T>, T> {
+template <std::size_t Layers, std::size_t Heads, std::size_t HeadDim, StorageElement K = float, StorageElement V = K>
+class KVCache : public detail::ContiguousCacheBase<KVCache<Layers, Heads, HeadDim, K, V>, K, V> {
     static_assert(Layers > 0 && Heads > 0 && HeadDim > 0, "KVCache dimensions must be positive");
-    using Base = detail::ContiguousCacheBase<KVCache<Layers, Heads, HeadDim, T>, T>;
+    static_assert(HeadDim % block_values_v<K> == 0 && HeadDim % block_values_v<V> == 0,
+                  "KVCache: HeadDim must be a multiple of the key and value storage blocks (32 for q8_0/q4_0)");
+    using Base = detail::ContiguousCacheBase<KVCache<Layers, Heads, HeadDim, K, V>, K, V>;
     friend Base;
 
 public:
@@ -42,7 +47,10 @@ public:
             throw ConfigError(fmt::format("KVCache needs batch >= 1 and capacity >= 1, got batch {} capacity {}",
                                           batch, capacity));
         }
-        storage_ = detail::AlignedBuffer<T>(detail::checked_product({Layers * 2 * Heads * HeadDim, batch, capacity}, "KVCache"));
+        key_bytes_ = Base::region_bytes(0, Heads, HeadDim, capacity);
+        value_bytes_ = Base::region_bytes(1, Heads, HeadDim, capacity);
+        layer_bytes_ = detail::checked_product({batch, key_bytes_ + value_bytes_}, "KVCache");
+        storage_ = detail::AlignedBuffer<std::byte>(detail::checked_product({Layers, layer_bytes_}, "KVCache"));
     }
 
     KVCache(KVCache&&) noexcept = default;
@@ -70,8 +78,9 @@ public:
         detail::check_rows("values", values.size(), n_tokens, kTokenWidth);
         make_room(layer, row, n_tokens);
         std::uint32_t& length = this->length(layer, row);
-        detail::scatter_tokens(keys.data(), n_tokens, Heads, HeadDim, block(layer, 0, row), this->capacity_, length);
-        detail::scatter_tokens(values.data(), n_tokens, Heads, HeadDim, block(layer, 1, row), this->capacity_, length);
+        detail::scatter_tokens(keys.data(), n_tokens, Heads, HeadDim, this->key_block(layer, row), this->capacity_, length);
+        detail::scatter_tokens(values.data(), n_tokens, Heads, HeadDim, this->value_block(layer, row), this->capacity_,
+                               length);
         length += static_cast<std::uint32_t>(n_tokens);
     }
 
@@ -86,14 +95,12 @@ private:
                                             layer, row, n_tokens, this->seq_len(layer, row), this->capacity_));
         }
     }
-    T* block(std::size_t layer, std::size_t kind, std::size_t row) {
-        return storage_.data() + ((layer * 2 + kind) * this->batch_ + row) * Heads * this->capacity_ * HeadDim;
-    }
-    const T* block(std::size_t layer, std::size_t kind, std::size_t row) const {
-        return storage_.data() + ((layer * 2 + kind) * this->batch_ + row) * Heads * this->capacity_ * HeadDim;
+    const std::byte* region(std::size_t layer, std::size_t kind, std::size_t row) const {
+        return storage_.data() + layer * layer_bytes_ + (kind ? this->batch_ * key_bytes_ + row * value_bytes_ : row * key_bytes_);
     }
 
-    detail::AlignedBuffer<T> storage_;  // (layer, K|V, row, head, capacity, HeadDim)
+    std::size_t key_bytes_ = 0, value_bytes_ = 0, layer_bytes_ = 0;  // one row's K region, V region; one layer
+    detail::AlignedBuffer<std::byte> storage_;  // per layer: K of rows 0..batch-1, then V of rows 0..batch-1
 };
 
 }  // namespace kvcache

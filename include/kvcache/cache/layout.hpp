@@ -11,6 +11,7 @@
 #include <fmt/format.h>
 
 #include "kvcache/cache/concept.hpp"
+#include "kvcache/cache/kv_chunk.hpp"
 #include "kvcache/cache/layer_shape.hpp"
 #include "kvcache/detail/format.hpp"
 #include "kvcache/element_types.hpp"
@@ -19,6 +20,15 @@ namespace kvcache {
 
 /// Which half of the cache a conversion reads.
 enum class KV { Keys, Values };
+
+namespace detail {
+/// Row i of a chunk's keys or values as head_dim floats.
+template <class K, class V>
+void chunk_row_to_float(const KVChunk<K, V>& chunk, KV kind, std::size_t i, std::size_t head_dim, float* out) {
+    if (kind == KV::Keys) convert_to_float(chunk.keys + i * chunk.key_row_stride(head_dim), out, head_dim);
+    else convert_to_float(chunk.values + i * chunk.value_row_stride(head_dim), out, head_dim);
+}
+}  // namespace detail
 
 /// Copies one layer's keys or values into out as [batch][kv_heads][seq][head_dim] floats. Rows shorter
 /// than seq are padded with zeros; seq must be at least the longest row.
@@ -36,10 +46,7 @@ void export_bhsd(const C& cache, std::size_t layer, KV kind, std::size_t seq, st
         for (std::size_t h = 0; h < heads; ++h) {
             float* dst = out.data() + (b * heads + h) * seq * d;
             for (const auto& chunk : cache.chunks(layer, b, h)) {
-                const auto* src = kind == KV::Keys ? chunk.keys : chunk.values;
-                for (std::size_t i = 0; i < chunk.length; ++i) {
-                    convert_to_float(src + i * chunk.row_stride(d), dst + (chunk.start + i) * d, d);
-                }
+                for (std::size_t i = 0; i < chunk.length; ++i) detail::chunk_row_to_float(chunk, kind, i, d, dst + (chunk.start + i) * d);
             }
         }
     }
@@ -85,9 +92,8 @@ std::vector<float> export_shd(const C& cache, std::size_t layer, std::size_t row
     std::vector<float> out(seq * heads * d);
     for (std::size_t h = 0; h < heads; ++h) {
         for (const auto& chunk : cache.chunks(layer, row, h)) {
-            const auto* src = kind == KV::Keys ? chunk.keys : chunk.values;
             for (std::size_t i = 0; i < chunk.length; ++i) {
-                convert_to_float(src + i * chunk.row_stride(d), out.data() + ((chunk.start + i) * heads + h) * d, d);
+                detail::chunk_row_to_float(chunk, kind, i, d, out.data() + ((chunk.start + i) * heads + h) * d);
             }
         }
     }

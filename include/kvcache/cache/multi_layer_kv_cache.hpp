@@ -21,9 +21,11 @@ namespace kvcache {
 
 /// A KV cache with one allocation per layer, each [batch][kv_head][capacity][head_dim] for K and again
 /// for V. Layers may differ in kv-head count and head size. Each (layer, row) keeps its own length.
-template <StorageElement T = float>
-class MultiLayerKVCache : public detail::ContiguousCacheBase<MultiLayerKVCache<T>, T> {
-    using Base = detail::ContiguousCacheBase<MultiLayerKVCache<T>, T>;
+/// Keys are stored as K and values as V (V defaults to K; see element_types.hpp): a block type (q8_0, q4_0)
+/// needs every head size to be a multiple of its block (ConfigError at construction otherwise).
+template <StorageElement K = float, StorageElement V = K>
+class MultiLayerKVCache : public detail::ContiguousCacheBase<MultiLayerKVCache<K, V>, K, V> {
+    using Base = detail::ContiguousCacheBase<MultiLayerKVCache<K, V>, K, V>;
     friend Base;
 
 public:
@@ -40,6 +42,7 @@ public:
                 throw ConfigError(fmt::format("MultiLayerKVCache layer {} has {} kv heads of size {}; both must be >= 1",
                                               l, shapes_[l].kv_heads, shapes_[l].head_dim));
             }
+            detail::check_head_dim_fits<K, V>("MultiLayerKVCache", l, shapes_[l].head_dim);
         }
         allocate(capacity);
     }
@@ -92,9 +95,9 @@ public:
         detail::check_rows("values", values.size(), n_tokens, shape.token_width());
         make_room(layer, row, n_tokens);
         const std::size_t length = this->length(layer, row);
-        detail::scatter_tokens(keys.data(), n_tokens, shape.kv_heads, shape.head_dim, block(layer, 0, row),
+        detail::scatter_tokens(keys.data(), n_tokens, shape.kv_heads, shape.head_dim, this->key_block(layer, row),
                                this->capacity_, length);
-        detail::scatter_tokens(values.data(), n_tokens, shape.kv_heads, shape.head_dim, block(layer, 1, row),
+        detail::scatter_tokens(values.data(), n_tokens, shape.kv_heads, shape.head_dim, this->value_block(layer, row),
                                this->capacity_, length);
         this->length(layer, row) = static_cast<std::uint32_t>(length + n_tokens);
     }
@@ -108,7 +111,10 @@ public:
     /// Bytes a cache of this shape takes at a given capacity: to report memory before allocating it.
     static std::size_t bytes_for(std::span<const LayerShape> layers, std::size_t batch, std::size_t capacity) {
         std::size_t bytes = 0;
-        for (const auto& s : layers) bytes += 2 * batch * capacity * s.token_width() * sizeof(T);
+        for (const auto& s : layers) {
+            bytes += batch * (Base::region_bytes(0, s.kv_heads, s.head_dim, capacity) +
+                              Base::region_bytes(1, s.kv_heads, s.head_dim, capacity));
+        }
         return bytes;
     }
 
@@ -127,44 +133,51 @@ private:
     }
     void allocate(std::size_t capacity) {
         storage_.clear();
+        key_bytes_.clear();
+        value_bytes_.clear();
         for (const auto& s : shapes_) {
+            key_bytes_.push_back(Base::region_bytes(0, s.kv_heads, s.head_dim, capacity));
+            value_bytes_.push_back(Base::region_bytes(1, s.kv_heads, s.head_dim, capacity));
             storage_.emplace_back(
-                detail::checked_product({2, this->batch_, s.kv_heads, capacity, s.head_dim}, "MultiLayerKVCache"));
+                detail::checked_product({this->batch_, key_bytes_.back() + value_bytes_.back()}, "MultiLayerKVCache"));
         }
         this->capacity_ = capacity;
     }
     void reallocate(std::size_t new_capacity) {
-        std::vector<detail::AlignedBuffer<T>> old = std::move(storage_);
+        std::vector<detail::AlignedBuffer<std::byte>> old = std::move(storage_);
+        std::vector<std::size_t> old_key_bytes = key_bytes_, old_value_bytes = value_bytes_;
         const std::size_t old_capacity = this->capacity_;
         try {
             allocate(new_capacity);
         } catch (...) {  // a failed growth must leave the cache as it was, not without storage
             storage_ = std::move(old);
+            key_bytes_ = std::move(old_key_bytes);
+            value_bytes_ = std::move(old_value_bytes);
+            this->capacity_ = old_capacity;
             throw;
         }
         for (std::size_t l = 0; l < shapes_.size(); ++l) {
             const LayerShape& s = shapes_[l];
-            for (std::size_t kind = 0; kind < 2; ++kind) {
-                for (std::size_t r = 0; r < this->batch_; ++r) {
-                    const T* src = old[l].data() + (kind * this->batch_ + r) * s.kv_heads * old_capacity * s.head_dim;
-                    detail::copy_heads(src, old_capacity, block(l, kind, r), new_capacity, s.kv_heads, s.head_dim,
-                                       this->length(l, r));
-                }
+            for (std::size_t r = 0; r < this->batch_; ++r) {
+                const std::byte* base = old[l].data();
+                const auto* keys = reinterpret_cast<const K*>(base + r * old_key_bytes[l]);
+                const auto* values = reinterpret_cast<const V*>(base + this->batch_ * old_key_bytes[l] + r * old_value_bytes[l]);
+                detail::copy_heads(keys, old_capacity, this->key_block(l, r), new_capacity, s.kv_heads, s.head_dim,
+                                   this->length(l, r));
+                detail::copy_heads(values, old_capacity, this->value_block(l, r), new_capacity, s.kv_heads, s.head_dim,
+                                   this->length(l, r));
             }
         }
     }
-    T* block(std::size_t layer, std::size_t kind, std::size_t row) {
-        const LayerShape& s = shapes_[layer];
-        return storage_[layer].data() + (kind * this->batch_ + row) * s.kv_heads * this->capacity_ * s.head_dim;
-    }
-    const T* block(std::size_t layer, std::size_t kind, std::size_t row) const {
-        const LayerShape& s = shapes_[layer];
-        return storage_[layer].data() + (kind * this->batch_ + row) * s.kv_heads * this->capacity_ * s.head_dim;
+    const std::byte* region(std::size_t layer, std::size_t kind, std::size_t row) const {
+        return storage_[layer].data() +
+               (kind ? this->batch_ * key_bytes_[layer] + row * value_bytes_[layer] : row * key_bytes_[layer]);
     }
 
     std::vector<LayerShape> shapes_;
     Growth growth_;
-    std::vector<detail::AlignedBuffer<T>> storage_;  // per layer: (K|V, row, head, capacity, head_dim)
+    std::vector<std::size_t> key_bytes_, value_bytes_;  // per layer: one row's K region, V region (padded)
+    std::vector<detail::AlignedBuffer<std::byte>> storage_;  // per layer: K of rows 0..batch-1, then V of each row
 };
 
 }  // namespace kvcache

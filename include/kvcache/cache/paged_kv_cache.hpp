@@ -143,9 +143,14 @@ public:
                 throw ConfigError(fmt::format("PagedKVPool layer {} has {} kv heads of size {}; both must be >= 1", l,
                                               shapes_[l].kv_heads, shapes_[l].head_dim));
             }
+            if (!fits_blocks<T>(shapes_[l].head_dim)) {
+                throw ConfigError(fmt::format("PagedKVPool layer {}: head size {} is not a multiple of the {}-value "
+                                              "blocks of {}",
+                                              l, shapes_[l].head_dim, block_values_v<T>, element_name<T>()));
+            }
             layer_offsets_.push_back(elements);
-            const std::size_t layer_elements =
-                detail::checked_product({2, block_size, shapes_[l].kv_heads, shapes_[l].head_dim}, "PagedKVPool");
+            const std::size_t layer_elements = detail::checked_product(
+                {2, block_size, shapes_[l].kv_heads, storage_units<T>(shapes_[l].head_dim)}, "PagedKVPool");
             if (elements > std::numeric_limits<std::size_t>::max() - layer_elements) {
                 throw ConfigError("PagedKVPool: block size overflows");
             }
@@ -173,7 +178,7 @@ public:
     /// Bytes of one block of this shape (K and V, all layers): to size a pool before allocating it.
     static std::size_t block_bytes_for(std::span<const LayerShape> layers, std::size_t block_size = kDefaultBlockSize) {
         std::size_t bytes = 0;
-        for (const auto& s : layers) bytes += 2 * block_size * s.token_width() * sizeof(T);
+        for (const auto& s : layers) bytes += 2 * block_size * s.kv_heads * storage_units<T>(s.head_dim) * sizeof(T);
         return bytes;
     }
 
@@ -349,7 +354,7 @@ public:
         });
     }
     /// The same with rows already in the element type (no conversion): keys and values each hold
-    /// n_tokens * kv_heads * head_dim elements, [n_tokens][kv_heads][head_dim].
+    /// [n_tokens][kv_heads][storage_units<T>(head_dim)] objects (n_tokens * kv_heads * head_dim for float/fp16/bf16).
     void append_elements(SequenceId id, std::size_t layer, const T* keys, const T* values, std::size_t n_tokens) {
         if (n_tokens > 0 && (keys == nullptr || values == nullptr)) {
             throw ShapeError(fmt::format("PagedKVPool::append_elements: null rows for {} tokens", n_tokens));
@@ -357,10 +362,10 @@ public:
         const std::size_t width = layer < shapes_.size() ? shapes_[layer].token_width() : 0;
         write(id, layer, n_tokens * width, n_tokens * width, n_tokens,
               [&](std::size_t t, std::size_t h, T* krow, T* vrow) {
-                  const std::size_t d = shapes_[layer].head_dim;
-                  const std::size_t at = (t * shapes_[layer].kv_heads + h) * d;
-                  std::memcpy(krow, keys + at, d * sizeof(T));
-                  std::memcpy(vrow, values + at, d * sizeof(T));
+                  const std::size_t row = storage_units<T>(shapes_[layer].head_dim);
+                  const std::size_t at = (t * shapes_[layer].kv_heads + h) * row;
+                  std::memcpy(krow, keys + at, row * sizeof(T));
+                  std::memcpy(vrow, values + at, row * sizeof(T));
               });
     }
 
@@ -369,7 +374,7 @@ public:
         const Slot& s = slot(id);
         detail::check_index("layer", layer, shapes_.size());
         detail::check_index("kv head", head, shapes_[layer].kv_heads);
-        const std::size_t head_elements = block_size_ * shapes_[layer].head_dim;
+        const std::size_t head_elements = block_size_ * storage_units<T>(shapes_[layer].head_dim);
         const std::size_t key_offset = layer_offsets_[layer] + head * head_elements;
         const std::size_t value_offset = key_offset + shapes_[layer].kv_heads * head_elements;
         return PagedChunkRange<T>(typename PagedChunkRange<T>::Layout{storage_.data(), s.table.data(), s.lengths[layer],
@@ -478,7 +483,7 @@ private:
                 s.table[b] = copy;
             }
         }
-        const std::size_t d = shape.head_dim;
+        const std::size_t d = storage_units<T>(shape.head_dim);  // objects per row
         const std::size_t head_elements = block_size_ * d;
         for (std::size_t t = 0; t < n_tokens; ++t) {
             const std::size_t pos = length + t;

@@ -1,5 +1,8 @@
 // Copying tokens between the projection layout [token][kv_head][head_dim] and the cache's head-major
 // layout [kv_head][position][head_dim]; shared by every contiguous cache type.
+//
+// Offsets into a cache block count storage objects of T: a row of head_dim values is storage_units<T>(head_dim)
+// objects (head_dim for float/fp16/bf16, head_dim / 32 for q8_0 and q4_0). Offsets into float arrays count values.
 #pragma once
 
 #include <cstddef>
@@ -14,24 +17,25 @@ namespace kvcache::detail {
 template <StorageElement T>
 inline void scatter_tokens(const float* src, std::size_t n_tokens, std::size_t kv_heads, std::size_t head_dim,
                            T* block, std::size_t capacity, std::size_t at) {
+    const std::size_t row = storage_units<T>(head_dim);
     for (std::size_t t = 0; t < n_tokens; ++t) {
         for (std::size_t h = 0; h < kv_heads; ++h) {
-            convert_from_float(src + (t * kv_heads + h) * head_dim, block + (h * capacity + at + t) * head_dim,
-                               head_dim);
+            convert_from_float(src + (t * kv_heads + h) * head_dim, block + (h * capacity + at + t) * row, head_dim);
         }
     }
 }
 
 /// Like scatter_tokens, but from rows already in the storage type (a cache file's payload): a plain copy of
-/// each head's head_dim elements, no conversion.
+/// each head's row, no conversion. src is [n_tokens][kv_heads][row] storage objects.
 template <StorageElement T>
 inline void scatter_elements(const T* src, std::size_t n_tokens, std::size_t kv_heads, std::size_t head_dim, T* block,
                              std::size_t capacity, std::size_t at) {
-    const std::size_t row_bytes = head_dim * sizeof(T);
+    const std::size_t row = storage_units<T>(head_dim);
+    const std::size_t row_bytes = row * sizeof(T);
     for (std::size_t t = 0; t < n_tokens; ++t) {
         for (std::size_t h = 0; h < kv_heads; ++h) {
-            auto* to = reinterpret_cast<unsigned char*>(block + (h * capacity + at + t) * head_dim);
-            const auto* from = reinterpret_cast<const unsigned char*>(src + (t * kv_heads + h) * head_dim);
+            auto* to = reinterpret_cast<unsigned char*>(block + (h * capacity + at + t) * row);
+            const auto* from = reinterpret_cast<const unsigned char*>(src + (t * kv_heads + h) * row);
             // Fixed 32-byte pieces compile to vector moves; a memcpy call per short row costs ~20% (loading a
             // cache file is this loop).
             std::size_t n = row_bytes;
@@ -41,14 +45,14 @@ inline void scatter_elements(const T* src, std::size_t n_tokens, std::size_t kv_
     }
 }
 
-/// Reads n_tokens positions starting at `at` out of a head-major block into [token][kv_head][head_dim].
+/// Reads n_tokens positions starting at `at` out of a head-major block into [token][kv_head][head_dim] floats.
 template <StorageElement T>
 inline void gather_tokens(const T* block, std::size_t capacity, std::size_t at, std::size_t n_tokens,
                           std::size_t kv_heads, std::size_t head_dim, float* dst) {
+    const std::size_t row = storage_units<T>(head_dim);
     for (std::size_t t = 0; t < n_tokens; ++t) {
         for (std::size_t h = 0; h < kv_heads; ++h) {
-            convert_to_float(block + (h * capacity + at + t) * head_dim, dst + (t * kv_heads + h) * head_dim,
-                             head_dim);
+            convert_to_float(block + (h * capacity + at + t) * row, dst + (t * kv_heads + h) * head_dim, head_dim);
         }
     }
 }
@@ -58,10 +62,20 @@ inline void gather_tokens(const T* block, std::size_t capacity, std::size_t at, 
 template <StorageElement T>
 inline void copy_heads(const T* src, std::size_t src_capacity, T* dst, std::size_t dst_capacity,
                        std::size_t kv_heads, std::size_t head_dim, std::size_t length) {
+    const std::size_t row = storage_units<T>(head_dim);
     for (std::size_t h = 0; h < kv_heads; ++h) {
-        const T* from = src + h * src_capacity * head_dim;
-        T* to = dst + h * dst_capacity * head_dim;
-        for (std::size_t i = 0; i < length * head_dim; ++i) to[i] = from[i];
+        if (length) std::memcpy(dst + h * dst_capacity * row, src + h * src_capacity * row, length * row * sizeof(T));
+    }
+}
+
+/// Moves positions [from, from + count) of every head of a head-major block down to `to` (< from): what a
+/// context shift does to the positions after the discarded ones. Rows move as stored, bit for bit.
+template <StorageElement T>
+inline void move_positions(T* block, std::size_t capacity, std::size_t kv_heads, std::size_t head_dim,
+                           std::size_t from, std::size_t to, std::size_t count) {
+    const std::size_t row = storage_units<T>(head_dim);
+    for (std::size_t h = 0; h < kv_heads; ++h) {
+        if (count) std::memmove(block + (h * capacity + to) * row, block + (h * capacity + from) * row, count * row * sizeof(T));
     }
 }
 

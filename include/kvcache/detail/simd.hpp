@@ -27,9 +27,41 @@
 
 namespace kvcache::detail {
 
-#if KVCACHE_HAVE_AVX2
-/// 8 consecutive storage elements as floats.
+/// W values of a row of a storage type without a kernel of its own (a user's ElementTraits type), from value
+/// i on: the objects holding them are decoded into a small buffer on the stack.
+template <StorageElement T, std::size_t W>
+inline void decode_lanes(const T* row, std::size_t i, float* out) {
+    constexpr std::size_t B = block_values_v<T>;
+    const std::size_t first = i / B, last = (i + W - 1) / B;
+    float buf[(W + B - 1) / B * B + B];
+    ElementTraits<T>::decode(row + first, buf, (last - first + 1) * B);
+    for (std::size_t k = 0; k < W; ++k) out[k] = buf[i - first * B + k];
+}
+
+/// Value i of a row stored as T.
 template <StorageElement T>
+inline float row_value(const T* row, std::size_t i) {
+    if constexpr (ScalarElement<T>) {
+        return to_float(row[i]);
+    } else if constexpr (std::is_same_v<T, q8_0>) {
+        const q8_0& b = row[i / q8_0::kValues];
+        return static_cast<float>(b.qs[i % q8_0::kValues]) * fp16::to_float(b.d.bits);
+    } else if constexpr (std::is_same_v<T, q4_0>) {
+        const q4_0& b = row[i / q4_0::kValues];
+        const std::size_t o = i % q4_0::kValues;
+        const int q = o < 16 ? (b.qs[o] & 0x0f) : (b.qs[o - 16] >> 4);
+        return static_cast<float>(q - 8) * fp16::to_float(b.d.bits);
+    } else {
+        float v;
+        decode_lanes<T, 1>(row, i, &v);
+        return v;
+    }
+}
+
+#if KVCACHE_HAVE_AVX2
+/// 8 consecutive float, fp16 or bf16 elements as floats.
+template <ScalarElement T>
+    requires(std::is_same_v<T, float> || std::is_same_v<T, fp16> || std::is_same_v<T, bf16>)
 inline __m256 load8(const T* p) {
     if constexpr (std::is_same_v<T, float>) {
         return _mm256_loadu_ps(p);
@@ -38,6 +70,39 @@ inline __m256 load8(const T* p) {
     } else {
         const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
         return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
+    }
+}
+
+/// Values i..i+7 of a row stored as a quantised block type, dequantised in registers: the integers converted
+/// to float times the block's scale (i is a multiple of 8, so all eight lie in one block).
+template <class T>
+inline __m256 load8_block(const T* row, std::size_t i) {
+    const T& b = row[i / T::kValues];
+    const std::size_t o = i % T::kValues;
+    const __m256 d = _mm256_cvtph_ps(_mm_set1_epi16(static_cast<short>(b.d.bits)));
+    if constexpr (std::is_same_v<T, q8_0>) {
+        const __m128i q = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + o));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(q)), d);
+    } else {
+        // element j < 16: low nibble of byte j; j >= 16: high nibble of byte j - 16
+        const __m128i bytes = _mm_loadl_epi64(reinterpret_cast<const __m128i*>(b.qs + (o & 15)));
+        const __m256i wide = _mm256_srl_epi32(_mm256_cvtepu8_epi32(bytes), _mm_cvtsi32_si128(o >= 16 ? 4 : 0));
+        const __m256i q = _mm256_sub_epi32(_mm256_and_si256(wide, _mm256_set1_epi32(0x0f)), _mm256_set1_epi32(8));
+        return _mm256_mul_ps(_mm256_cvtepi32_ps(q), d);
+    }
+}
+
+/// Values i..i+7 of a row stored as T, as floats.
+template <StorageElement T>
+inline __m256 load8_row(const T* row, std::size_t i) {
+    if constexpr (std::is_same_v<T, float> || std::is_same_v<T, fp16> || std::is_same_v<T, bf16>) {
+        return load8(row + i);
+    } else if constexpr (std::is_same_v<T, q8_0> || std::is_same_v<T, q4_0>) {
+        return load8_block(row, i);
+    } else {
+        float v[8];
+        decode_lanes<T, 8>(row, i, v);
+        return _mm256_loadu_ps(v);
     }
 }
 
@@ -125,8 +190,9 @@ struct Simd<1> {
     static V zero() { return 0.0f; }
     static V set1(float x) { return x; }
     static V loadf(const float* p) { return *p; }
+    /// Value i of a row stored as T (rows of block types hold several values per object).
     template <StorageElement T>
-    static V load(const T* p) { return to_float(*p); }
+    static V load(const T* row, std::size_t i) { return row_value(row, i); }
     static void store(float* p, V v) { *p = v; }
     static V fmadd(V a, V b, V c) { return fused_multiply_add(a, b, c); }
     static void reduce4(V a0, V a1, V a2, V a3, float* out) {
@@ -144,8 +210,9 @@ struct Simd<8> {
     static V zero() { return _mm256_setzero_ps(); }
     static V set1(float x) { return _mm256_set1_ps(x); }
     static V loadf(const float* p) { return _mm256_loadu_ps(p); }
+    /// Values i..i+7 of a row stored as T (i a multiple of 8).
     template <StorageElement T>
-    static V load(const T* p) { return load8(p); }
+    static V load(const T* row, std::size_t i) { return load8_row(row, i); }
     static void store(float* p, V v) { _mm256_storeu_ps(p, v); }
     static V fmadd(V a, V b, V c) { return _mm256_fmadd_ps(a, b, c); }
     static void reduce4(V a0, V a1, V a2, V a3, float* out) {
@@ -169,16 +236,35 @@ struct Simd<16> {
     static V loadf(const float* p) { return _mm512_loadu_ps(p); }
     // Conversions use the zero-masked forms with every lane selected (the same instructions): GCC 12 warns
     // that the plain AVX-512 intrinsics read an uninitialised register.
+    /// Values i..i+15 of a row stored as T (i a multiple of 16); quantised blocks are dequantised in registers.
     template <StorageElement T>
-    static V load(const T* p) {
+    static V load(const T* row, std::size_t i) {
         if constexpr (std::is_same_v<T, float>) {
-            return _mm512_loadu_ps(p);
+            return _mm512_loadu_ps(row + i);
         } else if constexpr (std::is_same_v<T, fp16>) {
-            return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
-        } else {
+            return _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i)));
+        } else if constexpr (std::is_same_v<T, bf16>) {
             const __m512i wide =
-                _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+                _mm512_maskz_cvtepu16_epi32(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + i)));
             return _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, wide, 16));
+        } else if constexpr (std::is_same_v<T, q8_0> || std::is_same_v<T, q4_0>) {
+            const T& b = row[i / T::kValues];
+            const std::size_t o = i % T::kValues;
+            const __m512 d = _mm512_set1_ps(fp16::to_float(b.d.bits));
+            __m512i q;
+            if constexpr (std::is_same_v<T, q8_0>) {
+                q = _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + o)));
+            } else {  // o is 0 (low nibbles of the 16 bytes) or 16 (high nibbles)
+                const __m512i wide = _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
+                q = _mm512_sub_epi32(_mm512_and_si512(_mm512_maskz_srl_epi32(0xFFFF, wide, _mm_cvtsi32_si128(o ? 4 : 0)),
+                                                      _mm512_set1_epi32(0x0f)),
+                                     _mm512_set1_epi32(8));
+            }
+            return _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, q), d);
+        } else {
+            float v[16];
+            decode_lanes<T, 16>(row, i, v);
+            return _mm512_loadu_ps(v);
         }
     }
     static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
@@ -214,8 +300,9 @@ inline std::size_t simd_lanes_for(std::size_t head_dim) {
     return 1;
 }
 
-/// Σ a[i] * b[i] over n elements, b in storage type T.
-template <StorageElement T>
+/// Σ a[i] * b[i] over n elements, b in storage type T (float, fp16 or bf16).
+template <ScalarElement T>
+    requires(std::is_same_v<T, float> || std::is_same_v<T, fp16> || std::is_same_v<T, bf16>)
 inline float dot(const float* a, const T* b, std::size_t n) {
     std::size_t i = 0;
     float sum = 0.0f;
@@ -235,8 +322,9 @@ inline float dot(const float* a, const T* b, std::size_t n) {
     return sum;
 }
 
-/// acc[i] += alpha * x[i] over n elements, x in storage type T.
-template <StorageElement T>
+/// acc[i] += alpha * x[i] over n elements, x in storage type T (float, fp16 or bf16).
+template <ScalarElement T>
+    requires(std::is_same_v<T, float> || std::is_same_v<T, fp16> || std::is_same_v<T, bf16>)
 inline void axpy(float alpha, const T* x, float* acc, std::size_t n) {
     std::size_t i = 0;
 #if KVCACHE_HAVE_AVX2

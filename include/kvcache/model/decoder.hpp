@@ -14,6 +14,7 @@
 // threads that call forward at the same time; use one per thread (weights can be loaded once each).
 #pragma once
 
+#include <algorithm>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -121,8 +122,25 @@ struct DecoderWeights {
 std::string model_fingerprint(const gguf::File& file);
 
 struct DecoderOptions {
-    int threads = 0;             ///< 0 → all the hardware offers
+    int threads = 0;             ///< default threads of a forward pass; 0 → all the hardware offers
     bool keep_quantized = true;  ///< see DecoderWeights::from_gguf
+};
+
+/// How one forward call runs. The thread count travels with the call, so one Decoder serves callers that
+/// want different counts without anyone changing shared state.
+struct ForwardOptions {
+    int threads = 0;  ///< threads of this call; 0 → the decoder's default (DecoderOptions::threads)
+};
+
+/// One sequence of a batched forward pass: its new tokens, the cache (and batch row) they continue, and
+/// where its logits go — tokens.size() * vocab_size floats (every token's, [n_tokens][vocab]), vocab_size
+/// floats (the last token's), or none (an empty span: a prefill chunk whose logits nobody needs).
+template <class Cache>
+struct ForwardItem {
+    std::span<const std::int32_t> tokens;
+    Cache* cache = nullptr;
+    std::size_t row = 0;
+    std::span<float> logits;
 };
 
 class Decoder {
@@ -133,6 +151,7 @@ public:
 
     const DecoderConfig& config() const { return weights_.config; }
     const DecoderWeights& weights() const { return weights_; }
+    /// The thread count of calls whose ForwardOptions say 0.
     int threads() const { return threads_; }
     void set_threads(int threads) { threads_ = threads; }
 
@@ -144,32 +163,41 @@ public:
     MultiLayerKVCache<float> make_cache(std::size_t capacity, std::size_t batch = 1) const;
 
     /// Runs `tokens` (the next tokens of batch row `row`, continuing what the cache holds) through the
-    /// model, appending their K/V to every layer of the cache. logits_out is either vocab_size floats
-    /// (the last token's logits) or tokens.size() * vocab_size (every token's, [n_tokens][vocab]).
+    /// model, appending their K/V to every layer of the cache. logits_out as ForwardItem::logits says.
     /// Throws IndexError for a token id outside the vocabulary or a bad row, ShapeError for a cache of
     /// another shape or a logits buffer of another size, CapacityError if a fixed cache cannot take the
     /// tokens — all before anything is appended.
     template <KVCacheLike Cache>
-    void forward(std::span<const std::int32_t> tokens, Cache& cache, std::size_t row, std::span<float> logits_out);
-
-    /// The brief's spelling: forward(tokens, n_tokens, cache, row, logits_out).
-    template <KVCacheLike Cache>
-    void forward(const std::int32_t* tokens, std::size_t n_tokens, Cache& cache, std::size_t row,
-                 std::span<float> logits_out) {
-        forward(std::span<const std::int32_t>(tokens, n_tokens), cache, row, logits_out);
+    void forward(std::span<const std::int32_t> tokens, Cache& cache, std::size_t row, std::span<float> logits_out,
+                 const ForwardOptions& options = {}) {
+        const ForwardItem<Cache> item{tokens, &cache, row, logits_out};
+        forward(std::span<const ForwardItem<Cache>>(&item, 1), options);
     }
 
+    /// Batched forward: every item's tokens go through the model together — each matmul runs once over all
+    /// the items' tokens (each weight is read once per call), while RoPE, the cache append and attention run
+    /// per item at that item's own position over its own cache. Each item's logits are bitwise the same as
+    /// a forward of that item alone, whatever the other items, their order or the thread count.
+    /// Throws, before any cache changes: what the single-sequence forward throws for each item (naming it
+    /// through its values), ConfigError for a null cache or two items on the same cache row (or the same
+    /// paged sequence), and CapacityError when items drawing on one paged pool need more free blocks in all
+    /// than it has (counted conservatively: a block shared by two of the items counts for each).
+    template <KVCacheLike Cache>
+    void forward(std::span<const ForwardItem<Cache>> items, const ForwardOptions& options = {});
+
 private:
-    /// Token ids and logits size; returns whether every token's logits are wanted.
-    bool check_inputs(std::span<const std::int32_t> tokens, std::size_t logits_size) const;
+    enum class LogitsWanted { None, Last, All };
+    /// Token ids and logits size of one item.
+    LogitsWanted check_inputs(std::span<const std::int32_t> tokens, std::size_t logits_size) const;
     void check_cache_shape(std::size_t layers, std::size_t layer, std::size_t kv_heads, std::size_t head_dim) const;
-    void reserve_scratch(std::size_t n_tokens);
+    void reserve_scratch(std::size_t n_tokens, std::size_t n_logit_rows);
 
     DecoderWeights weights_;
     int threads_ = 0;
     std::vector<double> inv_freq_;   // (rope_dim / 2) RoPE frequencies: position_scale * base^(-2i / rope_dim) / rope_freqs[i]
 
-    // Activations, [n_tokens][width]; grown to the largest batch and kept.
+    // Activations, [n_tokens][width] over the tokens of all items of a call, item after item; grown to the
+    // largest call and kept.
     std::vector<float> x_;    // (n, d_model) residual stream
     std::vector<float> xb_;   // (n, d_model) normed input of a sublayer / its output
     std::vector<float> q_;    // (n, q_dim)
@@ -178,82 +206,159 @@ private:
     std::vector<float> att_;  // (n, q_dim) attention output, heads side by side
     std::vector<float> hb_;   // (n, d_ff) gate, then silu(gate) * up
     std::vector<float> hb2_;  // (n, d_ff) up
+    std::vector<float> logits_;             // (rows, vocab) logits of a batch with more than one item wanting them
+    std::vector<std::size_t> positions_;    // (items) position of each item's first token
+    std::vector<std::size_t> offsets_;      // (items) index of each item's first token among all
+    std::vector<LogitsWanted> wanted_;      // (items)
 };
 
 template <KVCacheLike Cache>
-void Decoder::forward(std::span<const std::int32_t> tokens, Cache& cache, std::size_t row,
-                      std::span<float> logits_out) {
+void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOptions& options) {
     const DecoderConfig& c = weights_.config;
-    const std::size_t n = tokens.size();
-    const bool all_logits = check_inputs(tokens, logits_out.size());
-    detail::check_index("batch row", row, cache.batch_size());
-    for (std::size_t l = 0; l < c.n_layers; ++l) {
-        check_cache_shape(cache.num_layers(), l, l < cache.num_layers() ? cache.num_kv_heads(l) : 0,
-                          l < cache.num_layers() ? cache.head_dim(l) : 0);
+    const int threads = options.threads > 0 ? options.threads : threads_;
+
+    // Every check first: a call that throws leaves every cache as it was.
+    std::size_t total = 0, logit_rows = 0;
+    wanted_.resize(items.size());  // scratch: grows to the largest batch, then no allocation
+    positions_.resize(items.size());
+    offsets_.resize(items.size());
+    std::vector<LogitsWanted>& wanted = wanted_;
+    std::vector<std::size_t>& positions = positions_;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        const ForwardItem<Cache>& it = items[i];
+        if (it.cache == nullptr) throw ConfigError(fmt::format("decoder: batch item {} has no cache", i));
+        Cache& cache = *it.cache;
+        const std::size_t n = it.tokens.size();
+        wanted[i] = check_inputs(it.tokens, it.logits.size());
+        detail::check_index("batch row", it.row, cache.batch_size());
+        for (std::size_t l = 0; l < c.n_layers; ++l) {
+            check_cache_shape(cache.num_layers(), l, l < cache.num_layers() ? cache.num_kv_heads(l) : 0,
+                              l < cache.num_layers() ? cache.head_dim(l) : 0);
+        }
+        const std::size_t pos = cache.seq_len(0, it.row);  // position of tokens[0]
+        for (std::size_t l = 1; l < c.n_layers; ++l) {
+            if (cache.seq_len(l, it.row) != pos) {
+                throw ShapeError(fmt::format("decoder: cache row {} holds {} positions in layer 0 but {} in layer {}",
+                                             it.row, pos, cache.seq_len(l, it.row), l));
+            }
+        }
+        if constexpr (requires { cache.capacity(); }) {
+            bool grows = false;
+            if constexpr (requires { cache.growth(); }) grows = cache.growth() == Growth::Grow;
+            if (!grows && pos + n > cache.capacity()) {
+                throw CapacityError(fmt::format("decoder: cache row {} holds {} of {} positions; {} more do not fit",
+                                                it.row, pos, cache.capacity(), n));
+            }
+        }
+        for (std::size_t j = 0; j < i; ++j) {
+            bool same = items[j].cache == it.cache && items[j].row == it.row;
+            if constexpr (requires { cache.pool(); cache.id(); }) {
+                same = same || (&items[j].cache->pool() == &cache.pool() && items[j].cache->id() == cache.id());
+            }
+            if (same) {
+                throw ConfigError(fmt::format("decoder: batch items {} and {} continue the same cache row", j, i));
+            }
+        }
+        positions[i] = pos;
+        total += n;
+        logit_rows += wanted[i] == LogitsWanted::All ? n : (wanted[i] == LogitsWanted::Last ? 1 : 0);
     }
-    const std::size_t pos = cache.seq_len(0, row);  // position of tokens[0]
-    for (std::size_t l = 1; l < c.n_layers; ++l) {
-        if (cache.seq_len(l, row) != pos) {
-            throw ShapeError(fmt::format("decoder: cache row {} holds {} positions in layer 0 but {} in layer {}",
-                                         row, pos, cache.seq_len(l, row), l));
+    // Items of one paged pool draw on the same free blocks: each fitting alone is not enough.
+    if constexpr (requires(Cache& cache) { cache.pool().blocks_needed(cache.id(), 1); cache.pool().free_blocks(); }) {
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            auto& pool = items[i].cache->pool();
+            bool first_of_pool = true;
+            for (std::size_t j = 0; j < i && first_of_pool; ++j) first_of_pool = &items[j].cache->pool() != &pool;
+            if (!first_of_pool) continue;
+            std::size_t needed = 0;
+            for (std::size_t j = i; j < items.size(); ++j) {
+                if (&items[j].cache->pool() == &pool) {
+                    needed += pool.blocks_needed(items[j].cache->id(), items[j].tokens.size());
+                }
+            }
+            if (needed > pool.free_blocks()) {
+                throw CapacityError(fmt::format("decoder: the batch needs {} free blocks of its pool, which has {}",
+                                                needed, pool.free_blocks()));
+            }
         }
     }
-    if constexpr (requires { cache.capacity(); }) {
-        bool grows = false;
-        if constexpr (requires { cache.growth(); }) grows = cache.growth() == Growth::Grow;
-        if (!grows && pos + n > cache.capacity()) {
-            throw CapacityError(fmt::format("decoder: cache row {} holds {} of {} positions; {} more do not fit",
-                                            row, pos, cache.capacity(), n));
-        }
-    }
-    if (n == 0) return;
-    reserve_scratch(n);
-    const AttentionOptions attn_opts{.window = c.sliding_window, .threads = threads_};
+    if (total == 0) return;
+    reserve_scratch(total, logit_rows);
+    for (std::size_t i = 0, off = 0; i < items.size(); off += items[i].tokens.size(), ++i) offsets_[i] = off;
+    const AttentionOptions attn_opts{.window = c.sliding_window, .threads = threads};
 
     // Embedding: x[t] = token_embd[tokens[t]]
-    for (std::size_t t = 0; t < n; ++t) {
-        weights_.token_embedding.dequantize_row(static_cast<std::size_t>(tokens[t]), x_.data() + t * c.d_model);
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        for (std::size_t t = 0; t < items[i].tokens.size(); ++t) {
+            weights_.token_embedding.dequantize_row(static_cast<std::size_t>(items[i].tokens[t]),
+                                                    x_.data() + (offsets_[i] + t) * c.d_model);
+        }
     }
 
+    const std::size_t n = total;
     for (std::size_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights& w = weights_.layers[l];
 
         // Attention block: x += wo · attention(rope(wq · norm(x)), cache ∪ rope(wk · norm(x)), wv · norm(x))
         rms_norm(x_.data(), w.attn_norm.data(), n, c.d_model, c.norm_eps, xb_.data());  // xb (n, d_model)
-        matmul(w.wq, xb_.data(), n, q_.data(), threads_);                                 // q  (n, n_heads*head_dim)
-        matmul(w.wk, xb_.data(), n, k_.data(), threads_);                                 // k  (n, n_kv_heads*head_dim)
-        matmul(w.wv, xb_.data(), n, v_.data(), threads_);                                 // v  (n, n_kv_heads*head_dim)
+        matmul(w.wq, xb_.data(), n, q_.data(), threads);                                  // q  (n, n_heads*head_dim)
+        matmul(w.wk, xb_.data(), n, k_.data(), threads);                                  // k  (n, n_kv_heads*head_dim)
+        matmul(w.wv, xb_.data(), n, v_.data(), threads);                                  // v  (n, n_kv_heads*head_dim)
         if (c.qkv_bias) {
             add_bias(q_.data(), w.bq.data(), n, c.q_dim());
             add_bias(k_.data(), w.bk.data(), n, c.kv_dim());
             add_bias(v_.data(), w.bv.data(), n, c.kv_dim());
         }
-        apply_rope(q_.data(), n, c.n_heads, c.head_dim, c.rope_dim, pos, inv_freq_.data(), c.rope_style);
-        apply_rope(k_.data(), n, c.n_kv_heads, c.head_dim, c.rope_dim, pos, inv_freq_.data(), c.rope_style);
-
-        // The cache now holds positions [0, pos + n) of this layer; the queries are its last n.
-        cache.append(l, row, std::span<const float>(k_.data(), n * c.kv_dim()),
-                     std::span<const float>(v_.data(), n * c.kv_dim()), n);
-        attention(cache, l, row, std::span<const float>(q_.data(), n * c.q_dim()), n, c.n_heads,
-                  std::span<float>(att_.data(), n * c.q_dim()), attn_opts);               // att (n, n_heads*head_dim)
-        matmul(w.wo, att_.data(), n, xb_.data(), threads_);                               // xb  (n, d_model)
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            const std::size_t ni = items[i].tokens.size(), off = offsets_[i];
+            if (ni == 0) continue;
+            float* qi = q_.data() + off * c.q_dim();
+            float* ki = k_.data() + off * c.kv_dim();
+            apply_rope(qi, ni, c.n_heads, c.head_dim, c.rope_dim, positions_[i], inv_freq_.data(), c.rope_style);
+            apply_rope(ki, ni, c.n_kv_heads, c.head_dim, c.rope_dim, positions_[i], inv_freq_.data(), c.rope_style);
+            // The item's cache now holds positions [0, pos + ni) of this layer; its queries are the last ni.
+            items[i].cache->append(l, items[i].row, std::span<const float>(ki, ni * c.kv_dim()),
+                                   std::span<const float>(v_.data() + off * c.kv_dim(), ni * c.kv_dim()), ni);
+            attention(*items[i].cache, l, items[i].row, std::span<const float>(qi, ni * c.q_dim()), ni, c.n_heads,
+                      std::span<float>(att_.data() + off * c.q_dim(), ni * c.q_dim()), attn_opts);  // att (ni, q_dim)
+        }
+        matmul(w.wo, att_.data(), n, xb_.data(), threads);                                // xb  (n, d_model)
         add_into(x_.data(), xb_.data(), n * c.d_model);
 
         // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x)))
         rms_norm(x_.data(), w.ffn_norm.data(), n, c.d_model, c.norm_eps, xb_.data());    // xb  (n, d_model)
-        matmul(w.w_gate, xb_.data(), n, hb_.data(), threads_);                            // hb  (n, d_ff)
-        matmul(w.w_up, xb_.data(), n, hb2_.data(), threads_);                             // hb2 (n, d_ff)
+        matmul(w.w_gate, xb_.data(), n, hb_.data(), threads);                             // hb  (n, d_ff)
+        matmul(w.w_up, xb_.data(), n, hb2_.data(), threads);                              // hb2 (n, d_ff)
         swiglu(hb_.data(), hb2_.data(), n * c.d_ff);
-        matmul(w.w_down, hb_.data(), n, xb_.data(), threads_);                            // xb  (n, d_model)
+        matmul(w.w_down, hb_.data(), n, xb_.data(), threads);                             // xb  (n, d_model)
         add_into(x_.data(), xb_.data(), n * c.d_model);
     }
 
-    // Final norm and logits, for every token or only the last.
-    const std::size_t first = all_logits ? 0 : n - 1;
-    const std::size_t n_out = n - first;
-    const float* x_out = x_.data() + first * c.d_model;
-    rms_norm(x_out, weights_.output_norm.data(), n_out, c.d_model, c.norm_eps, xb_.data());  // xb (n_out, d_model)
-    matmul(weights_.output_matrix(), xb_.data(), n_out, logits_out.data(), threads_);          // logits (n_out, vocab)
+    // Final norm of the rows whose logits are wanted (every token's or the last), gathered item after item.
+    if (logit_rows == 0) return;
+    std::size_t row_out = 0;
+    std::size_t only = items.size();  // the item wanting logits, if exactly one does
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (wanted_[i] == LogitsWanted::None) continue;
+        only = row_out == 0 ? i : items.size();
+        const std::size_t ni = items[i].tokens.size();
+        const std::size_t first = wanted_[i] == LogitsWanted::All ? 0 : ni - 1;
+        rms_norm(x_.data() + (offsets_[i] + first) * c.d_model, weights_.output_norm.data(), ni - first, c.d_model,
+                 c.norm_eps, xb_.data() + row_out * c.d_model);                            // xb (rows, d_model)
+        row_out += ni - first;
+    }
+    if (only < items.size()) {  // one item: straight into its buffer
+        matmul(weights_.output_matrix(), xb_.data(), logit_rows, items[only].logits.data(), threads);
+        return;
+    }
+    matmul(weights_.output_matrix(), xb_.data(), logit_rows, logits_.data(), threads);   // logits (rows, vocab)
+    row_out = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        if (wanted_[i] == LogitsWanted::None) continue;
+        const std::size_t rows = wanted_[i] == LogitsWanted::All ? items[i].tokens.size() : 1;
+        std::copy_n(logits_.data() + row_out * c.vocab_size, rows * c.vocab_size, items[i].logits.data());
+        row_out += rows;
+    }
 }
 
 }  // namespace kvcache

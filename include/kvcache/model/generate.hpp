@@ -11,6 +11,7 @@
 #include <string_view>
 #include <vector>
 
+#include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/sampling.hpp"
 
@@ -26,12 +27,16 @@ struct GenerateOptions {
     std::optional<std::size_t> cache_capacity;
     /// Stop at the tokenizer's end-of-generation tokens (EOS, <|im_end|>, ...).
     bool stop_at_eos = true;
-    /// Threads for this call; 0 keeps the decoder's setting.
+    /// Threads of this call's forward passes (ForwardOptions::threads); 0 → the decoder's default. The
+    /// decoder itself is not changed.
     int threads = 0;
     /// Called with each generated token and the text it completes (whole UTF-8; may be empty);
     /// return false to stop. Not called for the stop token. At the end, bytes still held back (an
     /// incomplete UTF-8 sequence) are passed once with token -1.
     std::function<bool(std::int32_t token, std::string_view piece)> on_token;
+    /// Key/value element types and what a full cache does (context shift, sinks + window): see
+    /// cache_options.hpp. Anything but the default routes generate_with_cache to generate_with_cache_options.
+    CacheOptions cache;
 };
 
 struct GenerationResult {
@@ -58,9 +63,10 @@ GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
 /// floats). The first call gets the prompt; each later call the same sequence one token longer.
 using GenerationStep = std::function<void(std::span<const std::int32_t> sequence, std::span<float> logits)>;
 
-/// The generation loop of generate_with_cache (sampling, stopping, streaming, timing, options.threads)
-/// around any way of computing logits — how PagedSession generates over a paged pool. Throws ConfigError
-/// for an empty prompt or bad sampling options; whatever `step` throws passes through.
+/// The generation loop of generate_with_cache (sampling, stopping, streaming, timing) around any way of
+/// computing logits — how PagedSession generates over a paged pool. options.threads is for `step` to
+/// honour (this loop runs no forward pass itself). Throws ConfigError for an empty prompt or bad sampling
+/// options; whatever `step` throws passes through.
 GenerationResult generate_with_step(Decoder& model, const Tokenizer& tokenizer,
                                     std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options,
                                     const GenerationStep& step);
@@ -70,5 +76,20 @@ GenerationResult generate_with_step(Decoder& model, const Tokenizer& tokenizer,
 /// options (the decoder's logits do not depend on how tokens are batched).
 GenerationResult generate_without_cache(Decoder& model, const Tokenizer& tokenizer,
                                         std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options);
+
+/// Several prompts generated together: each step runs one batched forward pass over every unfinished
+/// prompt's new tokens (the prompts in the first step, then one token each), so the weights are read once
+/// per step for all of them. `options` holds one set for every prompt or one per prompt (ConfigError
+/// otherwise); the calls run with the largest threads among them. Each result — tokens, text, callbacks —
+/// is what generate_with_cache gives for that prompt and options alone (the logits are bitwise the same);
+/// timings count the shared steps each prompt took part in. Throws, before anything runs, what
+/// generate_with_cache throws for any prompt.
+std::vector<GenerationResult> generate_batch(Decoder& model, const Tokenizer& tokenizer,
+                                             std::span<const std::vector<std::int32_t>> prompts,
+                                             std::span<const GenerateOptions> options);
+/// The same with one set of options for every prompt.
+std::vector<GenerationResult> generate_batch(Decoder& model, const Tokenizer& tokenizer,
+                                             std::span<const std::vector<std::int32_t>> prompts,
+                                             const GenerateOptions& options);
 
 }  // namespace kvcache

@@ -70,7 +70,8 @@ public:
     /// A new sequence holding `prompt`: the longest cached prefix is shared (never the last token — its
     /// logits are wanted), the rest runs through the model in one pass. logits as in Decoder::forward
     /// (vocab_size floats for the last token, or one row per computed token). ConfigError for an empty prompt.
-    PagedPrefill start(std::span<const std::int32_t> prompt, std::span<float> logits) {
+    PagedPrefill start(std::span<const std::int32_t> prompt, std::span<float> logits,
+                       const ForwardOptions& options = {}) {
         if (prompt.empty()) throw ConfigError("PagedSession::start: the prompt has no tokens");
         PagedPrefill out;
         SequenceId id;
@@ -83,7 +84,7 @@ public:
             id = pool_->create_sequence();
         }
         try {
-            run(id, prompt.subspan(out.reused_tokens), logits);
+            run(id, prompt.subspan(out.reused_tokens), logits, options);
             Entry& e = entry_for(id);
             e.tokens.assign(prompt.begin(), prompt.end());
         } catch (...) {
@@ -97,9 +98,10 @@ public:
 
     /// Feeds more tokens to a sequence (the token just generated, a new user turn, ...). On failure the
     /// sequence is unchanged.
-    void extend(SequenceId id, std::span<const std::int32_t> tokens, std::span<float> logits) {
+    void extend(SequenceId id, std::span<const std::int32_t> tokens, std::span<float> logits,
+                const ForwardOptions& options = {}) {
         Entry& e = entry(id);
-        run(id, tokens, logits);
+        run(id, tokens, logits, options);
         e.tokens.insert(e.tokens.end(), tokens.begin(), tokens.end());
     }
 
@@ -150,17 +152,18 @@ public:
         bool started = false;
         SequenceId id;
         std::size_t reused = 0;
+        const ForwardOptions forward_options{.threads = options.threads};
         try {
             GenerationResult result = generate_with_step(
                 *model_, tokenizer, prompt, options,
                 [&](std::span<const std::int32_t> sequence, std::span<float> logits) {
                     if (!started) {
-                        const PagedPrefill p = start(sequence, logits);
+                        const PagedPrefill p = start(sequence, logits, forward_options);
                         id = p.sequence;
                         reused = p.reused_tokens;
                         started = true;
                     } else {
-                        extend(id, sequence.subspan(entry(id).tokens.size()), logits);
+                        extend(id, sequence.subspan(entry(id).tokens.size()), logits, forward_options);
                     }
                 });
             result.reused_prompt_tokens = reused;
@@ -181,11 +184,12 @@ private:
     };
 
     /// Runs tokens through the model into the sequence, making room in the pool first.
-    void run(SequenceId id, std::span<const std::int32_t> tokens, std::span<float> logits) {
+    void run(SequenceId id, std::span<const std::int32_t> tokens, std::span<float> logits,
+             const ForwardOptions& options) {
         const std::size_t needed = pool_->blocks_needed(id, tokens.size());
         if (prefixes_ && needed > pool_->free_blocks()) prefixes_->evict_for(needed - pool_->free_blocks());
         PagedSequence<T> cache = pool_->sequence(id);
-        model_->forward(tokens, cache, 0, logits);
+        model_->forward(tokens, cache, 0, logits, options);
     }
 
     Entry& entry_for(SequenceId id) {

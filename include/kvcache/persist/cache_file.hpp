@@ -42,7 +42,11 @@ std::string cache_fingerprint(const C& cache) {
     for (std::size_t l = 1; l < layers; ++l) {
         uniform = uniform && cache.num_kv_heads(l) == cache.num_kv_heads(0) && cache.head_dim(l) == cache.head_dim(0);
     }
-    std::string out = fmt::format("{} layers={} kv_heads x head_dim=", element_name<typename C::element_type>(), layers);
+    using K = key_element_t<C>;
+    using V = value_element_t<C>;
+    std::string elements(element_name<K>());
+    if constexpr (!std::same_as<K, V>) elements = fmt::format("k={} v={}", element_name<K>(), element_name<V>());
+    std::string out = fmt::format("{} layers={} kv_heads x head_dim=", elements, layers);
     for (std::size_t l = 0; l < (uniform ? std::min<std::size_t>(layers, 1) : layers); ++l) {
         out += fmt::format("{}{}x{}", l ? "," : "", cache.num_kv_heads(l), cache.head_dim(l));
     }
@@ -72,7 +76,7 @@ public:
 /// What a cache file holds besides the keys and values.
 struct CacheFileInfo {
     std::uint32_t version = 0;
-    std::string element;              ///< "f32", "f16" or "bf16"
+    std::string element;              ///< "f32", "f16", "bf16", "q8_0" or "q4_0"
     std::vector<LayerShape> layers;   ///< kv heads and head size of each layer
     std::vector<std::int32_t> tokens; ///< the sequence's token ids; one cached position per token
     CacheFingerprint fingerprint;
@@ -93,9 +97,23 @@ namespace detail {
 
 template <StorageElement T>
 constexpr std::uint32_t element_code() {
-    if constexpr (std::same_as<T, float>) return 1;
-    else if constexpr (std::same_as<T, fp16>) return 2;
-    else return 3;
+    return ElementTraits<T>::file_code;
+}
+
+/// The storage type of a cache that a file can hold: keys and values of one type with a cache-file code.
+/// ConfigError otherwise (a file's header names one element type).
+template <class C>
+void check_file_elements(std::string_view what) {
+    using K = key_element_t<C>;
+    using V = value_element_t<C>;
+    if constexpr (!std::same_as<K, V>) {
+        throw ConfigError(fmt::format("{}: cache files hold keys and values of one element type; this cache stores "
+                                      "keys as {} and values as {}",
+                                      what, element_name<K>(), element_name<V>()));
+    } else if (ElementTraits<K>::file_code == 0) {
+        throw ConfigError(fmt::format("{}: element type {} has no cache-file code (ElementTraits::file_code is 0)",
+                                      what, element_name<K>()));
+    }
 }
 
 /// Writes a cache file to a temporary file next to the target and renames it into place on commit(), so a
@@ -146,16 +164,19 @@ private:
 };
 
 template <class C>
-concept AppendsElements = requires(C& cache, std::size_t layer, std::size_t row, const typename C::element_type* p,
+concept AppendsElements = requires(C& cache, std::size_t layer, std::size_t row, const key_element_t<C>* p,
                                    std::size_t n) { cache.append_elements(layer, row, p, p, n); };
 
 /// Copies positions [t0, t1) of one (layer, row) of K (kind 0) or V (kind 1) out of the cache's chunks into
-/// `out` as [t1 - t0][heads][dim]; throws if the chunks do not cover every position exactly once.
+/// `out` as [t1 - t0][heads][row] storage objects (row = storage_units<T>(dim)); throws if the chunks do not
+/// cover every position exactly once. Keys and values must share the type T.
 template <KVCacheReadable C>
 void gather_positions(const C& cache, std::size_t layer, std::size_t row, std::size_t kind, std::size_t t0,
-                      std::size_t t1, typename C::element_type* out) {
-    using T = typename C::element_type;
+                      std::size_t t1, key_element_t<C>* out) {
+    using T = key_element_t<C>;
+    static_assert(std::same_as<T, value_element_t<C>>, "gather_positions: keys and values of one type");
     const std::size_t heads = cache.num_kv_heads(layer), dim = cache.head_dim(layer);
+    const std::size_t units = storage_units<T>(dim);
     for (std::size_t h = 0; h < heads; ++h) {
         std::size_t covered = 0;
         for (const KVChunk<T>& chunk : cache.chunks(layer, row, h)) {
@@ -163,7 +184,7 @@ void gather_positions(const C& cache, std::size_t layer, std::size_t row, std::s
             const std::size_t stride = chunk.row_stride(dim);
             const T* base = kind == 0 ? chunk.keys : chunk.values;
             for (std::size_t p = from; p < to; ++p) {
-                std::copy_n(base + (p - chunk.start) * stride, dim, out + ((p - t0) * heads + h) * dim);
+                std::copy_n(base + (p - chunk.start) * stride, units, out + ((p - t0) * heads + h) * units);
             }
             covered += from < to ? to - from : 0;
         }
@@ -176,10 +197,21 @@ void gather_positions(const C& cache, std::size_t layer, std::size_t row, std::s
 
 }  // namespace detail
 
+namespace detail {
+template <KVCacheReadable C>
+void save_uniform_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
+                             std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,
+                             SaveOptions options);
+template <KVCacheLike C>
+CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cache, std::size_t row,
+                                      const CacheFingerprint& expected);
+}  // namespace detail
+
 /// Saves batch row `row` of `cache` — every layer's keys and values for the positions of `tokens` — with the
 /// token ids and fingerprint to `path`, atomically (a temporary file in the same directory, fsync, rename):
 /// an existing file is replaced only by a complete new one. Every layer of the row must hold exactly
-/// tokens.size() positions (ShapeError otherwise, and no file is written).
+/// tokens.size() positions (ShapeError otherwise, and no file is written). Keys and values must share one
+/// element type that has a cache-file code (ConfigError otherwise).
 /// The path: a symbolic link there is refused (IoError), neither followed nor replaced by a regular file; so is
 /// anything else that is not a regular file (directory, FIFO, device), before anything is written. Permissions:
 /// see SaveOptions::new_file_mode. Temporary files are named "<file>.tmp.<pid>.<hex>"; those of a save whose
@@ -190,7 +222,19 @@ template <KVCacheReadable C>
 void save_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
                      std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,
                      SaveOptions options = {}) {
-    using T = typename C::element_type;
+    detail::check_file_elements<C>("save_cache_file");
+    if constexpr (std::same_as<key_element_t<C>, value_element_t<C>>) {
+        detail::save_uniform_cache_file(path, cache, row, tokens, fingerprint, options);
+    }
+}
+
+namespace detail {
+/// save_cache_file for a cache whose keys and values share one type.
+template <KVCacheReadable C>
+void save_uniform_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
+                             std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,
+                             SaveOptions options) {
+    using T = key_element_t<C>;
     detail::check_index("batch row", row, cache.batch_size());
     const std::size_t layers = cache.num_layers(), n = tokens.size();
     std::vector<LayerShape> shapes(layers);
@@ -201,7 +245,7 @@ void save_cache_file(const std::filesystem::path& path, const C& cache, std::siz
                                          l, row, cache.seq_len(l, row), n));
         }
         shapes[l] = LayerShape{cache.num_kv_heads(l), cache.head_dim(l)};
-        max_width = std::max(max_width, shapes[l].token_width());
+        max_width = std::max(max_width, shapes[l].kv_heads * storage_units<T>(shapes[l].head_dim));  // objects
     }
     detail::CacheFileWriter writer(path, detail::element_code<T>(), sizeof(T), shapes, tokens, fingerprint, options);
     // Gather through a staging block of ~256 KiB: it stays in cache between gathering, hashing and writing.
@@ -212,12 +256,13 @@ void save_cache_file(const std::filesystem::path& path, const C& cache, std::siz
             for (std::size_t t0 = 0; t0 < n; t0 += block_tokens) {
                 const std::size_t t1 = std::min(n, t0 + block_tokens);
                 detail::gather_positions(cache, l, row, kind, t0, t1, staging.data());
-                writer.write(staging.data(), (t1 - t0) * shapes[l].token_width() * sizeof(T));
+                writer.write(staging.data(), (t1 - t0) * shapes[l].kv_heads * storage_units<T>(shapes[l].head_dim) * sizeof(T));
             }
         }
     }
     writer.commit();
 }
+}  // namespace detail
 
 /// Reads a cache file's header, fingerprint and token ids, checking everything but the payload's
 /// checksums (or those too, with verify_payload). Nothing is loaded.
@@ -232,7 +277,20 @@ CacheFileInfo read_cache_file_info(const std::filesystem::path& path, bool verif
 template <KVCacheLike C>
 CacheFileInfo load_cache_file(const std::filesystem::path& path, C& cache, std::size_t row,
                               const CacheFingerprint& expected) {
-    using T = typename C::element_type;
+    detail::check_file_elements<C>("load_cache_file");
+    if constexpr (std::same_as<key_element_t<C>, value_element_t<C>>) {
+        return detail::load_uniform_cache_file(path, cache, row, expected);
+    } else {
+        return {};  // not reached: check_file_elements threw
+    }
+}
+
+namespace detail {
+/// load_cache_file for a cache whose keys and values share one type.
+template <KVCacheLike C>
+CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cache, std::size_t row,
+                                      const CacheFingerprint& expected) {
+    using T = key_element_t<C>;
     detail::CacheFileReader file(path);
     const CacheFileInfo& info = file.info();
     file.check_fingerprint(expected);
@@ -300,5 +358,6 @@ CacheFileInfo load_cache_file(const std::filesystem::path& path, C& cache, std::
     }
     return info;
 }
+}  // namespace detail
 
 }  // namespace kvcache

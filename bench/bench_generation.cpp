@@ -5,8 +5,8 @@
 //
 //   bench_generation [--quick] [--models=random,real,seq2seq] [--max-uncached-real=N] [--threads=N]
 //                    [google-benchmark flags]
-// --threads: threads of every model (0, the default: all the hardware offers). The kernels use OpenMP with
-// one barrier per matmul, so a core taken by another process stalls every step: measure on a quiet machine.
+// --threads: threads of every model (0, the default: all the hardware offers; see detail/thread_pool.hpp).
+// The caller never waits for a helper that has not started, but timings on a busy machine still vary.
 //
 // What "without the cache" means here: every step runs the whole sequence so far (prompt + generated)
 // through the model from scratch. The model still needs somewhere to put K/V while attending inside that
@@ -25,7 +25,6 @@
 // the point, kv_bytes (what cache.bytes_allocated() reports), token_forwards (positions run through the
 // model), same_tokens (1 when the uncached run generated exactly the cached run's tokens).
 #include <benchmark/benchmark.h>
-#include <omp.h>
 
 #include <algorithm>
 #include <chrono>
@@ -43,6 +42,7 @@
 #include <vector>
 
 #include "kvcache/attention/attention.hpp"
+#include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/encoder_decoder.hpp"
 
@@ -323,19 +323,22 @@ void BM_DecodeAttention(benchmark::State& state, const std::string& model) {
 void BM_ReadBandwidth(benchmark::State& state) {
     const std::size_t n = std::size_t(64) << 20;
     std::vector<float> a(n, 1.0f);
-    const int threads = g_threads > 0 ? g_threads : omp_get_max_threads();
+    const int threads = kvcache::detail::thread_count(g_threads, n / 32, n * sizeof(float));
+    const std::size_t parts = std::size_t(threads);
     for (auto _ : state) {
-        double total = 0;
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-        {
-            // 32 independent lanes (vertical adds, so the compiler vectorises without reassociating).
-            float lanes[32] = {};
-#pragma omp for schedule(static)
-            for (std::ptrdiff_t i = 0; i < std::ptrdiff_t(n); i += 32) {
-                for (std::size_t j = 0; j < 32; ++j) lanes[j] += a[std::size_t(i) + j];
+        std::vector<double> partial(parts, 0.0);
+        kvcache::detail::parallel_for(parts, 1, threads, [&](std::size_t begin, std::size_t end) {
+            for (std::size_t p = begin; p < end; ++p) {
+                // 32 independent lanes (vertical adds, so the compiler vectorises without reassociating).
+                float lanes[32] = {};
+                for (std::size_t i = n / 32 * p / parts * 32; i < n / 32 * (p + 1) / parts * 32; i += 32) {
+                    for (std::size_t j = 0; j < 32; ++j) lanes[j] += a[i + j];
+                }
+                for (float lane : lanes) partial[p] += double(lane);
             }
-            for (float lane : lanes) total += double(lane);
-        }
+        });
+        double total = 0;
+        for (double x : partial) total += x;
         benchmark::DoNotOptimize(total);
     }
     state.counters["bytes/s"] = benchmark::Counter(double(n * sizeof(float)), benchmark::Counter::kIsIterationInvariantRate);

@@ -11,14 +11,12 @@
 #include <cstring>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
 #if defined(__AVX2__)
 #include <immintrin.h>
 #endif
 
 #include "kvcache/detail/aligned_buffer.hpp"
+#include "kvcache/detail/thread_pool.hpp"
 
 namespace kvcache_bench {
 
@@ -42,12 +40,15 @@ inline Bandwidth summarise_rates(std::vector<double> gbps) {
     return {gbps.back(), median, 0};
 }
 
-inline int available_threads() {
-#if defined(_OPENMP)
-    return omp_get_max_threads();
-#else
-    return 1;
-#endif
+inline int available_threads() { return kvcache::detail::default_threads(); }
+
+/// Runs part(t, parts) for t < parts on the library's pool (parts = threads, capped by the hardware).
+template <class Part>
+void for_each_part(int threads, Part&& part) {
+    const int parts = std::max(1, std::min(threads, kvcache::detail::hardware_threads()));
+    kvcache::detail::parallel_for(std::size_t(parts), 1, parts, [&](std::size_t begin, std::size_t end) {
+        for (std::size_t t = begin; t < end; ++t) part(int(t), parts);
+    });
 }
 
 /// Σ a[0..n). Eight independent 8-wide accumulators (64 floats = 4 cache lines per step) so the adds'
@@ -87,17 +88,11 @@ inline void split_range(std::size_t n, int parts, int t, std::size_t& begin, std
 inline kvcache::detail::AlignedBuffer<float> make_array(std::size_t n, int threads) {
     kvcache::detail::AlignedBuffer<float> a(n);
     float* p = a.data();
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads)
-    {
+    for_each_part(threads, [&](int t, int parts) {
         std::size_t b = 0, e = 0;
-        split_range(n, omp_get_num_threads(), omp_get_thread_num(), b, e);
+        split_range(n, parts, t, b, e);
         for (std::size_t i = b; i < e; ++i) p[i] = float(i % 7) * 0.25f;
-    }
-#else
-    (void)threads;
-    for (std::size_t i = 0; i < n; ++i) p[i] = float(i % 7) * 0.25f;
-#endif
+    });
     return a;
 }
 
@@ -109,18 +104,14 @@ inline double timed_sum_pass(const float* a, std::size_t n, int threads, float& 
     for (std::size_t at = 0; at < n; at += block) {
         const std::size_t m = std::min(block, n - at);
         const auto t0 = std::chrono::steady_clock::now();
-        float total = 0.0f;
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads) reduction(+ : total)
-        {
+        float partial[64] = {};
+        for_each_part(std::min(threads, 64), [&](int t, int parts) {
             std::size_t b = 0, e = 0;
-            split_range(m, omp_get_num_threads(), omp_get_thread_num(), b, e);
-            total += sum_floats(a + at + b, e - b);
-        }
-#else
-        (void)threads;
-        total = sum_floats(a + at, m);
-#endif
+            split_range(m, parts, t, b, e);
+            partial[t] = sum_floats(a + at + b, e - b);
+        });
+        float total = 0.0f;
+        for (float x : partial) total += x;
         const auto t1 = std::chrono::steady_clock::now();
         sink += total;
         const double s = std::chrono::duration<double>(t1 - t0).count();
@@ -133,17 +124,11 @@ inline double timed_sum_pass(const float* a, std::size_t n, int threads, float& 
 /// One pass: `threads` threads each copy their contiguous part of src to dst with memcpy.
 inline double timed_copy_pass(const float* src, float* dst, std::size_t n, int threads) {
     const auto t0 = std::chrono::steady_clock::now();
-#if defined(_OPENMP)
-#pragma omp parallel num_threads(threads)
-    {
+    for_each_part(threads, [&](int t, int parts) {
         std::size_t b = 0, e = 0;
-        split_range(n, omp_get_num_threads(), omp_get_thread_num(), b, e);
+        split_range(n, parts, t, b, e);
         std::memcpy(dst + b, src + b, (e - b) * sizeof(float));
-    }
-#else
-    (void)threads;
-    std::memcpy(dst, src, n * sizeof(float));
-#endif
+    });
     const auto t1 = std::chrono::steady_clock::now();
     return std::chrono::duration<double>(t1 - t0).count();
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The CAG benchmark: synthetic knowledge bases of about 2k, 4k and 7k SmolLM2 tokens (seeded), each evaluated
 # with kvcache-cag in the three modes (cag, rag, none) on the same questions, then one plot.
-#   bash scripts/cag-bench.sh [OUT_DIR]
+#   bash scripts/cag-bench.sh [OUT_DIR]      (default: $TMPDIR/kvcache-cag-bench)
 # Knobs (environment): BUILD_DIR=build, QUESTIONS=8 (per size), NONE_QUESTIONS=3 (none is the slow mode:
-# it prefills the whole knowledge per question), THREADS=2, SIZES="2000 4000 7000", SEED=1.
+# it prefills the whole knowledge per question), THREADS=1 (on a shared machine two OpenMP threads wait on
+# each other at every barrier), SIZES="2000 4000 7000", SEED=1.
 # The knowledge caches are prefilled once per size (a fresh cache directory each run; not in per-answer time).
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-out="${1:-$root/bench/results/cag}"
+out="${1:-${TMPDIR:-/tmp}/kvcache-cag-bench}"
 build="${BUILD_DIR:-$root/build}"
 cag="$build/apps/cag/kvcache-cag"
 [ -x "$cag" ] || { echo "build kvcache-cag first: cmake --build $build --target kvcache-cag" >&2; exit 1; }
@@ -23,7 +24,7 @@ for tokens in ${SIZES:-2000 4000 7000}; do
   rm -f "$dir/kb.sqlite"
   rm -rf "$dir/caches"
   "$cag" --db "$dir/kb.sqlite" ingest "$dir/docs" | tail -1
-  "$cag" --db "$dir/kb.sqlite" --cache-dir "$dir/caches" --threads "${THREADS:-2}" eval "$dir/qa.jsonl" \
+  "$cag" --db "$dir/kb.sqlite" --cache-dir "$dir/caches" --threads "${THREADS:-1}" eval "$dir/qa.jsonl" \
     --modes cag,rag,none --none-limit "${NONE_QUESTIONS:-3}" --json "$out/results_$tokens.json" \
     | tee "$out/table_$tokens.txt"
   results+=("$out/results_$tokens.json")

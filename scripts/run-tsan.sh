@@ -1,15 +1,15 @@
 #!/usr/bin/env bash
 # Builds the multi-threaded tests with ThreadSanitizer and runs them; any data race fails the run.
-# Only tests whose threads are std::thread/std::jthread belong here: OpenMP regions (libgomp is not
-# instrumented) would report false races. Environment knobs (all optional):
+# The library's threads are std::threads (the pool in detail/thread_pool.hpp), so the kernels' parallel paths
+# are instrumented too. Environment knobs (all optional):
 #   BUILD_DIR=build-tsan      where to build
-#   TSAN_TESTS="a_test b_test" which test executables (default: cache_store_test scheduler_threads_test)
+#   TSAN_TESTS="a_test b_test" which test executables (default: the store, the scheduler, the pool, matmul)
 #   CMAKE_ARGS="..."          extra arguments for cmake
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 build="${BUILD_DIR:-build-tsan}"
-tests="${TSAN_TESTS:-cache_store_test scheduler_threads_test}"
+tests="${TSAN_TESTS:-cache_store_test scheduler_threads_test thread_pool_test matmul_test}"
 jobs="$(nproc)"
 # shellcheck disable=SC2086
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVCACHE_WERROR=ON -DKVCACHE_SANITIZE=thread \

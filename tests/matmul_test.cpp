@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
 #include "kvcache/model/matmul.hpp"
@@ -117,6 +118,33 @@ TEST_CASE("matmul gives bitwise the same rows for any batch size and thread coun
         matmul(w, x.data(), 3, split.data(), 1);
         matmul(w, x.data() + 3 * cols, 8, split.data() + 3 * rows, 2);
         CHECK(std::memcmp(split.data(), batched.data(), split.size() * sizeof(float)) == 0);
+    }
+}
+
+TEST_CASE("matmul on matrices big enough for the thread pool: same bits for any thread count and batch") {
+    // Above detail::kMinParallelBytes, so threads > 1 really splits the rows between the caller and a helper.
+    const std::size_t rows = 1000, cols = 512, n = 6;
+    auto x = random_floats(n * cols, 21);
+    for (WeightFormat f : {WeightFormat::F32, WeightFormat::Q8_0, WeightFormat::Q4_1}) {
+        CAPTURE(weight_format_name(f));
+        WeightMatrix w = f == WeightFormat::F32
+                             ? WeightMatrix::from_floats(rows, cols, random_floats(rows * cols, 5))
+                             : WeightMatrix::from_blocks(f, rows, cols, random_blocks(f, rows, cols, 5));
+        REQUIRE(w.bytes() >= detail::kMinParallelBytes);
+        std::vector<float> one_thread(n * rows), ref(n * rows);
+        matmul(w, x.data(), n, one_thread.data(), 1);
+        matmul_reference(w, x.data(), n, ref.data());
+        for (std::size_t i = 0; i < ref.size(); ++i) REQUIRE(one_thread[i] == Approx(ref[i]).margin(1e-4));
+        for (int threads : {0, 2, 3}) {
+            for (int repeat = 0; repeat < 5; ++repeat) {  // different timings, different splits of the rows
+                std::vector<float> got(n * rows);
+                matmul(w, x.data(), n, got.data(), threads);
+                CHECK(std::memcmp(got.data(), one_thread.data(), got.size() * sizeof(float)) == 0);
+                std::vector<float> single(rows);
+                matmul(w, x.data() + 5 * cols, 1, single.data(), threads);
+                CHECK(std::memcmp(single.data(), one_thread.data() + 5 * rows, rows * sizeof(float)) == 0);
+            }
+        }
     }
 }
 

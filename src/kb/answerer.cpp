@@ -99,7 +99,7 @@ KnowledgeSetup KnowledgeAnswerer::set_knowledge(std::string knowledge, const Cac
     }
     if (!cache_) {
         cache_ = std::make_unique<KnowledgeCache>(
-            KnowledgeCache::prefill(*decoder_, knowledge_tokens_, capacity, options_.prefill_chunk));
+            KnowledgeCache::prefill(*decoder_, knowledge_tokens_, capacity, options_.prefill_chunk, options_.threads));
         if (directory) {
             cache_->reset();
             directory->save(setup.file.stem().string(), cache_->cache(), 0, knowledge_tokens_, fingerprint_);
@@ -114,7 +114,8 @@ KnowledgeCache& KnowledgeAnswerer::knowledge_cache() {
     if (knowledge_tokens_.empty()) throw ConfigError("KnowledgeAnswerer: no knowledge set");
     if (!cache_) {
         cache_ = std::make_unique<KnowledgeCache>(
-            KnowledgeCache::prefill(*decoder_, knowledge_tokens_, cache_capacity(), options_.prefill_chunk));
+            KnowledgeCache::prefill(*decoder_, knowledge_tokens_, cache_capacity(), options_.prefill_chunk,
+                                    options_.threads));
     }
     return *cache_;
 }
@@ -175,7 +176,8 @@ Answer KnowledgeAnswerer::answer(std::string_view question, AnswerMode mode) {
         try {
             r = generate_with_step(*decoder_, *tokenizer_, prompt, g,
                                    [&](std::span<const std::int32_t> sequence, std::span<float> logits) {
-                                       decoder_->forward(sequence.subspan(fed), kc.cache(), 0, logits);
+                                       decoder_->forward(sequence.subspan(fed), kc.cache(), 0, logits,
+                                                         ForwardOptions{.threads = options_.threads});
                                        fed = sequence.size();
                                    });
         } catch (...) {

@@ -44,7 +44,8 @@ DiskCachedGeneration generate_with_disk_cache(Decoder& decoder, const Tokenizer&
     std::vector<std::int32_t> fed(prompt.begin(), prompt.begin() + static_cast<std::ptrdiff_t>(out.reused_tokens));
     out.generation = generate_with_step(decoder, tokenizer, prompt, options,
                                         [&](std::span<const std::int32_t> sequence, std::span<float> logits) {
-                                            decoder.forward(sequence.subspan(fed.size()), cache, 0, logits);
+                                            decoder.forward(sequence.subspan(fed.size()), cache, 0, logits,
+                                                            ForwardOptions{.threads = options.threads});
                                             fed.assign(sequence.begin(), sequence.end());
                                         });
     out.generation.reused_prompt_tokens = out.reused_tokens;

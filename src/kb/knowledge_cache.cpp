@@ -38,7 +38,7 @@ CacheFingerprint knowledge_fingerprint(const Decoder& decoder, std::string_view 
 }
 
 KnowledgeCache KnowledgeCache::prefill(Decoder& decoder, std::vector<std::int32_t> knowledge_tokens,
-                                       std::size_t capacity, std::size_t chunk) {
+                                       std::size_t capacity, std::size_t chunk, int threads) {
     check_room(knowledge_tokens.size(), capacity);
     if (chunk == 0) throw ConfigError("KnowledgeCache::prefill: chunk is 0 tokens");
     const auto t0 = Clock::now();
@@ -46,7 +46,8 @@ KnowledgeCache KnowledgeCache::prefill(Decoder& decoder, std::vector<std::int32_
     std::vector<float> logits(decoder.config().vocab_size);
     const std::span<const std::int32_t> all(kc.tokens_);
     for (std::size_t at = 0; at < all.size(); at += chunk) {
-        decoder.forward(all.subspan(at, std::min(chunk, all.size() - at)), kc.cache_, 0, logits);
+        decoder.forward(all.subspan(at, std::min(chunk, all.size() - at)), kc.cache_, 0, logits,
+                        ForwardOptions{.threads = threads});
     }
     kc.build_seconds_ = std::chrono::duration<double>(Clock::now() - t0).count();
     return kc;

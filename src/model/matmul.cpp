@@ -12,10 +12,7 @@
 #include <immintrin.h>
 #define KVCACHE_MATMUL_AVX2 1
 #endif
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
+#include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
 
@@ -201,15 +198,6 @@ DotFn kernel_for(WeightFormat f, int nt) {
     return nullptr;
 }
 
-int resolve_threads(int requested) {
-#if defined(_OPENMP)
-    return requested > 0 ? requested : omp_get_max_threads();
-#else
-    (void)requested;
-    return 1;
-#endif
-}
-
 }  // namespace
 
 std::string weight_format_name(WeightFormat f) {
@@ -285,28 +273,30 @@ void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_str
     }
     const float* xsum = xsum_storage.data();
     const std::size_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-    const int n_threads = std::min<int>(resolve_threads(threads), static_cast<int>(tasks));
+    const int n_threads = detail::thread_count(threads, tasks, rows * row_stride);
 
-#pragma omp parallel for num_threads(n_threads) schedule(static) if (n_threads > 1)
-    for (std::ptrdiff_t task = 0; task < static_cast<std::ptrdiff_t>(tasks); ++task) {
-        const std::size_t r0 = static_cast<std::size_t>(task) * kRowsPerTask;
-        const std::size_t r1 = std::min(rows, r0 + kRowsPerTask);
-        for (std::size_t t = 0; t < n; t += kTokensPerPass) {
-            const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
-            const float* xs[kTokensPerPass];
-            const float* ss[kTokensPerPass];
-            for (int i = 0; i < nt; ++i) {
-                xs[i] = x + (t + i) * cols;
-                ss[i] = xsum + (t + i) * nb;
-            }
-            const DotFn dot = kernel_for(format, nt);
-            float out[kTokensPerPass];
-            for (std::size_t r = r0; r < r1; ++r) {
-                dot(base + r * row_stride, cols, xs, ss, out);
-                for (int i = 0; i < nt; ++i) y[(t + i) * rows + r] = out[i];
+    // Each task writes rows [r0, r1) of every token and nothing else: its output does not depend on the thread.
+    detail::parallel_for(tasks, 1, n_threads, [&](std::size_t first_task, std::size_t end_task) {
+        for (std::size_t task = first_task; task < end_task; ++task) {
+            const std::size_t r0 = task * kRowsPerTask;
+            const std::size_t r1 = std::min(rows, r0 + kRowsPerTask);
+            for (std::size_t t = 0; t < n; t += kTokensPerPass) {
+                const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
+                const float* xs[kTokensPerPass];
+                const float* ss[kTokensPerPass];
+                for (int i = 0; i < nt; ++i) {
+                    xs[i] = x + (t + i) * cols;
+                    ss[i] = xsum + (t + i) * nb;
+                }
+                const DotFn dot = kernel_for(format, nt);
+                float out[kTokensPerPass];
+                for (std::size_t r = r0; r < r1; ++r) {
+                    dot(base + r * row_stride, cols, xs, ss, out);
+                    for (int i = 0; i < nt; ++i) y[(t + i) * rows + r] = out[i];
+                }
             }
         }
-    }
+    });
 }
 
 }  // namespace

@@ -20,13 +20,10 @@
 #include <span>
 #include <vector>
 
-#if defined(_OPENMP)
-#include <omp.h>
-#endif
-
 #include "kvcache/attention/attention_options.hpp"
 #include "kvcache/cache/concept.hpp"
 #include "kvcache/detail/simd.hpp"
+#include "kvcache/detail/thread_pool.hpp"
 
 namespace kvcache {
 namespace detail {
@@ -35,20 +32,8 @@ namespace detail {
 inline constexpr std::size_t kAttentionTile = 64;
 /// Positions per segment (one unit of parallel work). A multiple of kAttentionTile.
 inline constexpr std::size_t kAttentionSegment = 512;
-/// Below this many cache bytes to read, one call runs on the calling thread: waking a second thread costs
-/// more than it saves.
-inline constexpr std::size_t kAttentionParallelBytes = std::size_t(256) << 10;
 /// Query heads folded together over one pass of a tile (each K and V row is loaded once for all of them).
 inline constexpr std::size_t kAttentionHeadBundle = 3;
-
-inline int resolve_threads(int requested) {
-#if defined(_OPENMP)
-    return requested > 0 ? requested : omp_get_max_threads();
-#else
-    (void)requested;
-    return 1;
-#endif
-}
 
 /// Per-thread scratch, grown on first use and kept: no allocation on the decode path after warm-up.
 struct TileScratch {
@@ -338,29 +323,26 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
     for (const auto& item : plan.work) positions += item.hi - item.lo;
     const std::size_t bytes =
         positions * (storage_units<TK>(d) * sizeof(TK) + storage_units<TV>(d) * sizeof(TV));
-    const int threads = bytes < detail::kAttentionParallelBytes
-                            ? 1
-                            : std::min<int>(detail::resolve_threads(opts.threads), static_cast<int>(plan.work.size()));
+    const std::size_t n_work = plan.work.size();
+    const int threads = detail::thread_count(opts.threads, n_work, bytes);
     const float* qbase = plan.scaled_q.data();
     float* states = plan.states.data();
     const auto* work = plan.work.data();
-    const std::ptrdiff_t n_work = static_cast<std::ptrdiff_t>(plan.work.size());
     // Decode (one token): each thread takes one contiguous run of work items — long sequential reads of one
     // kv head that the hardware prefetcher can follow (interleaved single items gave 47-58 % of the two-thread
     // bandwidth, contiguous runs 78-86 %). Prefill: items differ in size under the causal mask, so one at a time.
-    const int chunk = n_tokens == 1 ? static_cast<int>((n_work + threads - 1) / std::max(threads, 1)) : 1;
-#if defined(_OPENMP)
-#pragma omp parallel for schedule(dynamic, chunk) num_threads(threads) if (threads > 1)
-#endif
-    for (std::ptrdiff_t w = 0; w < n_work; ++w) {
-        const detail::AttentionWork& item = work[w];
-        const detail::SoftmaxState state{states + item.slot * state_size, d};
-        state.reset(s.group);
-        const float* qs = qbase + (item.token * n_q_heads + item.kv_head * s.group) * d;
-        detail::attend_positions_simd<TK, TV>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo, item.hi, state);
-    }
-    (void)threads;
-    (void)chunk;
+    const std::size_t chunk = n_tokens == 1 ? (n_work + threads - 1) / static_cast<std::size_t>(threads) : 1;
+    // Each item writes only its own slot's state: the result does not depend on which thread runs it.
+    detail::parallel_for(n_work, chunk, threads, [&](std::size_t first, std::size_t end) {
+        for (std::size_t w = first; w < end; ++w) {
+            const detail::AttentionWork& item = work[w];
+            const detail::SoftmaxState state{states + item.slot * state_size, d};
+            state.reset(s.group);
+            const float* qs = qbase + (item.token * n_q_heads + item.kv_head * s.group) * d;
+            detail::attend_positions_simd<TK, TV>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo,
+                                                      item.hi, state);
+        }
+    });
 
     // Merge each (token, kv head)'s segments in order and normalise.
     for (std::size_t t = 0; t < n_tokens; ++t) {

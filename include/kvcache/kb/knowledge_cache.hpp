@@ -28,10 +28,10 @@ CacheFingerprint knowledge_fingerprint(const Decoder& decoder, std::string_view 
 class KnowledgeCache {
 public:
     /// Runs the knowledge through the decoder, `chunk` tokens per forward pass (the result does not depend on
-    /// it), into a cache of `capacity` positions. CapacityError if the knowledge leaves no room in it,
-    /// ConfigError for no tokens or chunk 0.
+    /// it), into a cache of `capacity` positions, with `threads` threads (0: the decoder's default).
+    /// CapacityError if the knowledge leaves no room in it, ConfigError for no tokens or chunk 0.
     static KnowledgeCache prefill(Decoder& decoder, std::vector<std::int32_t> knowledge_tokens, std::size_t capacity,
-                                  std::size_t chunk = 512);
+                                  std::size_t chunk = 512, int threads = 0);
     /// Loads a file saved by save() into a cache of `capacity` positions. FingerprintMismatch if the file is for
     /// another model, another knowledge or another cache configuration (or its token ids differ from
     /// knowledge_tokens); FormatError if damaged; CapacityError if it does not fit.

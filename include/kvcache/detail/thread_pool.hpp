@@ -1,0 +1,67 @@
+// The library's one threading policy: how many threads a piece of work gets, and the small pool that runs it.
+//
+// Why not OpenMP: a parallel region ends in a barrier that waits for every thread of the team, including one
+// the OS has not scheduled yet. On a machine whose other cores are busy that barrier turns 100 tok/s into 2.
+// Here the caller works too and never waits on a helper that has not started:
+//   - tasks are claimed one chunk at a time from an atomic counter, by the caller and by any helper that joins;
+//   - the caller runs tasks until none are left unclaimed, closes the job (a helper waking later finds nothing
+//     to do), then waits only for chunks that running helpers have already claimed.
+// One pool for the process, sized to the hardware (the caller + hardware_concurrency - 1 helpers), so many
+// callers share the helpers instead of multiplying threads; a parallel_for inside a task runs inline.
+//
+// Determinism: a task's output must not depend on which thread runs it (each task writes its own outputs, in
+// one fixed order). The kernels' bitwise guarantees then hold for any thread count and any timing.
+#pragma once
+
+#include <cstddef>
+#include <type_traits>
+#include <utility>
+
+namespace kvcache::detail {
+
+/// Below this many bytes read, a call runs on the caller alone: waking a helper costs more than it saves.
+inline constexpr std::size_t kMinParallelBytes = std::size_t(64) << 10;
+
+/// Threads a call with `threads = 0` gets: the environment variable KVCACHE_THREADS if it holds a positive
+/// number, else the hardware's threads (at least 1). Read once.
+int default_threads();
+
+/// The threads the hardware offers (std::thread::hardware_concurrency, at least 1): the pool's helpers + 1.
+int hardware_threads();
+
+/// The one place that decides how many threads a piece of work gets.
+///   requested: the caller's thread count (0 or less: default_threads()); never more than hardware_threads();
+///   tasks:     independent units of the work — no more threads than tasks;
+///   bytes:     memory the work reads — one thread when below kMinParallelBytes.
+/// The result is at least 1. It only decides speed: kernels give the same bits for any count.
+int thread_count(int requested, std::size_t tasks, std::size_t bytes);
+
+/// The type-erased body of a parallel_for: runs tasks [begin, end).
+using ParallelBody = void (*)(void* context, std::size_t begin, std::size_t end);
+
+/// parallel_for's non-template part (src/core/thread_pool.cpp).
+void run_parallel(std::size_t tasks, std::size_t chunk, int threads, ParallelBody body, void* context);
+
+/// True on a pool helper and on a caller while it runs tasks of a parallel_for: a nested call runs inline.
+bool inside_parallel_for() noexcept;
+
+/// Runs body(begin, end) over the tasks [0, tasks), `chunk` tasks per claim, on up to `threads` threads (the
+/// caller and up to threads - 1 pool helpers; pass a count from thread_count()). Returns when every task has
+/// run. The first exception a task throws is rethrown here (the original object, e.g. a kvcache::Error);
+/// tasks not yet claimed by then are skipped.
+template <class Body>
+void parallel_for(std::size_t tasks, std::size_t chunk, int threads, Body&& body) {
+    if (tasks == 0) return;
+    if (chunk == 0) chunk = 1;
+    if (threads <= 1 || tasks <= chunk) {
+        body(std::size_t{0}, tasks);
+        return;
+    }
+    using B = std::remove_reference_t<Body>;
+    run_parallel(
+        tasks, chunk, threads,
+        [](void* context, std::size_t begin, std::size_t end) { (*static_cast<B*>(context))(begin, end); },
+        const_cast<void*>(static_cast<const void*>(&body)));
+}
+
+}  // namespace kvcache::detail

@@ -131,7 +131,8 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         check(spm, text, text.find("\xE2\x96\x81") == std::string_view::npos);
         // SmolLM2's vocabulary lacks 21 byte tokens (0x04, 0xff, ...) and its unknown token is <|endoftext|>, a
         // control token: literal text drops those bytes rather than end the text, so no exact round trip.
-        if (smol) check(*smol, text, false);
+        // Short inputs only: its 49k-token vocabulary is slow under ASan, and length adds little there.
+        if (smol && size <= 256) check(*smol, text, false);
     } catch (const kvcache::Error& e) {
         kvcache::fuzz::broken(kTarget, "valid text raised an error", e.what());
     }

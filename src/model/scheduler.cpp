@@ -181,8 +181,12 @@ void Scheduler::engine_loop() {
             work_.wait(q, [&] { return stopping_ || !queue_.empty() || !cancels_.empty() || engine_work_ > 0; });
             if (stopping_) return;
         }
-        std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
-        step_locked();
+        {
+            std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+            step_locked();
+        }
+        // Let callers between steps (stats, slots, cache files) in before the next step.
+        while (lock_waiters_.load() > 0) std::this_thread::yield();
     }
 }
 
@@ -562,12 +566,12 @@ const Scheduler::KeptSequence& Scheduler::kept(SequenceId id) const {
 }
 
 bool Scheduler::is_kept(SequenceId id) const {
-    std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+    const auto lock = lock_engine();
     return id.index < kept_.size() && kept_[id.index] && kept_[id.index]->id == id;
 }
 
 SequenceId Scheduler::fork(SequenceId from, std::size_t position) {
-    std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+    const auto lock = lock_engine();
     const KeptSequence& k = kept(from);
     if (position > k.tokens.size()) {
         throw IndexError(fmt::format("Scheduler::fork: sequence {} holds {} tokens, cannot fork at {}", from.index,
@@ -586,7 +590,7 @@ SequenceId Scheduler::fork(SequenceId from, std::size_t position) {
 }
 
 void Scheduler::truncate(SequenceId id, std::size_t n) {
-    std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+    const auto lock = lock_engine();
     KeptSequence& k = kept(id);
     if (n >= k.tokens.size()) return;
     pool_->truncate(id, n);
@@ -595,7 +599,7 @@ void Scheduler::truncate(SequenceId id, std::size_t n) {
 }
 
 void Scheduler::release(SequenceId id, bool cache_prefix) {
-    std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+    const auto lock = lock_engine();
     KeptSequence& k = kept(id);
     if (prefixes_ && cache_prefix && !k.tokens.empty()) prefixes_->insert(k.tokens, id);
     pool_->free_sequence(id);
@@ -606,12 +610,12 @@ void Scheduler::release(SequenceId id, bool cache_prefix) {
 }
 
 std::vector<std::int32_t> Scheduler::tokens(SequenceId id) const {
-    std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+    const auto lock = lock_engine();
     return kept(id).tokens;
 }
 
 void Scheduler::adopt(SequenceId id, std::vector<std::int32_t> tokens) {
-    std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+    const auto lock = lock_engine();
     if (!pool_->contains(id)) {
         throw IndexError(fmt::format("Scheduler::adopt: the pool has no sequence {} (generation {})", id.index,
                                      id.generation));

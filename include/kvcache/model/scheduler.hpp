@@ -210,7 +210,7 @@ public:
     /// scheduler uses (running requests', kept ones — use release()).
     template <class F>
     decltype(auto) exclusive(F&& f) {
-        std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
+        const auto lock = lock_engine();
         return std::forward<F>(f)(*pool_, prefixes_);
     }
 
@@ -260,6 +260,17 @@ private:
     // The engine's state: guarded by engine_mutex_ (held for a whole step; recursive so that callbacks
     // running inside a step may call the kept-sequence operations).
     mutable std::recursive_mutex engine_mutex_;
+    // Threads waiting for engine_mutex_ from outside a step. A mutex is not fair: an engine thread that
+    // re-locked at once after each step would starve them for seconds on a quiet machine (a /health call
+    // that waits for a whole generation). The engine lets every waiter in before its next step.
+    mutable std::atomic<int> lock_waiters_{0};
+    /// engine_mutex_, announced to the engine thread so that it steps aside (see lock_waiters_).
+    std::unique_lock<std::recursive_mutex> lock_engine() const {
+        ++lock_waiters_;
+        std::unique_lock<std::recursive_mutex> lock(engine_mutex_);
+        --lock_waiters_;
+        return lock;
+    }
     std::vector<std::unique_ptr<Active>> running_;    // in admission order (the youngest last)
     std::deque<std::unique_ptr<Active>> preempted_;   // wait ahead of the submit queue
     std::vector<std::unique_ptr<KeptSequence>> kept_; // by SequenceId::index (null: not kept)

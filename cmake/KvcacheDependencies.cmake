@@ -9,10 +9,14 @@ macro(kvcache_require _found _what _debian)
 endmacro()
 
 find_package(Threads REQUIRED)
+# Eigen and xtensor only for the opt-in views (kvcache::eigen, kvcache::xtensor): without them those targets
+# are not defined, and nothing else changes. The tests use both views, so they need both.
 find_package(Eigen3 3.4 QUIET NO_MODULE)
-kvcache_require(Eigen3_FOUND "Eigen 3.4" libeigen3-dev)
 find_package(xtensor QUIET)
-kvcache_require(xtensor_FOUND "xtensor (with xtl and xsimd)" xtensor-dev)
+if(KVCACHE_BUILD_TESTS)
+  kvcache_require(Eigen3_FOUND "Eigen 3.4" libeigen3-dev)
+  kvcache_require(xtensor_FOUND "xtensor (with xtl and xsimd)" xtensor-dev)
+endif()
 find_package(fmt QUIET)
 kvcache_require(fmt_FOUND "{fmt}" libfmt-dev)
 find_package(nlohmann_json 3 QUIET)

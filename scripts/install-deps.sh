@@ -2,7 +2,7 @@
 # Installs everything kvcache needs on a fresh Debian 12 machine (root or sudo), from Debian's packages.
 set -euo pipefail
 packages=(
-  build-essential cmake ninja-build git python3 python3-pip
+  build-essential cmake ninja-build pkg-config git python3 python3-pip
   libeigen3-dev xtensor-dev catch2 libbenchmark-dev libfmt-dev nlohmann-json3-dev libxxhash-dev libcli11-dev
   libsqlite3-dev
   python3-matplotlib python3-numpy clang libclang-rt-14-dev

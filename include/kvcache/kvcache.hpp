@@ -1,5 +1,6 @@
 // The umbrella header: every public part of the core library (caches, attention, layouts, test kit
-// helpers that need no Catch2). The optional views need xtensor / Eigen and are included here too.
+// helpers that need no Catch2). Not the opt-in views: include kvcache/cache/views_eigen.hpp or
+// views_xtensor.hpp and link kvcache::eigen or kvcache::xtensor for those.
 #pragma once
 
 #include "kvcache/attention/attention.hpp"
@@ -15,8 +16,6 @@
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
 #include "kvcache/cache/paged_kv_cache.hpp"
 #include "kvcache/cache/prefix_cache.hpp"
-#include "kvcache/cache/views_eigen.hpp"
-#include "kvcache/cache/views_xtensor.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
 #include "kvcache/persist/cache_file.hpp"

@@ -1,4 +1,6 @@
-// Uses the installed package: a compile-time cache, a run-time cache, attention and the version string.
+// Uses the installed package: a compile-time cache, a run-time cache, attention and the version string, and
+// says which kernels it was compiled with (scripts/check-package.sh checks that a consumer that passes no
+// instruction-set flags of its own still gets the library's).
 #include <kvcache/kvcache.hpp>
 
 #include <cstdio>
@@ -14,7 +16,8 @@ int main() {
     kvcache::attention(cache, 1, 0, q, 1, 9, fast);
     kvcache::attention_reference(cache, 1, 0, q, 1, 9, reference);
     const auto diff = kvcache::testing::compare_tensors(fast, reference);
-    std::printf("kvcache %s: %zu positions cached, fast vs reference relative error %.2e\n", kvcache::version(),
-                cache.seq_len(), diff.relative_error());
+    const char* kernels = KVCACHE_HAVE_AVX512 ? "avx512" : KVCACHE_HAVE_AVX2 ? "avx2" : "scalar";
+    std::printf("kvcache %s: %zu positions cached, fast vs reference relative error %.2e, kernels: %s\n",
+                kvcache::version(), cache.seq_len(), diff.relative_error(), kernels);
     return diff.within(1e-5) ? 0 : 1;
 }

@@ -1,4 +1,5 @@
 // Zero-copy Eigen maps of one head of a contiguous float cache (read-only; valid until it reallocates).
+// Opt-in: not in kvcache.hpp; link kvcache::eigen (kvcache::kvcache + Eigen3::Eigen) to use it.
 #pragma once
 
 #include <cstddef>

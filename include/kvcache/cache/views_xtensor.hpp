@@ -1,4 +1,5 @@
 // Zero-copy xtensor views of a contiguous cache's memory (read-only; valid until the cache reallocates).
+// Opt-in: not in kvcache.hpp; link kvcache::xtensor (kvcache::kvcache + xtensor) to use it.
 #pragma once
 
 #include <array>

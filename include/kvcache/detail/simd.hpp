@@ -26,6 +26,17 @@
 #define KVCACHE_HAVE_AVX512 0
 #endif
 
+// The kernels are compiled with the includer's flags. On x86-64 without AVX2+FMA they quietly take the scalar
+// path, several times slower — so say so at build time. The package's targets (CMake kvcache::kvcache,
+// pkg-config kvcache) carry the flags the library was built with; a build that wants the portable path on
+// purpose defines KVCACHE_ALLOW_SCALAR. (#pragma message, not #warning: it informs, and -Werror builds go on.)
+#if (defined(__x86_64__) || defined(_M_X64)) && !KVCACHE_HAVE_AVX2 && !defined(KVCACHE_ALLOW_SCALAR)
+#pragma message("kvcache: compiled without AVX2/FMA, so attention and matmul use the scalar path (several times " \
+                "slower). Compile with -mavx2 -mfma -mf16c or -march=native (the kvcache::kvcache target and " \
+                "`pkg-config --cflags kvcache` carry the library's flags), or define KVCACHE_ALLOW_SCALAR to keep " \
+                "the portable path without this message.")
+#endif
+
 namespace kvcache::detail {
 
 /// W values of a row of a storage type without a kernel of its own (a user's ElementTraits type), from value

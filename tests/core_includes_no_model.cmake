@@ -1,0 +1,20 @@
+# The core stands alone: no core header (include/kvcache outside model/ and kb/) and no core source
+# (src/core) includes the model or knowledge-base layer. Run by ctest as core_includes_no_model:
+#   cmake -DROOT=<source dir> -P tests/core_includes_no_model.cmake
+file(GLOB_RECURSE _files ${ROOT}/include/kvcache/*.hpp ${ROOT}/src/core/*.cpp ${ROOT}/src/core/*.hpp)
+set(_bad "")
+foreach(_file ${_files})
+  if(_file MATCHES "/include/kvcache/(model|kb)/")
+    continue()
+  endif()
+  file(STRINGS ${_file} _hits REGEX "#include [<\"]kvcache/(model|kb)/")
+  if(_hits)
+    list(APPEND _bad "${_file}: ${_hits}")
+  endif()
+endforeach()
+list(LENGTH _files _count)
+if(_bad)
+  list(JOIN _bad "\n  " _text)
+  message(FATAL_ERROR "core files include the model or kb layer:\n  ${_text}")
+endif()
+message(STATUS "core_includes_no_model: ${_count} files checked, none includes model/ or kb/")

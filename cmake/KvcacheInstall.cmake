@@ -6,9 +6,11 @@ include(CMakePackageConfigHelpers)
 set(KVCACHE_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/kvcache)
 
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/kvcache DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT Development)
-install(FILES ${KVCACHE_GENERATED_INCLUDE_DIR}/kvcache/version.hpp DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache COMPONENT Development)
+install(FILES ${KVCACHE_GENERATED_INCLUDE_DIR}/kvcache/version.hpp
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache COMPONENT Development)
 # The core's sources, for kvcache::header_only: <kvcache/implementation.hpp> compiles them from here.
-install(FILES ${KVCACHE_CORE_SOURCES} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache/impl COMPONENT Development)
+install(FILES ${KVCACHE_CORE_SOURCES} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache/impl
+  COMPONENT Development)
 
 # Always there: the core, the core without a compiled library, the reference transformer.
 install(TARGETS kvcache kvcache_header_only kvcache_model EXPORT kvcacheTargets
@@ -44,6 +46,7 @@ if(IS_ABSOLUTE "${CMAKE_INSTALL_LIBDIR}")
   set(KVCACHE_PC_PREFIX "${CMAKE_INSTALL_PREFIX}")
 else()
   file(RELATIVE_PATH _up "/prefix/${KVCACHE_PKGCONFIG_DIR}" "/prefix")  # e.g. ../.. for lib/pkgconfig
+  string(REGEX REPLACE "/$" "" _up "${_up}")
   set(KVCACHE_PC_PREFIX "\${pcfiledir}/${_up}")
 endif()
 foreach(_dir INCLUDEDIR LIBDIR)

@@ -8,9 +8,13 @@ set(KVCACHE_CMAKE_DIR ${CMAKE_INSTALL_LIBDIR}/cmake/kvcache)
 install(DIRECTORY ${PROJECT_SOURCE_DIR}/include/kvcache DESTINATION ${CMAKE_INSTALL_INCLUDEDIR} COMPONENT Development)
 install(FILES ${KVCACHE_GENERATED_INCLUDE_DIR}/kvcache/version.hpp
   DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache COMPONENT Development)
-# The core's sources, for kvcache::header_only: <kvcache/implementation.hpp> compiles them from here.
-install(FILES ${KVCACHE_CORE_SOURCES} DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache/impl
-  COMPONENT Development)
+# For kvcache::header_only: <kvcache/implementation.hpp> compiles the core's sources (and their private headers)
+# from include/kvcache/impl/.
+file(GLOB _kvcache_core_private_headers ${PROJECT_SOURCE_DIR}/src/core/*.hpp)
+install(FILES ${KVCACHE_CORE_SOURCES} ${_kvcache_core_private_headers}
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache/impl COMPONENT Development)
+install(FILES ${PROJECT_BINARY_DIR}/install-include/kvcache/implementation.hpp
+  DESTINATION ${CMAKE_INSTALL_INCLUDEDIR}/kvcache COMPONENT Development)
 
 # Always there: the core, the core without a compiled library, the reference transformer.
 install(TARGETS kvcache kvcache_header_only kvcache_model EXPORT kvcacheTargets

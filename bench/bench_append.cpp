@@ -57,7 +57,7 @@ void register_type() {
         BM_Append(s, cache);
     })->ArgName("tokens")->Arg(1)->Arg(512);
     benchmark::RegisterBenchmark(("BM_Append/MultiLayerKVCache/" + t).c_str(), [](benchmark::State& s) {
-        MultiLayerKVCache<T> cache(1, kKVHeads, kHeadDim, 1, kCapacity);
+        MultiLayerKVCache<T> cache(CacheShape{1, kKVHeads, kHeadDim}, 1, kCapacity);
         BM_Append(s, cache);
     })->ArgName("tokens")->Arg(1)->Arg(512);
 }

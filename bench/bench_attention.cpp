@@ -89,7 +89,7 @@ Caches<T>& caches(std::size_t context, bool cold) {
     c.context = context;
     c.next_layer = 0;
     c.layers = cold ? std::max<std::size_t>(1, (g_cold_bytes + layer_bytes<T>(context) - 1) / layer_bytes<T>(context)) : 1;
-    c.cache = std::make_unique<MultiLayerKVCache<T>>(c.layers, kKVHeads, kHeadDim, 1, context);
+    c.cache = std::make_unique<MultiLayerKVCache<T>>(CacheShape{c.layers, kKVHeads, kHeadDim}, 1, context);
     const std::size_t width = kKVHeads * kHeadDim;
     const auto k = testing::random_normal(context * width, 11), v = testing::random_normal(context * width, 12);
     for (std::size_t l = 0; l < c.layers; ++l) c.cache->append(l, 0, k, v, context);

@@ -84,7 +84,7 @@ double memcpy_gbps(std::size_t bytes, int runs) {
 
 template <class T>
 void run(std::size_t tokens, int runs, const fs::path& dir) {
-    MultiLayerKVCache<T> source(kLayers, kKvHeads, kHeadDim, 1, tokens);
+    MultiLayerKVCache<T> source(CacheShape{kLayers, kKvHeads, kHeadDim}, 1, tokens);
     const auto keys = testing::random_uniform(tokens * kKvHeads * kHeadDim, 1, -3.0f, 3.0f);
     const auto values = testing::random_uniform(tokens * kKvHeads * kHeadDim, 2, -3.0f, 3.0f);
     for (std::size_t l = 0; l < kLayers; ++l) source.append(l, 0, keys, values, tokens);
@@ -112,7 +112,7 @@ void run(std::size_t tokens, int runs, const fs::path& dir) {
     const double write_fast = plain_write_seconds(plain, file_bytes, false, runs);
     fs::remove(plain);
 
-    MultiLayerKVCache<T> target(kLayers, kKvHeads, kHeadDim, 1, tokens);
+    MultiLayerKVCache<T> target(CacheShape{kLayers, kKvHeads, kHeadDim}, 1, tokens);
     load_cache_file(path, target, 0, fp);  // touch the target once; every timed run then starts from clear()
     if (std::memcmp(target.key_data(29, 0), source.key_data(29, 0), tokens * kHeadDim * sizeof(T)) != 0) {
         std::fprintf(stderr, "load is not bit-exact\n");

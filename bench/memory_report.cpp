@@ -54,7 +54,7 @@ Row measure(const kvcache::DecoderConfig& c, std::size_t length, const char* dty
     r.computed = r.bytes_per_token * length;
     const long long before = rss_bytes();
     {
-        kvcache::MultiLayerKVCache<T> cache(c.n_layers, c.n_kv_heads, c.head_dim, 1, length);
+        kvcache::MultiLayerKVCache<T> cache(kvcache::CacheShape{c.n_layers, c.n_kv_heads, c.head_dim}, 1, length);
         // Fill every position so each page is written (the buffer is also zeroed at allocation).
         const std::vector<float> kv(length * c.kv_dim(), 0.5f);
         for (std::size_t l = 0; l < c.n_layers; ++l) cache.append(l, 0, kv, kv, length);

@@ -131,7 +131,7 @@ int main(int argc, char** argv) try {
     }
     if (gen_tokens > 0) {
         const auto tok = kvcache::Tokenizer::from_gguf(file);
-        std::vector<std::int32_t> prompt = tok.encode("The history of the printing press", false, false);
+        std::vector<std::int32_t> prompt = tok.encode("The history of the printing press", {.add_special = false});
         kvcache::GenerateOptions o;
         o.max_new_tokens = gen_tokens;
         o.stop_at_eos = false;

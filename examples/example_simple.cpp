@@ -20,7 +20,7 @@
 #include "kvcache/model/chat.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/generate.hpp"
-#include "kvcache/model/gguf.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "kvcache/model/tokenizer.hpp"
 
 #ifndef KVCACHE_SOURCE_DIR
@@ -28,11 +28,6 @@
 #endif
 
 namespace {
-
-std::filesystem::path default_model() {
-    if (const char* env = std::getenv("KVCACHE_MODEL")) return env;
-    return std::filesystem::path(KVCACHE_SOURCE_DIR) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
-}
 
 std::string mib(std::size_t bytes) { return fmt::format("{:.1f} MiB", double(bytes) / (1024.0 * 1024.0)); }
 
@@ -61,7 +56,7 @@ CLI::Validator finite_between(double lo, double hi, bool open_low = false) {
 int main(int argc, char** argv) {
     CLI::App app{"Generate text with SmolLM2 through a KV cache, then without one, and compare the time."};
     std::string prompt = "Explain in two sentences what a KV cache does in a transformer.";
-    std::string model_path = default_model().string();
+    std::string model_path = kvcache::default_model_path(KVCACHE_SOURCE_DIR).string();
     std::size_t max_tokens = 64;
     int threads = 0;
     bool skip_uncached = false;
@@ -102,9 +97,7 @@ int main(int argc, char** argv) {
                                "(or pass --model / set KVCACHE_MODEL)\n", model_path);
             return 1;
         }
-        const auto file = kvcache::gguf::File::open(model_path);
-        const kvcache::Tokenizer tokenizer = kvcache::Tokenizer::from_gguf(file);
-        kvcache::Decoder model(kvcache::DecoderWeights::from_gguf(file), threads);
+        auto [model, tokenizer, fingerprint] = kvcache::load_model(model_path, {.threads = threads});
         const auto& c = model.config();
         fmt::print(stderr, "model: {} ({}, {} layers, d_model {}, {} heads / {} kv heads), weights {}\n", model_path,
                    c.architecture, c.n_layers, c.d_model, c.n_heads, c.n_kv_heads, mib(model.weights().bytes()));

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Generates the golden fixtures for the GGUF reader tests (tests/gguf_test.cpp) under tests/fixtures/gguf/.
+"""Generates the golden fixtures for the GGUF reader tests (tests/gguf_*_test.cpp) under tests/fixtures/gguf/.
 
 The reference is the `gguf` package (gguf-py, the GGUF writer/reader of the llama.cpp project) with numpy:
   pip install gguf numpy

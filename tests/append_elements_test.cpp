@@ -103,7 +103,7 @@ TEST_CASE("append_elements keeps every bit, NaN payloads included", "[append_ele
 
 TEST_CASE("append_elements errors write nothing", "[append_elements]") {
     KVCache<2, 1, 4> cache(2, 4);
-    MultiLayerKVCache<float> multi(2, 1, 4, 2, 4, Growth::Grow);
+    MultiLayerKVCache<float> multi(CacheShape{2, 1, 4}, 2, 4, Growth::Grow);
     std::vector<float> rows(8, 1.0f);
     CHECK_THROWS_AS(cache.append_elements(2, 0, rows.data(), rows.data(), 1), IndexError);
     CHECK_THROWS_AS(cache.append_elements(0, 2, rows.data(), rows.data(), 1), IndexError);

@@ -127,7 +127,7 @@ TEMPLATE_TEST_CASE("attention determinism: (a) the thread count does not change 
     for (const Shape s : kShapes) {
         // 2600 positions: five 512-position segments (the parallel work units), the last one partial
         const std::size_t n = 2600;
-        MultiLayerKVCache<TestType> cache(1, s.kv_heads, s.head_dim, 1, n);
+        MultiLayerKVCache<TestType> cache(CacheShape{1, s.kv_heads, s.head_dim}, 1, n);
         fill(cache, n, 1);
         const std::size_t n_q = 5;  // a decode and a short causal prefill
         const auto q = random_normal(n_q * s.q_heads * s.head_dim, 2);
@@ -155,12 +155,12 @@ TEMPLATE_TEST_CASE("attention determinism: (b) prefill, chunked prefill and toke
         const auto q = random_normal(n * qw, 5);
         for (const std::size_t window : {std::size_t(0), std::size_t(100)}) {
             const AttentionOptions opts{.window = window, .threads = 2};
-            MultiLayerKVCache<TestType> full(1, s.kv_heads, s.head_dim, 1, n);
+            MultiLayerKVCache<TestType> full(CacheShape{1, s.kv_heads, s.head_dim}, 1, n);
             full.append(0, 0, k, v, n);
             const auto all_at_once = run(full, q, n, s.q_heads, opts);
 
             // token by token: append one position, attend its one query
-            MultiLayerKVCache<TestType> growing(1, s.kv_heads, s.head_dim, 1, n);
+            MultiLayerKVCache<TestType> growing(CacheShape{1, s.kv_heads, s.head_dim}, 1, n);
             std::size_t mismatches = 0;
             for (std::size_t t = 0; t < n; ++t) {
                 growing.append(0, 0, std::span<const float>(k).subspan(t * width, width),
@@ -172,7 +172,7 @@ TEMPLATE_TEST_CASE("attention determinism: (b) prefill, chunked prefill and toke
             CHECK(mismatches == 0);
 
             // chunked prefill in pieces of 37 (not a divisor of the tile), and a decode after a full cache
-            MultiLayerKVCache<TestType> chunked(1, s.kv_heads, s.head_dim, 1, n);
+            MultiLayerKVCache<TestType> chunked(CacheShape{1, s.kv_heads, s.head_dim}, 1, n);
             std::vector<float> pieces;
             for (std::size_t at = 0; at < n; at += 37) {
                 const std::size_t m = std::min<std::size_t>(37, n - at);
@@ -190,7 +190,7 @@ TEMPLATE_TEST_CASE("attention determinism: (c) contiguous, compile-time and odd-
                    "[attention][determinism]", float, fp16, bf16) {
     const std::size_t n = 2600;
     const Shape s = kShapes[0];
-    MultiLayerKVCache<TestType> contiguous(1, s.kv_heads, s.head_dim, 1, n);
+    MultiLayerKVCache<TestType> contiguous(CacheShape{1, s.kv_heads, s.head_dim}, 1, n);
     KVCache<1, 3, 64, TestType> fixed(1, n);
     // chunks of 1, 7, 16 (a paged block), 3, 64 (a tile), 29, 2 and 100 positions, rows padded by 5 elements
     OddChunkCache<TestType> odd(s.kv_heads, s.head_dim, {1, 7, 16, 3, 64, 29, 2, 100}, 5);
@@ -219,7 +219,7 @@ TEMPLATE_TEST_CASE("attention determinism: (c) contiguous, compile-time and odd-
     // every head size path, short contexts that end inside a chunk and inside a tile
     for (const Shape t : kShapes) {
         for (const std::size_t m : {std::size_t(1), std::size_t(5), std::size_t(63), std::size_t(65), std::size_t(517)}) {
-            MultiLayerKVCache<TestType> a(1, t.kv_heads, t.head_dim, 1, m);
+            MultiLayerKVCache<TestType> a(CacheShape{1, t.kv_heads, t.head_dim}, 1, m);
             OddChunkCache<TestType> b(t.kv_heads, t.head_dim, {3, 16, 1, 45}, 1);
             fill(a, m, 8);
             fill(b, m, 8);
@@ -233,7 +233,7 @@ TEMPLATE_TEST_CASE("attention determinism: (c) contiguous, compile-time and odd-
 TEST_CASE("attention determinism: the comparisons can fail (a different query changes the bits)",
           "[attention][determinism]") {
     const Shape s = kShapes[0];
-    MultiLayerKVCache<float> cache(1, s.kv_heads, s.head_dim, 1, 700);
+    MultiLayerKVCache<float> cache(CacheShape{1, s.kv_heads, s.head_dim}, 1, 700);
     fill(cache, 700, 10);
     auto q = random_normal(s.q_heads * s.head_dim, 11);
     const auto a = run(cache, q, 1, s.q_heads, {});
@@ -265,7 +265,7 @@ TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batchi
         const std::size_t n = 1100, width = s.kv_heads * s.head_dim, qw = s.q_heads * s.head_dim;
         const auto k = random_normal(n * width, 21), v = random_normal(n * width, 22);
         const auto q = random_normal(n * qw, 23);
-        MultiLayerKVCache<K, V> full(1, s.kv_heads, s.head_dim, 1, n);
+        MultiLayerKVCache<K, V> full(CacheShape{1, s.kv_heads, s.head_dim}, 1, n);
         full.append(0, 0, k, v, n);
         for (const std::size_t window : {std::size_t(0), std::size_t(100)}) {
             INFO("head_dim " << s.head_dim << " window " << window);
@@ -278,7 +278,7 @@ TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batchi
                 CHECK(same_bits(run(full, q, n, s.q_heads, t), all_at_once));
             }
             // (b) token by token and chunked prefill
-            MultiLayerKVCache<K, V> growing(1, s.kv_heads, s.head_dim, 1, n);
+            MultiLayerKVCache<K, V> growing(CacheShape{1, s.kv_heads, s.head_dim}, 1, n);
             std::size_t mismatches = 0;
             std::vector<float> pieces;
             for (std::size_t at = 0; at < n; at += 37) {
@@ -296,7 +296,7 @@ TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batchi
             // (c) a paged pool (blocks of 7 and 16 positions) when keys and values share a type
             if constexpr (std::is_same_v<K, V>) {
                 for (const std::size_t block : {std::size_t(7), std::size_t(16)}) {
-                    PagedKVPool<K> pool(1, s.kv_heads, s.head_dim, PagedKVPool<K>::blocks_for(n, block), block);
+                    PagedKVPool<K> pool(CacheShape{1, s.kv_heads, s.head_dim}, PagedKVPool<K>::blocks_for(n, block), block);
                     auto seq = pool.sequence(pool.create_sequence());
                     fill(seq, n, 0);  // other contents first: then the same as `full`, chunked
                     pool.truncate(seq.id(), 0);
@@ -313,7 +313,7 @@ TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batchi
     }
     // compile-time dims read the same bits as run-time dims
     KVCache<1, 3, 64, K, V> fixed(1, 700);
-    MultiLayerKVCache<K, V> runtime(1, 3, 64, 1, 700);
+    MultiLayerKVCache<K, V> runtime(CacheShape{1, 3, 64}, 1, 700);
     fill(fixed, 700, 24);
     fill(runtime, 700, 24);
     const auto q1 = random_normal(9 * 64, 25);

@@ -56,7 +56,7 @@ double fast_vs_reference(const Cache& cache, std::size_t layer, std::size_t row,
 TEST_CASE("attention_reference: hand-computed softmax weights", "[attention]") {
     // two positions, one head of size 4 (default scale 1/2): q·k0 * 1/2 = ln 3, q·k1 = 0, so the weights are
     // 3/4 and 1/4 and the output is 3/4 v0 + 1/4 v1 = (2, 3, 4, 5)
-    MultiLayerKVCache<float> cache(1, 1, 4, 1, 4);
+    MultiLayerKVCache<float> cache(CacheShape{1, 1, 4}, 1, 4);
     const std::vector<float> k{1, 0, 0, 0, /**/ 0, 1, 0, 0};
     const std::vector<float> v{1, 2, 3, 4, /**/ 5, 6, 7, 8};
     cache.append(0, 0, k, v, 2);
@@ -100,7 +100,7 @@ TEST_CASE("attention_reference: hand-computed softmax weights", "[attention]") {
 TEST_CASE("attention: GQA query head h reads kv head h / group", "[attention]") {
     // kv head j holds the constant value j+1 everywhere: query head h must output (h / group) + 1
     const std::size_t q_heads = 6, kv_heads = 3, d = 8, n = 5;
-    MultiLayerKVCache<float> cache(1, kv_heads, d, 1, n);
+    MultiLayerKVCache<float> cache(CacheShape{1, kv_heads, d}, 1, n);
     std::vector<float> k = random_normal(n * kv_heads * d, 3), v(n * kv_heads * d);
     for (std::size_t p = 0; p < n; ++p)
         for (std::size_t j = 0; j < kv_heads; ++j)
@@ -118,14 +118,14 @@ TEST_CASE("attention: GQA query head h reads kv head h / group", "[attention]") 
 
 TEST_CASE("attention: fast equals reference for MHA, GQA, MQA, decode, prefill and window (fp32)", "[attention]") {
     SECTION("MHA 4/4, d 32") {
-        MultiLayerKVCache<float> cache(1, 4, 32, 1, 128);
+        MultiLayerKVCache<float> cache(CacheShape{1, 4, 32}, 1, 128);
         fill(cache, 0, 0, 50, 1);
         CHECK(fast_vs_reference(cache, 0, 0, 1, 4, {}) < kTolerance);   // decode
         CHECK(fast_vs_reference(cache, 0, 0, 7, 4, {}) < kTolerance);   // prefill of the last 7
         CHECK(fast_vs_reference(cache, 0, 0, 50, 4, {}) < kTolerance);  // the whole prompt at once
     }
     SECTION("GQA 9/3, d 64") {
-        MultiLayerKVCache<float> cache(1, 3, 64, 1, 256);
+        MultiLayerKVCache<float> cache(CacheShape{1, 3, 64}, 1, 256);
         fill(cache, 0, 0, 150, 2);
         CHECK(fast_vs_reference(cache, 0, 0, 1, 9, {}) < kTolerance);
         CHECK(fast_vs_reference(cache, 0, 0, 6, 9, {}) < kTolerance);
@@ -137,7 +137,7 @@ TEST_CASE("attention: fast equals reference for MHA, GQA, MQA, decode, prefill a
         CHECK(fast_vs_reference(cache, 0, 0, 4, 8, {}) < kTolerance);
     }
     SECTION("sliding window") {
-        MultiLayerKVCache<float> cache(1, 2, 16, 1, 200);
+        MultiLayerKVCache<float> cache(CacheShape{1, 2, 16}, 1, 200);
         fill(cache, 0, 0, 200, 4);
         for (std::size_t window : {1u, 16u, 63u, 64u, 65u, 150u, 200u, 500u}) {
             INFO("window " << window);
@@ -146,13 +146,13 @@ TEST_CASE("attention: fast equals reference for MHA, GQA, MQA, decode, prefill a
         }
     }
     SECTION("cross-attention (causal=false), more queries than keys") {
-        MultiLayerKVCache<float> cache(1, 2, 16, 1, 40);
+        MultiLayerKVCache<float> cache(CacheShape{1, 2, 16}, 1, 40);
         fill(cache, 0, 0, 9, 5);
         CHECK(fast_vs_reference(cache, 0, 0, 12, 4, {.causal = false}) < kTolerance);
         CHECK(fast_vs_reference(cache, 0, 0, 1, 2, {.causal = false}) < kTolerance);
     }
     SECTION("explicit scale and single thread") {
-        MultiLayerKVCache<float> cache(1, 2, 16, 1, 100);
+        MultiLayerKVCache<float> cache(CacheShape{1, 2, 16}, 1, 100);
         fill(cache, 0, 0, 100, 6);
         CHECK(fast_vs_reference(cache, 0, 0, 3, 4, {.scale = 0.7f, .threads = 1}) < kTolerance);
         CHECK(fast_vs_reference(cache, 0, 0, 3, 4, {.scale = 0.0f, .threads = 2}) < kTolerance);
@@ -172,7 +172,7 @@ TEST_CASE("attention: contexts across the 64-position tile and 1024-position seg
 
 TEST_CASE("attention: odd head sizes", "[attention]") {
     const std::size_t d = GENERATE(1u, 7u, 9u, 40u, 65u, 128u);
-    MultiLayerKVCache<float> cache(1, 2, d, 1, 140);
+    MultiLayerKVCache<float> cache(CacheShape{1, 2, d}, 1, 140);
     fill(cache, 0, 0, 140, d);
     INFO("head_dim " << d);
     CHECK(fast_vs_reference(cache, 0, 0, 1, 6, {}) < kTolerance);
@@ -206,7 +206,7 @@ TEST_CASE("attention: causal prefill gives each query what a decode at its posit
     // independent of the reference: the causal mask as truncation. Prefilling n tokens must equal, for
     // token t, decoding one token over a cache cut to its position.
     const std::size_t heads = 2, d = 16, n = 70, q_heads = 4;
-    MultiLayerKVCache<float> cache(1, heads, d, 1, n);
+    MultiLayerKVCache<float> cache(CacheShape{1, heads, d}, 1, n);
     fill(cache, 0, 0, n, 11);
     const auto q = random_normal(n * q_heads * d, 12);
     std::vector<float> prefill(q.size());
@@ -228,7 +228,7 @@ TEST_CASE("attention: causal prefill gives each query what a decode at its posit
     const std::size_t window = 10;
     std::vector<float> windowed(q_heads * d);
     attention(cache, 0, 0, std::span<const float>(q).subspan(0, q_heads * d), 1, q_heads, windowed, {.window = window});
-    MultiLayerKVCache<float> tail(1, heads, d, 1, window);
+    MultiLayerKVCache<float> tail(CacheShape{1, heads, d}, 1, window);
     const std::size_t width = heads * d;
     std::vector<float> k(window * width), v(window * width);
     for (std::size_t p = 0; p < window; ++p)
@@ -264,7 +264,7 @@ TEST_CASE("attention_dense and DenseKVView", "[attention]") {
     CHECK(chunk.length == n);
 
     // the same K/V in a real cache, read by the reference, is what the dense path must give
-    MultiLayerKVCache<float> cache(1, kv_heads, d, 1, n);
+    MultiLayerKVCache<float> cache(CacheShape{1, kv_heads, d}, 1, n);
     cache.append(0, 0, k, v, n);
     for (const AttentionOptions& opts : {AttentionOptions{}, AttentionOptions{.window = 50}, AttentionOptions{.causal = false}}) {
         std::vector<float> dense(q.size()), ref_view(q.size()), ref_cache(q.size());
@@ -285,7 +285,7 @@ TEST_CASE("attention_dense and DenseKVView", "[attention]") {
 }
 
 TEST_CASE("attention: zero queries is a no-op", "[attention]") {
-    MultiLayerKVCache<float> cache(1, 2, 8, 1, 4);
+    MultiLayerKVCache<float> cache(CacheShape{1, 2, 8}, 1, 4);
     std::vector<float> none;
     CHECK_NOTHROW(attention(cache, 0, 0, none, 0, 2, none));  // even on an empty cache
     CHECK_NOTHROW(attention_reference(cache, 0, 0, none, 0, 2, none));

@@ -264,7 +264,7 @@ TEST_CASE("cache file: a file moves between cache types of the same configuratio
     fill_row(fixed, 0, 9, 3);
     const auto path = dir / "x.kvc";
     save_cache_file(path, fixed, 0, token_ids(9), make_fingerprint(kModel, fixed));
-    MultiLayerKVCache<fp16> multi(L, H, D, 1, 9);
+    MultiLayerKVCache<fp16> multi(CacheShape{L, H, D}, 1, 9);
     CHECK(cache_fingerprint(multi) == cache_fingerprint(fixed));
     load_cache_file(path, multi, 0, make_fingerprint(kModel, multi));
     for (std::size_t l = 0; l < L; ++l) CHECK(row_bytes(multi, l, 0) == row_bytes(fixed, l, 0));
@@ -343,9 +343,9 @@ struct ChunkedView {
 };
 }  // namespace
 
-static_assert(KVCacheLike<PlainCache<float>> && !detail::AppendsElements<PlainCache<float>>);
+static_assert(KVCacheLike<PlainCache<float>> && !ElementAppendableKVCache<PlainCache<float>>);
 static_assert(KVCacheReadable<ChunkedView<float>>);
-static_assert(detail::AppendsElements<KVCache<1, 1, 1, bf16>> && detail::AppendsElements<MultiLayerKVCache<fp16>>);
+static_assert(ElementAppendableKVCache<KVCache<1, 1, 1, bf16>> && ElementAppendableKVCache<MultiLayerKVCache<fp16>>);
 
 TEMPLATE_TEST_CASE("cache file: generic caches (chunked reads, append through floats, rollback)", "[cache_file]",
                    float, fp16, bf16) {
@@ -381,7 +381,7 @@ namespace {
 /// A one-row cache that can only truncate as a whole (like PagedSequence) and fails in append at one layer.
 struct OneRowCache {
     using element_type = float;
-    MultiLayerKVCache<float> inner{3, 1, 4, 1, 8};
+    MultiLayerKVCache<float> inner{CacheShape{3, 1, 4}, 1, 8};
     std::size_t fail_at_layer = 2;
     std::size_t num_layers() const { return inner.num_layers(); }
     std::size_t batch_size() const { return 1; }
@@ -754,7 +754,7 @@ TEST_CASE("cache file: extension sections after the known ones are checked and s
 
 TEST_CASE("cache file: read_cache_file_info, fingerprints and the checksum", "[cache_file]") {
     TempDir dir;
-    MultiLayerKVCache<bf16> cache(30, 3, 64, 1, 4);
+    MultiLayerKVCache<bf16> cache(CacheShape{30, 3, 64}, 1, 4);
     CHECK(cache_fingerprint(cache) == "bf16 layers=30 kv_heads x head_dim=3x64");
     fill_row(cache, 0, 4, 1);
     const auto fp = make_fingerprint(fingerprint_digest(std::string_view("model metadata")), cache);

@@ -298,7 +298,7 @@ TEST_CASE("CacheStore: KV caches sized by bytes_allocated(), and trivially copya
     options.max_bytes = 3 * MultiLayerKVCache<float>::bytes_for(std::vector<LayerShape>(2, LayerShape{2, 8}), 1, 16);
     CacheStore<int, MultiLayerKVCache<float>> caches(options);
     for (int i = 0; i < 4; ++i) {
-        MultiLayerKVCache<float> cache(2, 2, 8, 1, 16);
+        MultiLayerKVCache<float> cache(CacheShape{2, 2, 8}, 1, 16);
         const auto k = testing::random_uniform(16, static_cast<std::uint64_t>(i));
         cache.append(0, 0, k, k, 1);
         caches.set(i, std::move(cache));

@@ -79,7 +79,7 @@ std::vector<std::int32_t> tokens_for(const Decoder& model, std::size_t n, std::u
 TEST_CASE("context_shift drops positions, moves the rest down and re-encodes the moved keys", "[context_shift]") {
     constexpr std::size_t H = 2, D = 32, N = 20;
     const auto k = random_normal(N * H * D, 1), v = random_normal(N * H * D, 2);
-    MultiLayerKVCache<float> cache(3, H, D, 1, 24);
+    MultiLayerKVCache<float> cache(CacheShape{3, H, D}, 1, 24);
     for (std::size_t l = 0; l < 3; ++l) cache.append(l, 0, k, v, N);
     std::vector<std::size_t> seen;
     context_shift(cache, 0, 4, 6, AddDelta{&seen});
@@ -100,7 +100,7 @@ TEST_CASE("context_shift drops positions, moves the rest down and re-encodes the
 TEST_CASE("context_shift on quantised and compile-time caches keeps the untouched rows bit for bit", "[context_shift]") {
     constexpr std::size_t H = 2, D = 64, N = 40;
     const auto k = random_normal(N * H * D, 3), v = random_normal(N * H * D, 4);
-    MultiLayerKVCache<q8_0, q4_0> cache(1, H, D, 1, N);
+    MultiLayerKVCache<q8_0, q4_0> cache(CacheShape{1, H, D}, 1, N);
     KVCache<1, H, D, fp16> fixed(1, N);
     cache.append(0, 0, k, v, N);
     fixed.append(0, 0, k, v, N);
@@ -124,7 +124,7 @@ TEST_CASE("context_shift on quantised and compile-time caches keeps the untouche
 }
 
 TEST_CASE("context shift misuse is a typed error and changes nothing", "[context_shift]") {
-    MultiLayerKVCache<float> cache(2, 1, 32, 1, 16);
+    MultiLayerKVCache<float> cache(CacheShape{2, 1, 32}, 1, 16);
     const auto kv = random_normal(10 * 32, 5);
     cache.append(0, 0, kv, kv, 10);
     cache.append(1, 0, kv, kv, 10);

@@ -102,7 +102,7 @@ TEMPLATE_TEST_CASE("CrossAttentionCache: write once, read back, second write is 
 }
 
 TEST_CASE("CrossAttentionCache: errors leave the slot unwritten", "[cross][errors]") {
-    CrossAttentionCache<float> cache(2, 2, 4, 1, 5);
+    CrossAttentionCache<float> cache(CacheShape{2, 2, 4}, 1, 5);
     const std::vector<float> six(6 * 8, 1.0f), two(2 * 8, 1.0f), one(8, 1.0f);
     CHECK_THROWS_AS(cache.write(0, 0, six, six, 6), CapacityError);  // longer than max_source_len
     CHECK_FALSE(cache.is_written(0, 0));
@@ -113,15 +113,15 @@ TEST_CASE("CrossAttentionCache: errors leave the slot unwritten", "[cross][error
     CHECK_THROWS_AS(cache.is_written(0, 1), IndexError);
     CHECK_THROWS_AS(cache.is_complete(1), IndexError);
     CHECK_THROWS_AS(cache.keys(0, 0, 2), IndexError);
-    CHECK_THROWS_AS(CrossAttentionCache<float>(2, 2, 4, 1, 0), ConfigError);
-    CHECK_THROWS_AS(CrossAttentionCache<float>(2, 0, 4, 1, 5), ConfigError);
+    CHECK_THROWS_AS(CrossAttentionCache<float>(CacheShape{2, 2, 4}, 1, 0), ConfigError);
+    CHECK_THROWS_AS(CrossAttentionCache<float>(CacheShape{2, 0, 4}, 1, 5), ConfigError);
     CHECK_NOTHROW(cache.write(0, 0, two, two, 2));  // the failures did not block a correct write
     CHECK(cache.seq_len(0, 0) == 2);
 }
 
 TEMPLATE_TEST_CASE("CrossAttentionCache: attention reads it with causal=false", "[cross]", float, fp16, bf16) {
     const std::size_t heads = 2, d = 8, n_src = 13, q_heads = 4, n_q = 3;
-    CrossAttentionCache<TestType> cache(1, heads, d, 1, 20);
+    CrossAttentionCache<TestType> cache(CacheShape{1, heads, d}, 1, 20);
     const auto k = testing::random_normal(n_src * heads * d, 1), v = testing::random_normal(n_src * heads * d, 2);
     cache.write(0, 0, k, v, n_src);
     const auto q = testing::random_normal(n_q * q_heads * d, 3);
@@ -161,8 +161,8 @@ TEMPLATE_TEST_CASE("CrossAttentionCache: attention reads it with causal=false", 
 }
 
 TEMPLATE_TEST_CASE("EncoderDecoderCache: copy() is deep for both halves; bytes add up", "[cross]", float, fp16, bf16) {
-    EncoderDecoderCache<TestType> cache{MultiLayerKVCache<TestType>(2, 2, 4, 1, 4, Growth::Grow),
-                                        CrossAttentionCache<TestType>(2, 2, 4, 1, 6)};
+    EncoderDecoderCache<TestType> cache{MultiLayerKVCache<TestType>(CacheShape{2, 2, 4}, 1, 4, Growth::Grow),
+                                        CrossAttentionCache<TestType>(CacheShape{2, 2, 4}, 1, 6)};
     RowModel self0, cross0, cross1;
     cache_test::append_random(cache.self, self0, 0, 0, 3, 1);
     write_random(cache.cross, cross0, 0, 0, 6, 2);

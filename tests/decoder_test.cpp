@@ -115,8 +115,8 @@ TEST_CASE("random decoder: KVCache and MultiLayerKVCache give identical logits")
     Decoder& d = small_decoder();
     const auto tokens = some_tokens(20, 1, d.config().vocab_size);
     SmallCache fixed(1, 32);
-    MultiLayerKVCache<float> multi(6, 8, 64, 1, 32);
-    MultiLayerKVCache<float> growing(6, 8, 64, 1, 4, Growth::Grow);
+    MultiLayerKVCache<float> multi(CacheShape{6, 8, 64}, 1, 32);
+    MultiLayerKVCache<float> growing(CacheShape{6, 8, 64}, 1, 4, Growth::Grow);
     const std::vector<std::size_t> chunks{12, 1, 1, 1, 5};
     auto a = logits_in_chunks(d, fixed, tokens, chunks);
     auto b = logits_in_chunks(d, multi, tokens, chunks);
@@ -150,7 +150,8 @@ TEST_CASE("random decoder: KVCache and MultiLayerKVCache give identical logits")
 TEST_CASE("random decoder: prefill of N tokens equals N single steps bitwise, at any thread count") {
     Decoder d(DecoderWeights::random(DecoderConfig::small_test_model(), 99), 2);
     const auto tokens = some_tokens(37, 2, d.config().vocab_size);
-    MultiLayerKVCache<float> c1(6, 8, 64, 1, 64), c2(6, 8, 64, 1, 64), c3(6, 8, 64, 1, 64), c4(6, 8, 64, 1, 64);
+    MultiLayerKVCache<float> c1(CacheShape{6, 8, 64}, 1, 64), c2(CacheShape{6, 8, 64}, 1, 64), c3(CacheShape{6, 8, 64}, 1, 64),
+        c4(CacheShape{6, 8, 64}, 1, 64);
     auto prefill = logits_in_chunks(d, c1, tokens, {37});
     auto steps = logits_in_chunks(d, c2, tokens, std::vector<std::size_t>(37, 1));
     d.set_threads(1);
@@ -161,7 +162,7 @@ TEST_CASE("random decoder: prefill of N tokens equals N single steps bitwise, at
     CHECK(same_bits(prefill, mixed1));
     CHECK(same_bits(prefill, mixed3));
     // The last-token-only buffer gives the same last row.
-    MultiLayerKVCache<float> c5(6, 8, 64, 1, 64);
+    MultiLayerKVCache<float> c5(CacheShape{6, 8, 64}, 1, 64);
     std::vector<float> last(d.config().vocab_size);
     d.forward(tokens, c5, 0, last);
     CHECK(std::memcmp(last.data(), prefill.data() + 36 * last.size(), last.size() * sizeof(float)) == 0);

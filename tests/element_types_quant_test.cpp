@@ -207,9 +207,9 @@ TEST_CASE("element names and sizes of the quantised types", "[element_types][qua
     CHECK(element_name<q4_0>() == "q4_0");
     CHECK(block_values_v<q8_0> == 32);
     CHECK(block_values_v<float> == 1);
-    MultiLayerKVCache<q8_0> c8(2, 3, 64, 1, 10);
-    MultiLayerKVCache<q4_0> c4(2, 3, 64, 1, 10);
-    MultiLayerKVCache<float> c32(2, 3, 64, 1, 10);
+    MultiLayerKVCache<q8_0> c8(CacheShape{2, 3, 64}, 1, 10);
+    MultiLayerKVCache<q4_0> c4(CacheShape{2, 3, 64}, 1, 10);
+    MultiLayerKVCache<float> c32(CacheShape{2, 3, 64}, 1, 10);
     const auto kv = random_normal(10 * 3 * 64, 1);
     for (std::size_t l = 0; l < 2; ++l) {
         c8.append(l, 0, kv, kv, 10);
@@ -231,8 +231,8 @@ TEMPLATE_TEST_CASE("every cache type stores quantised keys and values and reads 
     const auto want_k = through<T>(k), want_v = through<T>(v);
 
     KVCache<2, H, D, T> fixed(1, 32);
-    MultiLayerKVCache<T> multi(2, H, D, 1, 8, Growth::Grow);  // grows (reallocates) twice
-    PagedKVPool<T> pool(2, H, D, 8, 4);
+    MultiLayerKVCache<T> multi(CacheShape{2, H, D}, 1, 8, Growth::Grow);  // grows (reallocates) twice
+    PagedKVPool<T> pool(CacheShape{2, H, D}, 8, 4);
     auto seq = pool.sequence(pool.create_sequence());
     for (std::size_t l = 0; l < 2; ++l) {
         fixed.append(l, 0, k, v, N);
@@ -265,9 +265,9 @@ TEMPLATE_TEST_CASE("attention over quantised caches: against the reference and a
     constexpr std::size_t H = 3, D = 64, QH = 9;
     for (const std::size_t n : {std::size_t(1), std::size_t(70), std::size_t(1300)}) {
         const auto k = random_normal(n * H * D, 7), v = random_normal(n * H * D, 8);
-        MultiLayerKVCache<T> quant(1, H, D, 1, n);
+        MultiLayerKVCache<T> quant(CacheShape{1, H, D}, 1, n);
         quant.append(0, 0, k, v, n);
-        MultiLayerKVCache<float> dequant(1, H, D, 1, n);  // the same values, stored as float
+        MultiLayerKVCache<float> dequant(CacheShape{1, H, D}, 1, n);  // the same values, stored as float
         dequant.append(0, 0, through<T>(k), through<T>(v), n);
         const std::size_t n_q = std::min<std::size_t>(n, 3);
         const auto q = random_normal(n_q * QH * D, 9);
@@ -288,7 +288,7 @@ TEMPLATE_TEST_CASE("attention over quantised caches: against the reference and a
 TEST_CASE("keys and values of different types: caches, attention and the reference agree", "[attention][quantised]") {
     constexpr std::size_t H = 2, D = 64, QH = 4, N = 300;
     const auto k = random_normal(N * H * D, 10), v = random_normal(N * H * D, 11);
-    MultiLayerKVCache<q8_0, fp16> mixed(1, H, D, 1, N);
+    MultiLayerKVCache<q8_0, fp16> mixed(CacheShape{1, H, D}, 1, N);
     KVCache<1, H, D, q4_0, float> mixed_fixed(1, N);
     mixed.append(0, 0, k, v, N);
     mixed_fixed.append(0, 0, k, v, N);
@@ -310,18 +310,18 @@ TEST_CASE("keys and values of different types: caches, attention and the referen
 }
 
 TEST_CASE("head sizes that are not whole blocks are a ConfigError", "[cache][quantised]") {
-    CHECK_THROWS_AS(MultiLayerKVCache<q8_0>(1, 2, 48, 1, 8), ConfigError);
-    CHECK_THROWS_AS(MultiLayerKVCache<q4_0>(1, 2, 16, 1, 8), ConfigError);
-    CHECK_THROWS_AS((MultiLayerKVCache<float, q4_0>(1, 2, 40, 1, 8)), ConfigError);
-    CHECK_THROWS_AS(PagedKVPool<q8_0>(1, 2, 40, 4, 4), ConfigError);
-    CHECK_THROWS_AS(MultiLayerKVCache<user::i16_block>(1, 1, 24, 1, 8), ConfigError);
+    CHECK_THROWS_AS(MultiLayerKVCache<q8_0>(CacheShape{1, 2, 48}, 1, 8), ConfigError);
+    CHECK_THROWS_AS(MultiLayerKVCache<q4_0>(CacheShape{1, 2, 16}, 1, 8), ConfigError);
+    CHECK_THROWS_AS((MultiLayerKVCache<float, q4_0>(CacheShape{1, 2, 40}, 1, 8)), ConfigError);
+    CHECK_THROWS_AS(PagedKVPool<q8_0>(CacheShape{1, 2, 40}, 4, 4), ConfigError);
+    CHECK_THROWS_AS(MultiLayerKVCache<user::i16_block>(CacheShape{1, 1, 24}, 1, 8), ConfigError);
     try {
         MultiLayerKVCache<q8_0>(std::vector<LayerShape>{{2, 64}, {2, 48}}, 1, 8);
         FAIL("no error");
     } catch (const ConfigError& e) {
         CHECK_THAT(e.what(), Catch::Contains("layer 1") && Catch::Contains("48") && Catch::Contains("q8_0"));
     }
-    CHECK_NOTHROW(MultiLayerKVCache<q8_0>(1, 2, 96, 1, 8));
+    CHECK_NOTHROW(MultiLayerKVCache<q8_0>(CacheShape{1, 2, 96}, 1, 8));
 }
 
 TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for bit", "[persist][quantised]", q8_0, q4_0) {
@@ -330,7 +330,7 @@ TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for b
     const auto dir = std::filesystem::temp_directory_path() / "kvcache_quant_files";
     std::filesystem::create_directories(dir);
     const auto path = dir / (std::string(element_name<T>()) + ".kvc");
-    MultiLayerKVCache<T> cache(3, H, D, 1, N);
+    MultiLayerKVCache<T> cache(CacheShape{3, H, D}, 1, N);
     for (std::size_t l = 0; l < 3; ++l) {
         cache.append(l, 0, random_normal(N * H * D, 20 + l), random_normal(N * H * D, 30 + l), N);
     }
@@ -342,9 +342,9 @@ TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for b
     const CacheFileInfo info = read_cache_file_info(path, true);
     CHECK(info.element == element_name<T>());
 
-    MultiLayerKVCache<T> loaded(3, H, D, 1, N);
+    MultiLayerKVCache<T> loaded(CacheShape{3, H, D}, 1, N);
     load_cache_file(path, loaded, 0, fp);
-    PagedKVPool<T> pool(3, H, D, 10, 4);
+    PagedKVPool<T> pool(CacheShape{3, H, D}, 10, 4);
     auto seq = pool.sequence(pool.create_sequence());
     load_cache_file(path, seq, 0, make_fingerprint("test-model", seq));
     for (std::size_t l = 0; l < 3; ++l) {
@@ -359,15 +359,15 @@ TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for b
         CHECK(export_shd(seq, l, 0, KV::Values) == export_shd(cache, l, 0, KV::Values));
     }
     // a file of one type does not load into a cache of another
-    MultiLayerKVCache<float> other(3, H, D, 1, N);
+    MultiLayerKVCache<float> other(CacheShape{3, H, D}, 1, N);
     CHECK_THROWS_AS(load_cache_file(path, other, 0, fp), FingerprintMismatch);
     std::filesystem::remove_all(dir);
 }
 
 TEST_CASE("cache files refuse keys and values of different types and types without a file code", "[persist][quantised]") {
     const auto path = std::filesystem::temp_directory_path() / "kvcache_quant_refused.kvc";
-    MultiLayerKVCache<q8_0, fp16> mixed(1, 1, 32, 1, 4);
-    MultiLayerKVCache<user::i16_block> user_cache(1, 1, 32, 1, 4);
+    MultiLayerKVCache<q8_0, fp16> mixed(CacheShape{1, 1, 32}, 1, 4);
+    MultiLayerKVCache<user::i16_block> user_cache(CacheShape{1, 1, 32}, 1, 4);
     const auto kv = random_normal(32, 1);
     mixed.append(0, 0, kv, kv, 1);
     user_cache.append(0, 0, kv, kv, 1);
@@ -382,11 +382,11 @@ TEST_CASE("a user's storage type plugs into caches and attention through Element
     using U = user::i16_block;
     constexpr std::size_t H = 2, D = 32, QH = 4, N = 150;
     const auto k = random_normal(N * H * D, 13), v = random_normal(N * H * D, 14);
-    MultiLayerKVCache<U> cache(1, H, D, 1, N);
+    MultiLayerKVCache<U> cache(CacheShape{1, H, D}, 1, N);
     cache.append(0, 0, k, v, N);
-    MultiLayerKVCache<U, fp16> mixed(1, H, D, 1, N);
+    MultiLayerKVCache<U, fp16> mixed(CacheShape{1, H, D}, 1, N);
     mixed.append(0, 0, k, v, N);
-    PagedKVPool<U> pool(1, H, D, 20, 8);
+    PagedKVPool<U> pool(CacheShape{1, H, D}, 20, 8);
     auto seq = pool.sequence(pool.create_sequence());
     seq.append(0, 0, k, v, N);
     const auto kk = through<U>(k);

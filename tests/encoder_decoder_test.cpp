@@ -192,7 +192,7 @@ TEST_CASE("the compile-time KVCache gives the same tokens as MultiLayerKVCache",
     Seq2SeqGenerateOptions opts;
     opts.max_new_tokens = 12;
     KVCache<2, 4, 8, float> self(sources.size(), 12);
-    CrossAttentionCache<float> cross(2, 4, 8, sources.size(), 16);
+    CrossAttentionCache<float> cross(CacheShape{2, 4, 8}, sources.size(), 16);
     const auto fixed = model.generate_with(sources, opts, self, cross);
     CHECK(fixed.tokens == model.generate(sources, opts).tokens);
     CHECK(fixed.tokens == e["greedy"].get<std::vector<std::vector<std::int32_t>>>());
@@ -241,7 +241,7 @@ TEST_CASE("decode and encode reject bad input with the sizes in the message", "[
     CHECK_THROWS_AS(model.decode(bos, 1, cache.self, cache.cross, logits), IndexError);
     const std::vector<std::int32_t> bad = {28};
     CHECK_THROWS_AS(model.decode(bad, 0, cache.self, cache.cross, logits), IndexError);
-    auto wrong = MultiLayerKVCache<float>(3, 4, 8, 1, 4);
+    auto wrong = MultiLayerKVCache<float>(CacheShape{3, 4, 8}, 1, 4);
     CHECK_THROWS_AS(model.decode(bos, 0, wrong, cache.cross, logits), ShapeError);
 
     Seq2SeqGenerateOptions opts;

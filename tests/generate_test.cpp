@@ -39,15 +39,14 @@ Model& model() {
 
 std::vector<std::int32_t> chat_prompt(const std::string& user) {
     const std::vector<ChatMessage> messages{{"user", user}};
-    return model().tokenizer.encode(apply_chat_template(model().tokenizer.chat_template(), messages, true), true,
-                                    true);
+    return model().tokenizer.encode(apply_chat_template(model().tokenizer.chat_template(), messages, true), {.add_special = true, .parse_special = true});
 }
 
 }  // namespace
 
 // Without the cache every step recomputes the whole sequence (O(n^2)), so these compare on short raw prompts:
 // 48 steps over a 6-token prompt cost ~1400 token-forwards instead of ~5000 for a chat-templated prompt.
-static std::vector<std::int32_t> raw_prompt(const std::string& text) { return model().tokenizer.encode(text, true); }
+static std::vector<std::int32_t> raw_prompt(const std::string& text) { return model().tokenizer.encode(text, {.add_special = true}); }
 
 TEST_CASE("greedy generation with the cache equals generation without it (48 tokens)") {
     GenerateOptions o;

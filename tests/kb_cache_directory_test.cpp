@@ -16,7 +16,7 @@ namespace {
 
 /// A two-layer float cache holding `n` positions of made-up K/V.
 MultiLayerKVCache<float> filled_cache(std::size_t n, float seed) {
-    MultiLayerKVCache<float> cache(2, 2, 8, /*batch=*/1, /*capacity=*/std::max<std::size_t>(n, 1));
+    MultiLayerKVCache<float> cache(CacheShape{2, 2, 8}, /*batch=*/1, /*capacity=*/std::max<std::size_t>(n, 1));
     std::vector<float> k(n * 16), v(n * 16);
     std::iota(k.begin(), k.end(), seed);
     std::iota(v.begin(), v.end(), -seed);

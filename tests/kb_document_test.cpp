@@ -84,8 +84,7 @@ void check_chunks(const std::string& text, const std::vector<TextChunk>& chunks,
         REQUIRE(c.byte_length > 0);
         REQUIRE(c.byte_offset + c.byte_length <= text.size());
         for (std::size_t b = c.byte_offset; b < c.byte_offset + c.byte_length; ++b) covered[b] = true;
-        const auto tokens = kb_test::tokenizer().encode(std::string_view(text).substr(c.byte_offset, c.byte_length),
-                                                        false, false);
+        const auto tokens = kb_test::tokenizer().encode(std::string_view(text).substr(c.byte_offset, c.byte_length), {.add_special = false});
         CHECK(tokens.size() == c.token_count);
         CHECK(tokens.size() <= o.max_tokens);
         if (i > 0) {

@@ -125,14 +125,14 @@ TEST_CASE("export works on any readable cache: cross cache and dense view", "[la
     REQUIRE(bhsd.size() == v.size());
     CHECK(bhsd[(1 * 6 + 3) * 4 + 2] == v[(3 * 2 + 1) * 4 + 2]);  // head 1, position 3, dim 2
 
-    CrossAttentionCache<float> cross(1, 2, 4, 1, 6);
+    CrossAttentionCache<float> cross(CacheShape{1, 2, 4}, 1, 6);
     cross.write(0, 0, k, v, 6);
     CHECK(export_shd(cross, 0, 0, KV::Keys) == k);
     CHECK(export_bhsd(cross, 0, KV::Values) == bhsd);
 }
 
 TEMPLATE_TEST_CASE("append_rows: different token counts per row, all-or-nothing on a fixed cache", "[layout]", float, fp16, bf16) {
-    MultiLayerKVCache<TestType> cache(2, 2, 3, 3, 4);  // 2 layers of 2x3, batch 3, capacity 4
+    MultiLayerKVCache<TestType> cache(CacheShape{2, 2, 3}, 3, 4);  // 2 layers of 2x3, batch 3, capacity 4
     const std::size_t w = 6;
     const std::vector<std::size_t> counts{2, 0, 3};
     const auto k = random_uniform(5 * w, 1), v = random_uniform(5 * w, 2);
@@ -159,7 +159,7 @@ TEMPLATE_TEST_CASE("append_rows: different token counts per row, all-or-nothing 
     CHECK_THROWS_AS(append_rows(cache, 1, k4, std::span<const float>(k4).first(3 * w), too_many), ShapeError);
     CHECK_THROWS_AS(append_rows(cache, 2, k4, k4, too_many), IndexError);
 
-    MultiLayerKVCache<TestType> growing(1, 2, 3, 2, 1, Growth::Grow);  // grows instead of refusing
+    MultiLayerKVCache<TestType> growing(CacheShape{1, 2, 3}, 2, 1, Growth::Grow);  // grows instead of refusing
     const std::vector<std::size_t> grow_counts{3, 1};
     append_rows(growing, 0, k4, k4, grow_counts);
     CHECK(growing.seq_len(0, 0) == 3);
@@ -169,7 +169,7 @@ TEMPLATE_TEST_CASE("append_rows: different token counts per row, all-or-nothing 
 }
 
 TEST_CASE("import_bhsd on a fixed cache that one row cannot hold", "[layout][errors]") {
-    MultiLayerKVCache<float> cache(1, 1, 2, 2, 4);
+    MultiLayerKVCache<float> cache(CacheShape{1, 1, 2}, 2, 4);
     const std::vector<float> one(2, 1.0f);
     cache.append(0, 1, one, one, 1);  // row 1 has room for 3, row 0 for 4
     const std::vector<float> four(2 * 4 * 2, 2.0f);

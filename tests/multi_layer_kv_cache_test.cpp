@@ -197,7 +197,7 @@ TEMPLATE_TEST_CASE("MultiLayerKVCache: copy() is deep, keeps growth policy; move
     MultiLayerKVCache<TestType> moved(std::move(cache));
     CHECK(moved.key_data(2, 0) == data);
     CHECK(cache_test::mismatches(moved, 2, 0, b) == 0);
-    MultiLayerKVCache<TestType> assigned(1, 1, 1, 1, 1);
+    MultiLayerKVCache<TestType> assigned(CacheShape{1, 1, 1}, 1, 1);
     assigned = std::move(moved);
     CHECK(assigned.num_layers() == 3);
     CHECK(assigned.key_data(2, 0) == data);
@@ -219,8 +219,8 @@ TEST_CASE("MultiLayerKVCache: allocation failure is a CapacityError", "[multi_la
 #if defined(__SANITIZE_ADDRESS__)
     SUCCEED("skipped under AddressSanitizer, which aborts on impossible allocations");
 #else
-    CHECK_THROWS_AS(MultiLayerKVCache<float>(1, 4, 64, 1, std::size_t{1} << 40), CapacityError);
-    MultiLayerKVCache<float> grow(1, 4, 64, 1, 2, Growth::Grow);
+    CHECK_THROWS_AS(MultiLayerKVCache<float>(CacheShape{1, 4, 64}, 1, std::size_t{1} << 40), CapacityError);
+    MultiLayerKVCache<float> grow(CacheShape{1, 4, 64}, 1, 2, Growth::Grow);
     RowModel m;
     cache_test::append_random(grow, m, 0, 0, 2, 1);
     CHECK_THROWS_AS(grow.reserve(std::size_t{1} << 40), CapacityError);

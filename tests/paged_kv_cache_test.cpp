@@ -113,7 +113,7 @@ TEMPLATE_TEST_CASE("PagedKVPool: construction, sizes and validation", "[paged]",
     CHECK(Pool::blocks_for(4, 4) == 1);
     CHECK(Pool::blocks_for(5, 4) == 2);
     CHECK(Pool::blocks_for(32) == 2);  // default block size 16
-    CHECK(PagedKVPool<TestType>(1, 1, 8, 2).block_size() == 16);
+    CHECK(PagedKVPool<TestType>(CacheShape{1, 1, 8}, 2).block_size() == 16);
 }
 
 TEMPLATE_TEST_CASE("PagedKVPool: append and read back across block boundaries, per-layer shapes", "[paged]", float,

@@ -81,7 +81,7 @@ TEST_CASE("the library's attention passes the cache-consistency check", "[testki
     }
     SECTION("GQA 9/3, fp16 storage, run-time cache, sliding window") {
         ReferenceAttentionLayer layer(9, 3, 64, 11, AttentionOptions{.window = 8});
-        auto report = check_cache_consistency(layer, [] { return MultiLayerKVCache<fp16>(1, 3, 64, 1, 8, Growth::Grow); },
+        auto report = check_cache_consistency(layer, [] { return MultiLayerKVCache<fp16>(CacheShape{1, 3, 64}, 1, 8, Growth::Grow); },
                                               {.seq_len = 30, .step = step, .seed = 5, .tolerance = 1e-5});
         // fp16 storage rounds K/V in the cached path only, so compare with fp16-sized tolerance
         INFO(report.summary());
@@ -90,7 +90,7 @@ TEST_CASE("the library's attention passes the cache-consistency check", "[testki
 }
 
 TEST_CASE("a correct hand-written layer passes, an off-by-one layer is caught at position 0", "[testkit]") {
-    auto make_cache = [] { return MultiLayerKVCache<float>(1, 2, 8, 1, 64); };
+    auto make_cache = [] { return MultiLayerKVCache<float>(CacheShape{1, 2, 8}, 1, 64); };
     HandWrittenLayer good(2, 8, false);
     const auto ok = check_cache_consistency(good, make_cache, {.seq_len = 20});
     INFO(ok.summary());
@@ -108,7 +108,7 @@ TEST_CASE("a correct hand-written layer passes, an off-by-one layer is caught at
 
 TEST_CASE("check_cache_consistency rejects empty runs", "[testkit][errors]") {
     ReferenceAttentionLayer layer(2, 2, 4, 1);
-    auto make_cache = [] { return MultiLayerKVCache<float>(1, 2, 4, 1, 8); };
+    auto make_cache = [] { return MultiLayerKVCache<float>(CacheShape{1, 2, 4}, 1, 8); };
     CHECK_THROWS_AS(check_cache_consistency(layer, make_cache, {.seq_len = 0}), ConfigError);
     CHECK_THROWS_AS(check_cache_consistency(layer, make_cache, {.seq_len = 4, .step = 0}), ConfigError);
 }

@@ -16,6 +16,7 @@
 #include "kvcache/model/gguf.hpp"
 #include "kvcache/model/tokenizer.hpp"
 #include "kvcache/model/unicode.hpp"
+#include "tokenizer_specs.hpp"
 
 using kvcache::Tokenizer;
 using kvcache::TokenizerSpec;
@@ -63,18 +64,7 @@ TokenizerSpec byte_level_spec(const std::string& pre = "gpt2") {
 
 // SentencePiece-style vocabulary: <unk>, <s>, </s>, 256 byte tokens (ids 3..258), then scored pieces.
 TokenizerSpec sentencepiece_spec() {
-    TokenizerSpec spec;
-    spec.model = "llama";
-    spec.tokens = {"<unk>", "<s>", "</s>"};
-    spec.token_types = {2, 3, 3};
-    spec.scores = {0, 0, 0};
-    for (int b = 0; b < 256; ++b) {
-        char name[8];
-        std::snprintf(name, sizeof name, "<0x%02X>", b);
-        spec.tokens.push_back(name);
-        spec.token_types.push_back(6);
-        spec.scores.push_back(0);
-    }
+    TokenizerSpec spec = kvcache::testing::sentencepiece_byte_spec();
     const std::vector<std::pair<std::string, float>> pieces = {
         {"▁", -100}, {"h", -100}, {"e", -100}, {"l", -100}, {"o", -100}, {"w", -100}, {"r", -100}, {"d", -100},  // 259..266
         {"ll", -1}, {"he", -2}, {"hell", -3}, {"hello", -4}, {"▁hello", -5},                                       // 267..271
@@ -110,23 +100,23 @@ TEST_CASE("byte-level BPE applies merges lowest rank first", "[tokenizer]") {
     const Tokenizer tok(byte_level_spec());
     CHECK(tok.vocab_size() == 268);
     CHECK(tok.model() == "gpt2");
-    CHECK(tok.encode("hello world", false) == Ids{259, 264});
-    CHECK(tok.encode("hellol", false) == Ids{259, 'l'});
+    CHECK(tok.encode("hello world", {.add_special = false}) == Ids{259, 264});
+    CHECK(tok.encode("hellol", {.add_special = false}) == Ids{259, 'l'});
     // "he" ranks before "ll" but "ll" must still form inside "hell": h e l l -> he l l -> he ll -> hell
-    CHECK(tok.encode("hell", false) == Ids{258});
+    CHECK(tok.encode("hell", {.add_special = false}) == Ids{258});
     // No merge crosses a pre-token boundary: "o w" stays apart even though "Ġw" exists.
-    CHECK(tok.encode("o world", false) == Ids{'o', 264});
-    CHECK(tok.encode("x", false) == Ids{'x'});
-    CHECK(tok.encode(" ", false) == Ids{' '});
-    CHECK(tok.encode("", false).empty());
+    CHECK(tok.encode("o world", {.add_special = false}) == Ids{'o', 264});
+    CHECK(tok.encode("x", {.add_special = false}) == Ids{'x'});
+    CHECK(tok.encode(" ", {.add_special = false}) == Ids{' '});
+    CHECK(tok.encode("", {.add_special = false}).empty());
     CHECK(tok.decode(Ids{259, 264}) == "hello world");
 }
 
 TEST_CASE("byte-level BPE encodes every byte, including malformed UTF-8", "[tokenizer]") {
     const Tokenizer tok(byte_level_spec());
-    CHECK(tok.encode("\xC3\xA9", false) == Ids{0xC3, 0xA9});  // é has no merge: two byte symbols
+    CHECK(tok.encode("\xC3\xA9", {.add_special = false}) == Ids{0xC3, 0xA9});  // é has no merge: two byte symbols
     const std::string bad = "a\xFF\xC3(\x80z";
-    const Ids ids = tok.encode(bad, false);
+    const Ids ids = tok.encode(bad, {.add_special = false});
     CHECK(ids.size() == bad.size());
     CHECK(tok.decode(ids) == bad);
 }
@@ -136,25 +126,25 @@ TEST_CASE("add_special follows the add_bos / add_eos flags", "[tokenizer]") {
     spec.add_bos = true;
     spec.add_eos = true;
     const Tokenizer tok(spec);
-    CHECK(tok.encode("hello", true) == Ids{265, 259, 266});
-    CHECK(tok.encode("hello", false) == Ids{259});
-    CHECK(tok.encode("", true) == Ids{265, 266});
+    CHECK(tok.encode("hello", {.add_special = true}) == Ids{265, 259, 266});
+    CHECK(tok.encode("hello", {.add_special = false}) == Ids{259});
+    CHECK(tok.encode("", {.add_special = true}) == Ids{265, 266});
     CHECK(tok.add_bos());
     CHECK(tok.add_eos());
     const Tokenizer plain(byte_level_spec());
-    CHECK(plain.encode("hello", true) == Ids{259});
+    CHECK(plain.encode("hello", {.add_special = true}) == Ids{259});
 }
 
 TEST_CASE("special-token text is parsed only when asked; user-defined tokens always", "[tokenizer]") {
     const Tokenizer tok(byte_level_spec());
-    CHECK(tok.encode("<|im_start|>hello<|im_end|>", false, true) == Ids{265, 259, 266});
-    const Ids plain = tok.encode("<|im_start|>hello", false, false);
+    CHECK(tok.encode("<|im_start|>hello<|im_end|>", {.add_special = false, .parse_special = true}) == Ids{265, 259, 266});
+    const Ids plain = tok.encode("<|im_start|>hello", {.add_special = false});
     CHECK(plain.size() > 2);
     CHECK(std::find(plain.begin(), plain.end(), 265) == plain.end());
     CHECK(tok.decode(plain) == "<|im_start|>hello");
-    CHECK(tok.encode("a<tool>b", false, false) == Ids{'a', 267, 'b'});
-    CHECK(tok.encode("<|im_start|><|im_start|>", false, true) == Ids{265, 265});
-    CHECK(tok.encode("<|im_start", false, true) == tok.encode("<|im_start", false, false));
+    CHECK(tok.encode("a<tool>b", {.add_special = false}) == Ids{'a', 267, 'b'});
+    CHECK(tok.encode("<|im_start|><|im_start|>", {.add_special = false, .parse_special = true}) == Ids{265, 265});
+    CHECK(tok.encode("<|im_start", {.add_special = false, .parse_special = true}) == tok.encode("<|im_start", {.add_special = false}));
     // Rendering of control tokens when decoding.
     CHECK(tok.decode(Ids{265, 259, 266}, true) == "<|im_start|>hello<|im_end|>");
     CHECK(tok.decode(Ids{265, 259, 266}, false) == "hello");
@@ -310,20 +300,20 @@ TEST_CASE("Unicode classes and UTF-8 decoding", "[tokenizer][unicode]") {
 TEST_CASE("SentencePiece BPE: score order, space prefix, byte fallback", "[tokenizer][spm]") {
     const Tokenizer tok(sentencepiece_spec());
     // "▁hello▁world": ll(-1) he(-2) hell(-3) hello(-4) ▁hello(-5) ▁w(-6) or(-7) ▁wor(-8) ld(-9) ▁world(-10)
-    CHECK(tok.encode("hello world", true) == Ids{1, 271, 276});
-    CHECK(tok.encode("hello world", false) == Ids{271, 276});
+    CHECK(tok.encode("hello world", {.add_special = true}) == Ids{1, 271, 276});
+    CHECK(tok.encode("hello world", {.add_special = false}) == Ids{271, 276});
     CHECK(tok.decode(Ids{1, 271, 276}, false) == "hello world");
     CHECK(tok.decode(Ids{271, 276}) == "hello world");
     // é (C3 A9) is not a piece: byte fallback, ids 3 + byte.
-    CHECK(tok.encode("é", false) == Ids{259, 3 + 0xC3, 3 + 0xA9});
+    CHECK(tok.encode("é", {.add_special = false}) == Ids{259, 3 + 0xC3, 3 + 0xA9});
     CHECK(tok.decode(Ids{259, 3 + 0xC3, 3 + 0xA9}) == "é");
     // Two spaces: the first becomes ▁, the prefix another ▁.
-    CHECK(tok.encode(" hello", false) == Ids{259, 271});
-    CHECK(tok.decode(tok.encode(" hello", false)) == " hello");
-    CHECK(tok.encode("", false).empty());
-    CHECK(tok.encode("", true) == Ids{1});
+    CHECK(tok.encode(" hello", {.add_special = false}) == Ids{259, 271});
+    CHECK(tok.decode(tok.encode(" hello", {.add_special = false})) == " hello");
+    CHECK(tok.encode("", {.add_special = false}).empty());
+    CHECK(tok.encode("", {.add_special = true}) == Ids{1});
     // After a parsed special token the text gets its space prefix again; decode removes it again.
-    CHECK(tok.encode("<s>hello", false, true) == Ids{1, 271});
+    CHECK(tok.encode("<s>hello", {.add_special = false, .parse_special = true}) == Ids{1, 271});
     CHECK(tok.decode(Ids{1, 271}) == "<s>hello");
     CHECK(tok.token_to_piece(271) == " hello");
     CHECK(tok.token_to_piece(3 + 'A') == "A");
@@ -335,20 +325,20 @@ TEST_CASE("SentencePiece BPE without space prefix and with <unk> for missing byt
     spec.add_space_prefix = false;
     spec.add_bos = false;
     const Tokenizer tok(spec);
-    CHECK(tok.encode("hello", true) == Ids{270});
+    CHECK(tok.encode("hello", {.add_special = true}) == Ids{270});
     CHECK(tok.decode(Ids{271}) == " hello");
 
     // Drop the byte tokens' Byte type: they no longer serve as fallback, so unknown characters become <unk>.
     auto no_bytes = sentencepiece_spec();
     for (int b = 0; b < 256; ++b) no_bytes.token_types[static_cast<std::size_t>(3 + b)] = 5;  // Unused
     const Tokenizer tok2(no_bytes);
-    CHECK(tok2.encode("hé", false) == Ids{259, 260, 0});
+    CHECK(tok2.encode("hé", {.add_special = false}) == Ids{259, 260, 0});
 }
 
 TEST_CASE("streaming decoder holds back incomplete UTF-8", "[tokenizer][stream]") {
     const Tokenizer tok(byte_level_spec());
     const std::string text = "é😀 hello";
-    const Ids ids = tok.encode(text, false);
+    const Ids ids = tok.encode(text, {.add_special = false});
     std::vector<std::string> chunks;
     CHECK(stream_all(tok, ids, &chunks) == text);
     // é = C3 A9 arrives as two tokens: nothing after the first, the whole character after the second.
@@ -372,7 +362,7 @@ TEST_CASE("streaming decoder holds back incomplete UTF-8", "[tokenizer][stream]"
 
     const Tokenizer spm(sentencepiece_spec());
     std::vector<std::string> spm_chunks;
-    CHECK(stream_all(spm, spm.encode("hello é", true), &spm_chunks) == "<s>hello é");
+    CHECK(stream_all(spm, spm.encode("hello é", {.add_special = true}), &spm_chunks) == "<s>hello é");
 }
 
 TEST_CASE("SentencePiece BPE matches sentencepiece on a trained 400-piece model", "[tokenizer][spm]") {
@@ -393,12 +383,12 @@ TEST_CASE("SentencePiece BPE matches sentencepiece on a trained 400-piece model"
     for (const auto& c : fixture["cases"]) {
         const std::string text = c["text"];
         INFO("text: " << text);
-        const Ids ids = tok.encode(text, false);
+        const Ids ids = tok.encode(text, {.add_special = false});
         CHECK(ids == c["ids"].get<Ids>());
         CHECK(tok.decode(ids) == c["decoded"].get<std::string>());
         Ids with_bos = ids;
         with_bos.insert(with_bos.begin(), spec.bos_id);
-        CHECK(tok.encode(text, true) == with_bos);
+        CHECK(tok.encode(text, {.add_special = true}) == with_bos);
     }
 }
 
@@ -515,7 +505,7 @@ TEST_CASE("from_gguf reads the tokenizer keys of a small file", "[tokenizer][ggu
     const auto file = kvcache::gguf::File::from_memory(bytes);
     const Tokenizer tok = Tokenizer::from_gguf(file);
     CHECK(tok.vocab_size() == 268);
-    CHECK(tok.encode("hello world", true) == Ids{259, 264});  // gpt2 model: no BOS unless the file asks
+    CHECK(tok.encode("hello world", {.add_special = true}) == Ids{259, 264});  // gpt2 model: no BOS unless the file asks
     CHECK(tok.bos_id() == 265);
     CHECK(tok.eos_id() == 266);
     CHECK_FALSE(tok.add_bos());
@@ -525,7 +515,7 @@ TEST_CASE("from_gguf reads the tokenizer keys of a small file", "[tokenizer][ggu
     const auto sp_file = kvcache::gguf::File::from_memory(sp_bytes);
     const Tokenizer sp = Tokenizer::from_gguf(sp_file);
     CHECK(sp.add_bos());
-    CHECK(sp.encode("hello world", true) == Ids{1, 271, 276});
+    CHECK(sp.encode("hello world", {.add_special = true}) == Ids{1, 271, 276});
 
     auto img = image_of(byte_level_spec());
     img.add_bool("tokenizer.ggml.add_bos_token", true);
@@ -533,7 +523,7 @@ TEST_CASE("from_gguf reads the tokenizer keys of a small file", "[tokenizer][ggu
     const auto flagged_bytes = img.bytes();
     const auto flagged_file = kvcache::gguf::File::from_memory(flagged_bytes);
     const Tokenizer flagged = Tokenizer::from_gguf(flagged_file);
-    CHECK(flagged.encode("hello", true) == Ids{265, 259});
+    CHECK(flagged.encode("hello", {.add_special = true}) == Ids{265, 259});
     CHECK(flagged.chat_template() == "<|im_start|>");
 }
 
@@ -600,7 +590,7 @@ TEST_CASE("SmolLM2: golden ids from Hugging Face tokenizers", "[tokenizer][model
         const std::string text = c["text"];
         const Ids expected = c["ids"].get<Ids>();
         INFO("text: " << text);
-        const Ids ids = tok.encode(text, true, true);
+        const Ids ids = tok.encode(text, {.add_special = true, .parse_special = true});
         CHECK(ids == expected);
         CHECK(tok.decode(ids) == text);
         CHECK(stream_all(tok, ids) == text);
@@ -608,7 +598,7 @@ TEST_CASE("SmolLM2: golden ids from Hugging Face tokenizers", "[tokenizer][model
     for (const auto& c : fixture["special_off"]) {
         const std::string text = c["text"];
         INFO("text: " << text);
-        const Ids ids = tok.encode(text, true, false);
+        const Ids ids = tok.encode(text, {.add_special = true});
         CHECK(ids == c["ids"].get<Ids>());
         CHECK(tok.decode(ids) == text);
         for (const auto id : ids) CHECK_FALSE(tok.is_special(id));
@@ -619,7 +609,7 @@ TEST_CASE("SmolLM2: streaming splits multi-byte characters across tokens", "[tok
     const auto file = kvcache::gguf::File::open(model_path());
     const Tokenizer tok = Tokenizer::from_gguf(file);
     const std::string text = "Emoji: 😀🎉 and 日本語 ok";
-    const Ids ids = tok.encode(text, false);
+    const Ids ids = tok.encode(text, {.add_special = false});
     // At least one token must end in the middle of a character for this test to mean anything.
     std::size_t partial = 0;
     for (const auto id : ids) {
@@ -645,10 +635,10 @@ TEST_CASE("SmolLM2: a ~2000-token prompt encodes and round-trips", "[tokenizer][
     const Tokenizer tok = Tokenizer::from_gguf(file);
     const auto fixture = load_fixture();
     std::string prompt;
-    while (tok.encode(prompt, false, true).size() < 2000)
+    while (tok.encode(prompt, {.add_special = false, .parse_special = true}).size() < 2000)
         for (const auto& c : fixture["cases"]) prompt += c["text"].get<std::string>() + "\n";
     const auto start = std::chrono::steady_clock::now();
-    const Ids ids = tok.encode(prompt, false, true);
+    const Ids ids = tok.encode(prompt, {.add_special = false, .parse_special = true});
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
     WARN("encoded " << prompt.size() << " bytes into " << ids.size() << " tokens in " << ms << " ms");
     CHECK(ids.size() >= 2000);
@@ -662,7 +652,7 @@ TEST_CASE("encode_literal and encode_segments never make special tokens from lit
     const Ids literal = tok.encode_literal("<|im_start|>hello<tool>");
     for (const auto id : literal) CHECK_FALSE(tok.is_special(id));
     CHECK(tok.decode(literal) == "<|im_start|>hello<tool>");
-    CHECK(tok.encode_literal("hello world") == tok.encode("hello world", false, true));
+    CHECK(tok.encode_literal("hello world") == tok.encode("hello world", {.add_special = false, .parse_special = true}));
     // Segments: only markup segments produce special tokens, and only from text wholly inside them.
     const std::vector<kvcache::TextSegment> segments = {
         {"<|im_start|>", true}, {"hello<|im_end|>", false}, {"<|im_e", true}, {"nd|>", false}, {"<|im_end|>", true}};
@@ -689,7 +679,7 @@ TEST_CASE("literal SentencePiece text does not merge into a user-defined piece",
     }
     const Tokenizer tok(spec);
     const auto user_defined = static_cast<std::int32_t>(spec.tokens.size() - 6);
-    const Ids parsed = tok.encode(" <x>", false, false);
+    const Ids parsed = tok.encode(" <x>", {.add_special = false});
     CHECK(std::find(parsed.begin(), parsed.end(), user_defined) != parsed.end());
     const Ids literal = tok.encode_literal(" <x>");
     CHECK(std::find(literal.begin(), literal.end(), user_defined) == literal.end());

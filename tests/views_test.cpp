@@ -99,7 +99,7 @@ TEMPLATE_TEST_CASE("eigen_view: one head as a row-major [seq x dim] map", "[view
 }
 
 TEST_CASE("eigen_view supports Eigen arithmetic directly on cache memory", "[views]") {
-    MultiLayerKVCache<float> cache(1, 1, 3, 1, 4);
+    MultiLayerKVCache<float> cache(CacheShape{1, 1, 3}, 1, 4);
     const std::vector<float> k{1, 2, 3, 4, 5, 6}, v{1, 0, 0, 0, 1, 0};
     cache.append(0, 0, k, v, 2);
     const HeadMap keys = eigen_view(cache, 0, 0, 0, KV::Keys);

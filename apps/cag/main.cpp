@@ -23,17 +23,13 @@
 #include "kvcache/model/chat.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/gguf.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "kvcache/model/tokenizer.hpp"
 
 using namespace kvcache;
 using json = nlohmann::json;
 
 namespace {
-
-std::string default_model_path() {
-    if (const char* env = std::getenv("KVCACHE_MODEL")) return env;
-    return (std::filesystem::path(KVCACHE_SOURCE_DIR) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf").string();
-}
 
 std::string default_cache_dir() {
     if (const char* xdg = std::getenv("XDG_CACHE_HOME"); xdg && *xdg) return std::string(xdg) + "/kvcache-cag";
@@ -43,7 +39,7 @@ std::string default_cache_dir() {
 
 struct Settings {
     std::string db = "kb.sqlite";
-    std::string model = default_model_path();
+    std::string model = default_model_path(KVCACHE_SOURCE_DIR).string();
     std::string cache_dir = default_cache_dir();
     std::uint64_t cache_quota_mb = 4096;
     bool no_disk_cache = false;

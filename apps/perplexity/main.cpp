@@ -18,7 +18,7 @@
 
 #include "kvcache/error.hpp"
 #include "kvcache/model/decoder.hpp"
-#include "kvcache/model/gguf.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "kvcache/model/perplexity.hpp"
 #include "kvcache/model/tokenizer.hpp"
 
@@ -26,18 +26,9 @@
 #define KVCACHE_SOURCE_DIR "."
 #endif
 
-namespace {
-
-std::filesystem::path default_model() {
-    if (const char* env = std::getenv("KVCACHE_MODEL")) return env;
-    return std::filesystem::path(KVCACHE_SOURCE_DIR) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
     CLI::App app{"Perplexity of a GGUF model over a text file, through a KV cache of the chosen type."};
-    std::string model_path = default_model().string(), file, cache_type = "f32";
+    std::string model_path = kvcache::default_model_path(KVCACHE_SOURCE_DIR).string(), file, cache_type = "f32";
     std::optional<std::string> type_k, type_v;
     kvcache::PerplexityOptions options;
     int threads = 0;
@@ -72,10 +63,8 @@ int main(int argc, char** argv) {
                                                "--model / set KVCACHE_MODEL)",
                                                model_path));
         }
-        const auto gguf = kvcache::gguf::File::open(model_path);
-        const kvcache::Tokenizer tokenizer = kvcache::Tokenizer::from_gguf(gguf);
-        kvcache::Decoder model(kvcache::DecoderWeights::from_gguf(gguf), threads);
-        auto tokens = tokenizer.encode(text, true, false);
+        auto [model, tokenizer, fingerprint] = kvcache::load_model(model_path, {.threads = threads});
+        auto tokens = tokenizer.encode(text, {.add_special = true});
         if (max_tokens && tokens.size() > max_tokens) tokens.resize(max_tokens);
         const bool streaming = options.cache.window > 0;
         fmt::print(stderr, "{}: {} bytes, {} tokens; ctx {}, keys {} values {}{}\n", file, text.size(), tokens.size(),

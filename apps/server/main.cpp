@@ -14,25 +14,17 @@
 #include <thread>
 
 #include "kvcache/error.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "server.hpp"
 
 #ifndef KVCACHE_SOURCE_DIR
 #define KVCACHE_SOURCE_DIR "."
 #endif
 
-namespace {
-
-std::filesystem::path default_model() {
-    if (const char* env = std::getenv("KVCACHE_MODEL")) return env;
-    return std::filesystem::path(KVCACHE_SOURCE_DIR) / "models" / "SmolLM2-135M-Instruct.Q4_1.gguf";
-}
-
-}  // namespace
-
 int main(int argc, char** argv) {
     CLI::App app{"kvcache-server: OpenAI-compatible chat server whose conversations are KV-cache slots you can branch"};
     kvcache::server::ServerOptions o;
-    std::string model = default_model().string();
+    std::string model = kvcache::default_model_path(KVCACHE_SOURCE_DIR).string();
     std::string save_path;
     app.add_option("-m,--model", model, "GGUF model file (default: $KVCACHE_MODEL or models/ in the source tree)");
     app.add_option("--host", o.host, "Address to listen on (127.0.0.1: this machine only)");

@@ -33,7 +33,7 @@ std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tokenizer, const C
 }
 
 std::vector<std::int32_t> completion_prompt_tokens(const Tokenizer& tokenizer, const std::string& prompt) {
-    return tokenizer.encode(prompt, /*add_special=*/true, /*parse_special=*/false);
+    return tokenizer.encode(prompt, {.add_special = true});
 }
 
 std::size_t common_prefix(std::span<const std::int32_t> a, std::span<const std::int32_t> b) {
@@ -85,8 +85,8 @@ std::string follow_up_message(const Tokenizer& tokenizer, std::span<const ChatMe
         const std::string& answer = m->content;
         std::string before, after;
         if (context_window > 0) {
-            const auto pre = tokenizer.encode(answer.substr(0, begin), false, false);
-            const auto post = tokenizer.encode(answer.substr(end), false, false);
+            const auto pre = tokenizer.encode(answer.substr(0, begin), {.add_special = false});
+            const auto post = tokenizer.encode(answer.substr(end), {.add_special = false});
             const std::size_t np = std::min(context_window, pre.size()), nq = std::min(context_window, post.size());
             before = tokenizer.decode(std::span(pre).subspan(pre.size() - np), false);
             after = tokenizer.decode(std::span(post).first(nq), false);

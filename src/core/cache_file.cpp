@@ -521,6 +521,132 @@ struct CacheFileReader::State {
     std::string text(std::size_t index) const {
         return std::string(reinterpret_cast<const char*>(data + sections[index].offset), sections[index].bytes);
     }
+
+    // The checks of the constructor, in file order; each fails with a FormatError naming the file.
+    void read_header() {
+        if (size > 0 && std::memcmp(data, kMagic.data(), std::min<std::size_t>(size, kMagic.size())) != 0) {
+            std::string seen;
+            for (std::size_t i = 0; i < std::min<std::size_t>(size, kMagic.size()); ++i) {
+                seen += fmt::format("{:02x}", static_cast<unsigned>(data[i]));
+            }
+            fail(fmt::format("not a kvcache cache file: starts with bytes {}, expected 4b5643414348451a (\"KVCACHE\\x1a\")",
+                             seen));
+        }
+        if (size < kHeaderBytes) fail(fmt::format("truncated: {} bytes, the header alone is {}", size, kHeaderBytes));
+        Header& h = header;
+        h.version = get_u32(data + 8);
+        if (h.version == 0 || h.version > kVersion) {
+            fail(fmt::format("format version {} is not one this reader knows (it reads version 1 to {}); a newer "
+                             "kvcache wrote it",
+                             h.version, kVersion));
+        }
+        h.header_bytes = get_u32(data + 12);
+        h.file_bytes = get_u64(data + 16);
+        h.num_tokens = get_u64(data + 24);
+        h.element_code = get_u32(data + 32);
+        h.element_bytes = get_u32(data + 36);
+        h.num_layers = get_u32(data + 40);
+        h.num_sections = get_u32(data + 44);
+        h.table_checksum = get_u64(data + 48);
+        h.header_checksum = get_u64(data + 56);
+        if (checksum(data, 56) != h.header_checksum) fail("corrupted: header checksum does not match");
+        if (h.header_bytes != kHeaderBytes) fail(fmt::format("header size {} (version 1 has {})", h.header_bytes, kHeaderBytes));
+        if (size < h.file_bytes) fail(fmt::format("truncated: {} bytes, the header says {}", size, h.file_bytes));
+        if (size > h.file_bytes) {
+            fail(fmt::format("{} unexpected bytes after the end the header gives ({})", size - h.file_bytes, h.file_bytes));
+        }
+        if (element_name_of(h.element_code).empty() || element_bytes_of(h.element_code) != h.element_bytes) {
+            fail(fmt::format("unknown element type {} of {} bytes", h.element_code, h.element_bytes));
+        }
+        if (h.num_layers == 0) fail("0 layers");
+        const std::uint64_t required = kMetadataSections + 2 * static_cast<std::uint64_t>(h.num_layers);
+        if (h.num_sections < required) {
+            fail(fmt::format("{} sections for {} layers, needs at least {}", h.num_sections, h.num_layers, required));
+        }
+        const std::uint64_t table_end = kHeaderBytes + kEntryBytes * h.num_sections;  // no overflow: 32-bit count
+        if (table_end > h.file_bytes) {
+            fail(fmt::format("section table of {} entries ends at {}, past the end of the file ({})", h.num_sections,
+                             table_end, h.file_bytes));
+        }
+    }
+    void read_section_table() {
+        const Header& h = header;
+        const std::uint64_t required = kMetadataSections + 2 * static_cast<std::uint64_t>(h.num_layers);
+        const std::uint64_t table_end = kHeaderBytes + kEntryBytes * h.num_sections;  // checked by read_header
+        if (checksum(data + kHeaderBytes, table_end - kHeaderBytes) != h.table_checksum) {
+            fail("corrupted: section table checksum does not match");
+        }
+        sections.resize(h.num_sections);
+        std::uint64_t at = table_end;
+        for (std::size_t i = 0; i < sections.size(); ++i) {
+            Section& sec = sections[i] = decode_section(data + kHeaderBytes + kEntryBytes * i);
+            std::uint32_t expect_kind = 0, expect_layer = 0;
+            if (i < kMetadataSections) {
+                expect_kind = static_cast<std::uint32_t>(i + 1);
+            } else if (i < required) {
+                expect_kind = (i - kMetadataSections) % 2 == 0 ? kKeys : kValues;
+                expect_layer = static_cast<std::uint32_t>((i - kMetadataSections) / 2);
+            } else if (sec.kind >= kModelFingerprint && sec.kind <= kValues) {
+                fail(fmt::format("section {} repeats the {} section", i, kind_name(sec.kind)));
+            }
+            if (expect_kind && (sec.kind != expect_kind || sec.layer != expect_layer)) {
+                fail(fmt::format("section {} is kind {} layer {}, expected the {} section", i, sec.kind, sec.layer,
+                                 section_label(Section{expect_kind, expect_layer, 0, 0, 0})));
+            }
+            if (sec.offset != align_up(at) || sec.offset > h.file_bytes || sec.bytes > h.file_bytes - sec.offset) {
+                fail(fmt::format("{} section at offset {} ({} bytes) is out of place (expected offset {}, file {} bytes)",
+                                 section_label(sec), sec.offset, sec.bytes, align_up(at), h.file_bytes));
+            }
+            at = sec.offset + sec.bytes;
+        }
+        if (at != h.file_bytes) fail(fmt::format("sections end at {}, the header says the file ends at {}", at, h.file_bytes));
+    }
+    void read_metadata() {
+        const Header& h = header;
+        for (std::size_t i = 0; i < kMetadataSections; ++i) {
+            check_padding(end_of_previous(i), sections[i].offset);
+            check_section(sections[i]);
+        }
+        if (sections[2].bytes != 8ull * h.num_layers) {
+            fail(fmt::format("layer shapes section has {} bytes, {} layers need {}", sections[2].bytes, h.num_layers,
+                             8ull * h.num_layers));
+        }
+        const auto token_bytes = mul(h.num_tokens, 4);
+        if (!token_bytes || sections[3].bytes != *token_bytes) {
+            fail(fmt::format("tokens section has {} bytes for {} tokens", sections[3].bytes, h.num_tokens));
+        }
+        info.version = h.version;
+        info.element = element_name_of(h.element_code);
+        info.file_bytes = h.file_bytes;
+        info.fingerprint.model = text(0);
+        info.fingerprint.cache = text(1);
+        info.layers.resize(h.num_layers);
+        for (std::size_t l = 0; l < info.layers.size(); ++l) {
+            const std::byte* p = data + sections[2].offset + 8 * l;
+            info.layers[l] = LayerShape{get_u32(p), get_u32(p + 4)};
+            if (info.layers[l].head_dim % block_values_of(h.element_code) != 0) {
+                fail(fmt::format("layer {} head size {} is not a multiple of {}'s {}-value blocks", l,
+                                 info.layers[l].head_dim, info.element, block_values_of(h.element_code)));
+            }
+            const auto bytes = mul(h.num_tokens, info.layers[l].token_width() / block_values_of(h.element_code));
+            const auto payload = bytes ? mul(*bytes, h.element_bytes) : std::nullopt;
+            if (info.layers[l].kv_heads == 0 || info.layers[l].head_dim == 0) {
+                fail(fmt::format("layer {} has {} kv heads of size {}", l, info.layers[l].kv_heads, info.layers[l].head_dim));
+            }
+            for (std::size_t kind = 0; kind < 2; ++kind) {
+                const Section& sec = sections[kMetadataSections + 2 * l + kind];
+                if (!payload || sec.bytes != *payload) {
+                    fail(fmt::format("{} section has {} bytes; {} tokens of {}x{} {} need {}", section_label(sec),
+                                     sec.bytes, h.num_tokens, info.layers[l].kv_heads, info.layers[l].head_dim,
+                                     info.element, payload ? fmt::format("{}", *payload) : std::string("more than 2^64")));
+                }
+            }
+        }
+        info.tokens.resize(h.num_tokens);
+        for (std::size_t i = 0; i < info.tokens.size(); ++i) {
+            info.tokens[i] = static_cast<std::int32_t>(get_u32(data + sections[3].offset + 4 * i));
+        }
+    }
 };
 
 CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>()) {
@@ -533,126 +659,9 @@ CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>
     s.data = s.mapping.bytes().data();
     s.size = s.mapping.size();
 
-    // ---- header ----
-    if (s.size > 0 && std::memcmp(s.data, kMagic.data(), std::min<std::size_t>(s.size, kMagic.size())) != 0) {
-        std::string seen;
-        for (std::size_t i = 0; i < std::min<std::size_t>(s.size, kMagic.size()); ++i) {
-            seen += fmt::format("{:02x}", static_cast<unsigned>(s.data[i]));
-        }
-        s.fail(fmt::format("not a kvcache cache file: starts with bytes {}, expected 4b5643414348451a (\"KVCACHE\\x1a\")",
-                           seen));
-    }
-    if (s.size < kHeaderBytes) s.fail(fmt::format("truncated: {} bytes, the header alone is {}", s.size, kHeaderBytes));
-    Header& h = s.header;
-    h.version = get_u32(s.data + 8);
-    if (h.version == 0 || h.version > kVersion) {
-        s.fail(fmt::format("format version {} is not one this reader knows (it reads version 1 to {}); a newer "
-                           "kvcache wrote it",
-                           h.version, kVersion));
-    }
-    h.header_bytes = get_u32(s.data + 12);
-    h.file_bytes = get_u64(s.data + 16);
-    h.num_tokens = get_u64(s.data + 24);
-    h.element_code = get_u32(s.data + 32);
-    h.element_bytes = get_u32(s.data + 36);
-    h.num_layers = get_u32(s.data + 40);
-    h.num_sections = get_u32(s.data + 44);
-    h.table_checksum = get_u64(s.data + 48);
-    h.header_checksum = get_u64(s.data + 56);
-    if (checksum(s.data, 56) != h.header_checksum) s.fail("corrupted: header checksum does not match");
-    if (h.header_bytes != kHeaderBytes) s.fail(fmt::format("header size {} (version 1 has {})", h.header_bytes, kHeaderBytes));
-    if (s.size < h.file_bytes) s.fail(fmt::format("truncated: {} bytes, the header says {}", s.size, h.file_bytes));
-    if (s.size > h.file_bytes) {
-        s.fail(fmt::format("{} unexpected bytes after the end the header gives ({})", s.size - h.file_bytes, h.file_bytes));
-    }
-    if (element_name_of(h.element_code).empty() || element_bytes_of(h.element_code) != h.element_bytes) {
-        s.fail(fmt::format("unknown element type {} of {} bytes", h.element_code, h.element_bytes));
-    }
-    if (h.num_layers == 0) s.fail("0 layers");
-    const std::uint64_t required = kMetadataSections + 2 * static_cast<std::uint64_t>(h.num_layers);
-    if (h.num_sections < required) {
-        s.fail(fmt::format("{} sections for {} layers, needs at least {}", h.num_sections, h.num_layers, required));
-    }
-    const std::uint64_t table_end = kHeaderBytes + kEntryBytes * h.num_sections;  // no overflow: 32-bit count
-    if (table_end > h.file_bytes) {
-        s.fail(fmt::format("section table of {} entries ends at {}, past the end of the file ({})", h.num_sections,
-                           table_end, h.file_bytes));
-    }
-
-    // ---- section table ----
-    if (checksum(s.data + kHeaderBytes, table_end - kHeaderBytes) != h.table_checksum) {
-        s.fail("corrupted: section table checksum does not match");
-    }
-    s.sections.resize(h.num_sections);
-    std::uint64_t at = table_end;
-    for (std::size_t i = 0; i < s.sections.size(); ++i) {
-        Section& sec = s.sections[i] = decode_section(s.data + kHeaderBytes + kEntryBytes * i);
-        std::uint32_t expect_kind = 0, expect_layer = 0;
-        if (i < kMetadataSections) {
-            expect_kind = static_cast<std::uint32_t>(i + 1);
-        } else if (i < required) {
-            expect_kind = (i - kMetadataSections) % 2 == 0 ? kKeys : kValues;
-            expect_layer = static_cast<std::uint32_t>((i - kMetadataSections) / 2);
-        } else if (sec.kind >= kModelFingerprint && sec.kind <= kValues) {
-            s.fail(fmt::format("section {} repeats the {} section", i, kind_name(sec.kind)));
-        }
-        if (expect_kind && (sec.kind != expect_kind || sec.layer != expect_layer)) {
-            s.fail(fmt::format("section {} is kind {} layer {}, expected the {} section", i, sec.kind, sec.layer,
-                               section_label(Section{expect_kind, expect_layer, 0, 0, 0})));
-        }
-        if (sec.offset != align_up(at) || sec.offset > h.file_bytes || sec.bytes > h.file_bytes - sec.offset) {
-            s.fail(fmt::format("{} section at offset {} ({} bytes) is out of place (expected offset {}, file {} bytes)",
-                               section_label(sec), sec.offset, sec.bytes, align_up(at), h.file_bytes));
-        }
-        at = sec.offset + sec.bytes;
-    }
-    if (at != h.file_bytes) s.fail(fmt::format("sections end at {}, the header says the file ends at {}", at, h.file_bytes));
-
-    // ---- metadata sections ----
-    for (std::size_t i = 0; i < kMetadataSections; ++i) {
-        s.check_padding(s.end_of_previous(i), s.sections[i].offset);
-        s.check_section(s.sections[i]);
-    }
-    if (s.sections[2].bytes != 8ull * h.num_layers) {
-        s.fail(fmt::format("layer shapes section has {} bytes, {} layers need {}", s.sections[2].bytes, h.num_layers,
-                           8ull * h.num_layers));
-    }
-    const auto token_bytes = mul(h.num_tokens, 4);
-    if (!token_bytes || s.sections[3].bytes != *token_bytes) {
-        s.fail(fmt::format("tokens section has {} bytes for {} tokens", s.sections[3].bytes, h.num_tokens));
-    }
-    CacheFileInfo& info = s.info;
-    info.version = h.version;
-    info.element = element_name_of(h.element_code);
-    info.file_bytes = h.file_bytes;
-    info.fingerprint.model = s.text(0);
-    info.fingerprint.cache = s.text(1);
-    info.layers.resize(h.num_layers);
-    for (std::size_t l = 0; l < info.layers.size(); ++l) {
-        const std::byte* p = s.data + s.sections[2].offset + 8 * l;
-        info.layers[l] = LayerShape{get_u32(p), get_u32(p + 4)};
-        if (info.layers[l].head_dim % block_values_of(h.element_code) != 0) {
-            s.fail(fmt::format("layer {} head size {} is not a multiple of {}'s {}-value blocks", l,
-                               info.layers[l].head_dim, info.element, block_values_of(h.element_code)));
-        }
-        const auto bytes = mul(h.num_tokens, info.layers[l].token_width() / block_values_of(h.element_code));
-        const auto payload = bytes ? mul(*bytes, h.element_bytes) : std::nullopt;
-        if (info.layers[l].kv_heads == 0 || info.layers[l].head_dim == 0) {
-            s.fail(fmt::format("layer {} has {} kv heads of size {}", l, info.layers[l].kv_heads, info.layers[l].head_dim));
-        }
-        for (std::size_t kind = 0; kind < 2; ++kind) {
-            const Section& sec = s.sections[kMetadataSections + 2 * l + kind];
-            if (!payload || sec.bytes != *payload) {
-                s.fail(fmt::format("{} section has {} bytes; {} tokens of {}x{} {} need {}", section_label(sec),
-                                   sec.bytes, h.num_tokens, info.layers[l].kv_heads, info.layers[l].head_dim,
-                                   info.element, payload ? fmt::format("{}", *payload) : std::string("more than 2^64")));
-            }
-        }
-    }
-    info.tokens.resize(h.num_tokens);
-    for (std::size_t i = 0; i < info.tokens.size(); ++i) {
-        info.tokens[i] = static_cast<std::int32_t>(get_u32(s.data + s.sections[3].offset + 4 * i));
-    }
+    s.read_header();
+    s.read_section_table();
+    s.read_metadata();
 }
 
 CacheFileReader::~CacheFileReader() = default;
@@ -681,10 +690,10 @@ void CacheFileReader::verify_payload() const {
     }
 }
 
-const std::byte* CacheFileReader::payload(std::size_t layer, std::size_t kind) const {
+const std::byte* CacheFileReader::payload(std::size_t layer, KV kind) const {
     const State& s = *state_;
     detail::check_index("layer", layer, s.info.layers.size());
-    return s.data + s.sections[kMetadataSections + 2 * layer + (kind ? 1 : 0)].offset;
+    return s.data + s.sections[kMetadataSections + 2 * layer + (kind == KV::Values ? 1 : 0)].offset;
 }
 
 }  // namespace detail

@@ -33,14 +33,14 @@ int cut_quality(std::string_view text, std::size_t pos) {
 }
 
 std::size_t count_tokens(const Tokenizer& tokenizer, std::string_view text) {
-    return tokenizer.encode(text, /*add_special=*/false, /*parse_special=*/false).size();
+    return tokenizer.encode(text, {.add_special = false}).size();
 }
 
 /// Byte offsets (from the start of `window`) where each of its tokens ends, as far as the pieces say. The
 /// pieces of a byte-level tokenizer add up to the text exactly; for others this is an estimate that the
 /// caller checks by encoding.
 std::vector<std::size_t> token_ends(const Tokenizer& tokenizer, std::string_view window) {
-    const std::vector<std::int32_t> ids = tokenizer.encode(window, false, false);
+    const std::vector<std::int32_t> ids = tokenizer.encode(window, {.add_special = false});
     std::vector<std::size_t> ends;
     ends.reserve(ids.size());
     std::size_t at = 0;

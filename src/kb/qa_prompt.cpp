@@ -77,7 +77,7 @@ std::vector<std::int32_t> QAPromptFormat::question_tokens(std::string_view quest
     std::vector<std::int32_t> whole = encode_chat(*tokenizer_, m, true);
     std::vector<std::int32_t> out(whole.begin() + static_cast<std::ptrdiff_t>(question_offset_), whole.end());
     if (!answer_prefix_.empty()) {
-        const std::vector<std::int32_t> prefix = tokenizer_->encode(answer_prefix_, false, false);
+        const std::vector<std::int32_t> prefix = tokenizer_->encode(answer_prefix_, {.add_special = false});
         out.insert(out.end(), prefix.begin(), prefix.end());
     }
     return out;

@@ -2,32 +2,23 @@
 #include "kvcache/model/decoder.hpp"
 
 #include <cmath>
-#include <random>
 
+#include "kvcache/detail/portable_random.hpp"
 
 namespace kvcache {
 
 namespace {
 
-/// Uniform floats in [-scale, scale) from mt19937_64's raw bits: the same on every platform.
-struct PortableUniform {
-    std::mt19937_64 gen;
-    float operator()(float scale) {
-        const double u = static_cast<double>(gen() >> 11) * 0x1.0p-53;
-        return static_cast<float>((2 * u - 1) * scale);
-    }
-};
-
-WeightMatrix random_matrix(PortableUniform& rng, std::size_t rows, std::size_t cols) {
+WeightMatrix random_matrix(detail::PortableUniform& rng, std::size_t rows, std::size_t cols) {
     std::vector<float> w(rows * cols);
     const float scale = 1.0f / std::sqrt(static_cast<float>(cols));
-    for (float& v : w) v = rng(scale);
+    for (float& v : w) v = rng.symmetric(scale);
     return WeightMatrix::from_floats(rows, cols, w);
 }
 
-std::vector<float> random_vector(PortableUniform& rng, std::size_t n, float centre, float spread) {
+std::vector<float> random_vector(detail::PortableUniform& rng, std::size_t n, float centre, float spread) {
     std::vector<float> v(n);
-    for (float& x : v) x = centre + rng(spread);
+    for (float& x : v) x = centre + rng.symmetric(spread);
     return v;
 }
 
@@ -87,7 +78,7 @@ DecoderWeights DecoderWeights::random(const DecoderConfig& config, std::uint64_t
     DecoderWeights w;
     w.config = config;
     const DecoderConfig& c = w.config;
-    PortableUniform rng{std::mt19937_64(seed)};
+    detail::PortableUniform rng(seed);
     // Embeddings of unit-ish scale so the first norm sees a sensible input.
     w.token_embedding = random_matrix(rng, c.vocab_size, c.d_model);
     w.layers.resize(c.n_layers);

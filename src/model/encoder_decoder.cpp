@@ -5,10 +5,7 @@
 #include <chrono>
 #include <climits>
 #include <cmath>
-#include <fstream>
 #include <new>
-#include <random>
-#include <sstream>
 #include <string>
 #include <unordered_map>
 
@@ -18,9 +15,11 @@
 
 #include "kvcache/attention/dense.hpp"
 #include "kvcache/detail/checked.hpp"
+#include "kvcache/detail/portable_random.hpp"
 #include "kvcache/model/matmul.hpp"
 #include "kvcache/model/ops.hpp"
 #include "kvcache/model/safetensors.hpp"
+#include "text_file.hpp"
 
 namespace kvcache {
 
@@ -205,15 +204,7 @@ EncoderDecoderConfig EncoderDecoderConfig::from_json(std::string_view text) {
 }
 
 EncoderDecoderConfig EncoderDecoderConfig::load(const std::filesystem::path& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw IoError(fmt::format("encoder-decoder: cannot open config '{}'", path.string()));
-    std::stringstream s;
-    s << f.rdbuf();
-    try {
-        return from_json(s.str());
-    } catch (const FormatError& e) {
-        throw FormatError(fmt::format("{} [in {}]", e.what(), path.string()));
-    }
+    return detail::parse_text_file(path, "encoder-decoder config", [](std::string_view text) { return from_json(text); });
 }
 
 // ---------------------------------------------------------------- weights
@@ -289,13 +280,7 @@ EncoderDecoderWeights EncoderDecoderWeights::load(const std::filesystem::path& c
 
 EncoderDecoderWeights EncoderDecoderWeights::random(EncoderDecoderConfig config, std::uint64_t seed) {
     config.validate();
-    // A uniform number from the generator's raw 53 high bits: std::uniform_real_distribution differs between
-    // standard libraries, the mt19937_64 sequence does not.
-    std::mt19937_64 gen(seed);
-    auto uniform = [&gen](float bound) {
-        const double u = static_cast<double>(gen() >> 11) * 0x1.0p-53;
-        return static_cast<float>((2 * u - 1) * bound);
-    };
+    detail::PortableUniform uniform(seed);
     Weights w;
     w.config = std::move(config);
     w.encoder.resize(w.config.n_encoder_layers);
@@ -315,7 +300,7 @@ EncoderDecoderWeights EncoderDecoderWeights::random(EncoderDecoderConfig config,
             }
             const float bound = is_embedding ? 1.0f : 1.0f / std::sqrt(static_cast<float>(fan_in));
             data.resize(size);
-            for (float& x : data) x = uniform(bound);
+            for (float& x : data) x = uniform.symmetric(bound);
         });
     } catch (const std::bad_alloc&) {
         throw CapacityError(fmt::format("encoder-decoder: random weights for d_model {}, {} + {} layers, vocab {} / {} "
@@ -366,10 +351,6 @@ EncoderDecoder::Buffers EncoderDecoder::buffers(std::size_t n) {
 }
 
 // ---------------------------------------------------------------- checks
-
-int EncoderDecoder::attention_threads(std::size_t n_queries, std::size_t n_keys, int threads) const {
-    return n_queries * n_keys * config().d_model >= (std::size_t{1} << 20) ? threads : 1;
-}
 
 void EncoderDecoder::check_tokens(std::span<const std::int32_t> tokens, std::size_t first_position, bool target) const {
     const char* side = target ? "target" : "source";
@@ -513,7 +494,7 @@ std::vector<float> EncoderDecoder::encode(std::span<const std::int32_t> source, 
     embed(false, source, 0, b.x);
     AttentionOptions full;
     full.causal = false;
-    full.threads = attention_threads(n, n, run.threads);
+    full.threads = run.threads;
     for (const Weights::EncoderLayer& w : weights_.encoder) {
         project_qkv(w.self_attn, sublayer_input(w.norm1, b.x, b.normed), n, b.q, b.k, b.v, run.threads);
         attention_dense(std::span<const float>(b.q), n, c.n_heads, std::span<const float>(b.k),
@@ -536,8 +517,8 @@ std::vector<float> EncoderDecoder::decode_uncached(std::span<const float> memory
     // Caches that live for this one pass: nothing carries over to the next step, so every step pays for the
     // whole prefix and for the cross K/V projections again.
     const std::size_t L = config().n_decoder_layers, H = config().n_heads, hd = config().head_dim();
-    MultiLayerKVCache<float> self(L, H, hd, 1, target.size(), Growth::Fixed);
-    CrossAttentionCache<float> cross(L, H, hd, 1, n_src);
+    MultiLayerKVCache<float> self(CacheShape{L, H, hd}, 1, target.size(), Growth::Fixed);
+    CrossAttentionCache<float> cross(CacheShape{L, H, hd}, 1, n_src);
     write_cross(memory, n_src, cross, 0, run);
     std::vector<float> logits(target.size() * config().tgt_vocab_size);
     decode(target, 0, self, cross, logits, run);

@@ -74,19 +74,16 @@ void apply_repetition_penalty(std::span<float> logits, std::span<const std::int3
     }
 }
 
-Sampler::Sampler(const SamplingOptions& options) : options_(options) {
+Sampler::Sampler(const SamplingOptions& options) : options_(options), generator_(options.seed) {
     validate(options_);
-    generator_.seed(options_.seed);
 }
 
 void Sampler::reseed(std::uint64_t seed) {
     options_.seed = seed;
-    generator_.seed(seed);
+    generator_.reseed(seed);
 }
 
-double Sampler::uniform() {
-    return static_cast<double>(generator_() >> 11) * 0x1.0p-53;
-}
+double Sampler::uniform() { return generator_.unit(); }
 
 void Sampler::filter(std::span<const float> logits, std::span<const std::int32_t> history) {
     if (logits.empty()) throw ShapeError("sampler: logits are empty");

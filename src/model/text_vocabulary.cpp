@@ -1,14 +1,13 @@
 // TextVocabulary: splitting text into words or characters, and vocab.json.
 #include "kvcache/model/text_vocabulary.hpp"
 
-#include <fstream>
-#include <sstream>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
 #include "kvcache/error.hpp"
 #include "kvcache/model/unicode.hpp"
+#include "text_file.hpp"
 
 namespace kvcache {
 
@@ -153,15 +152,7 @@ Seq2SeqVocabulary Seq2SeqVocabulary::from_json(std::string_view text) {
 }
 
 Seq2SeqVocabulary Seq2SeqVocabulary::load(const std::filesystem::path& path) {
-    std::ifstream f(path, std::ios::binary);
-    if (!f) throw IoError(fmt::format("cannot open vocabulary '{}'", path.string()));
-    std::stringstream s;
-    s << f.rdbuf();
-    try {
-        return from_json(s.str());
-    } catch (const FormatError& e) {
-        throw FormatError(fmt::format("{} [in {}]", e.what(), path.string()));
-    }
+    return detail::parse_text_file(path, "vocabulary", [](std::string_view text) { return from_json(text); });
 }
 
 }  // namespace kvcache

@@ -131,6 +131,13 @@ struct Tokenizer::Impl {
     };
 
     void build();
+    // The steps of build(), in order.
+    void check_spec() const;
+    void choose_model();
+    void read_token_types();
+    void index_pieces();
+    void index_byte_tokens_and_merges();
+    void index_special_tokens();
     // literal: the pieces of plain text never merge into a token of a special type (message content).
     void encode_text(std::string_view text, bool after_special, bool literal, std::vector<std::int32_t>& out) const;
     void bpe_word(std::string_view word, bool literal, std::vector<std::int32_t>& out) const;
@@ -145,6 +152,16 @@ struct Tokenizer::Impl {
 };
 
 void Tokenizer::Impl::build() {
+    check_spec();
+    choose_model();
+    read_token_types();
+    index_pieces();
+    index_byte_tokens_and_merges();
+    index_special_tokens();
+}
+
+// Sizes agree and the special ids lie in the vocabulary.
+void Tokenizer::Impl::check_spec() const {
     const std::size_t n = spec.tokens.size();
     if (n == 0) throw FormatError("tokenizer: the vocabulary is empty");
     if (n > static_cast<std::size_t>(INT32_MAX)) throw FormatError("tokenizer: vocabulary of " + std::to_string(n) + " tokens is too large");
@@ -159,7 +176,10 @@ void Tokenizer::Impl::build() {
             throw FormatError(std::string("tokenizer: ") + name + " token id " + std::to_string(*id) +
                               " is outside the vocabulary of " + std::to_string(n));
     }
+}
 
+// gpt2 (byte-level BPE, with its pre-tokenizer) or llama (SentencePiece BPE).
+void Tokenizer::Impl::choose_model() {
     if (spec.model == "gpt2") {
         kind = Kind::ByteLevelBpe;
         const auto found = detail::find_pre_tokenizer(spec.pre.empty() ? "default" : spec.pre);
@@ -176,7 +196,10 @@ void Tokenizer::Impl::build() {
     } else {
         throw FormatError("tokenizer: unsupported tokenizer model '" + spec.model + "' (supported: gpt2, llama)");
     }
+}
 
+void Tokenizer::Impl::read_token_types() {
+    const std::size_t n = spec.tokens.size();
     types.resize(n, TokenType::Normal);
     for (std::size_t i = 0; i < spec.token_types.size(); ++i) {
         const std::int32_t t = spec.token_types[i];
@@ -184,7 +207,11 @@ void Tokenizer::Impl::build() {
             throw FormatError("tokenizer: token " + std::to_string(i) + " has unknown token type " + std::to_string(t));
         types[i] = static_cast<TokenType>(t);
     }
+}
 
+// Token text → id, and each token's bytes as it decodes (byte-level symbols mapped back, ▁ as a space).
+void Tokenizer::Impl::index_pieces() {
+    const std::size_t n = spec.tokens.size();
     // Later duplicates win, as in llama.cpp and the Hugging Face converter.
     text_to_id.reserve(n);
     for (std::size_t i = 0; i < n; ++i) text_to_id[spec.tokens[i]] = static_cast<std::int32_t>(i);
@@ -212,7 +239,11 @@ void Tokenizer::Impl::build() {
             pieces[i] = replace_all(text, kSpmSpace, " ");
         }
     }
+}
 
+// The token of each byte (byte fallback), and the merge table of byte-level BPE.
+void Tokenizer::Impl::index_byte_tokens_and_merges() {
+    const std::size_t n = spec.tokens.size();
     if (kind == Kind::ByteLevelBpe) {
         const auto& b2c = byte_to_codepoint();
         for (int b = 0; b < 256; ++b) {
@@ -245,7 +276,11 @@ void Tokenizer::Impl::build() {
             if (b >= 0 && types[i] == TokenType::Byte) byte_token[static_cast<std::size_t>(b)] = static_cast<std::int32_t>(i);
         }
     }
+}
 
+// Special tokens longest first by their first byte (for matching in text), and the end-of-generation tokens.
+void Tokenizer::Impl::index_special_tokens() {
+    const std::size_t n = spec.tokens.size();
     std::vector<std::int32_t> specials;
     for (std::size_t i = 0; i < n; ++i)
         if (is_special_type(types[i]) && !spec.tokens[i].empty()) specials.push_back(static_cast<std::int32_t>(i));
@@ -471,9 +506,10 @@ std::vector<std::int32_t> Tokenizer::Impl::encode_stretches(std::string_view tex
     return out;
 }
 
-std::vector<std::int32_t> Tokenizer::encode(std::string_view text, bool add_special, bool parse_special) const {
-    const Impl::Stretch whole{0, text.size(), parse_special ? Impl::Specials::All : Impl::Specials::UserDefinedOnly};
-    return impl_->encode_stretches(text, std::span(&whole, 1), add_special, false);
+std::vector<std::int32_t> Tokenizer::encode(std::string_view text, const EncodeOptions& options) const {
+    const Impl::Stretch whole{0, text.size(),
+                              options.parse_special ? Impl::Specials::All : Impl::Specials::UserDefinedOnly};
+    return impl_->encode_stretches(text, std::span(&whole, 1), options.add_special, false);
 }
 
 std::vector<std::int32_t> Tokenizer::encode_segments(std::span<const TextSegment> segments, bool add_special) const {

@@ -124,7 +124,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         std::vector<std::int32_t> tokens = {0, 5, 9};
         try {
             const auto tokenizer = Tokenizer::from_gguf(file);
-            tokens = tokenizer.encode("abc ab", true, true);
+            tokens = tokenizer.encode("abc ab", {.add_special = true, .parse_special = true});
             (void)tokenizer.decode(tokens);
         } catch (const kvcache::Error&) {
         }

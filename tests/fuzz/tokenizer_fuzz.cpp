@@ -10,6 +10,7 @@
 #include <string>
 #include <vector>
 
+#include "../tokenizer_specs.hpp"
 #include "fuzz_support.hpp"
 #include "kvcache/error.hpp"
 #include "kvcache/model/chat.hpp"
@@ -55,18 +56,7 @@ Tokenizer byte_level() {
 }
 
 Tokenizer sentencepiece() {
-    TokenizerSpec spec;
-    spec.model = "llama";
-    spec.tokens = {"<unk>", "<s>", "</s>"};
-    spec.token_types = {2, 3, 3};
-    spec.scores = {0, 0, 0};
-    for (int b = 0; b < 256; ++b) {
-        char name[8];
-        std::snprintf(name, sizeof name, "<0x%02X>", b);
-        spec.tokens.push_back(name);
-        spec.token_types.push_back(6);
-        spec.scores.push_back(0);
-    }
+    TokenizerSpec spec = kvcache::testing::sentencepiece_byte_spec();
     const char* pieces[] = {"▁", "a", "b", "ab", "▁a", "▁ab", "é", "▁é", "<x>", "▁<x>"};
     float score = -1;
     for (const char* p : pieces) {
@@ -97,7 +87,7 @@ void check(const Tokenizer& tok, std::string_view text, bool exact_round_trip) {
     }
     const std::string back = tok.decode(literal);
     if (exact_round_trip && back != text) kvcache::fuzz::broken(kTarget, "decode(encode_literal(x)) != x", tok.model());
-    const auto parsed = tok.encode(text, true, true);
+    const auto parsed = tok.encode(text, {.add_special = true, .parse_special = true});
     const std::string rendered = tok.decode(parsed, true);
     if (exact_round_trip && tok.model() == "gpt2" && rendered != text)
         kvcache::fuzz::broken(kTarget, "decode(encode(x, parse_special)) != x", tok.model());

@@ -24,10 +24,9 @@ public:
     CrossAttentionCache(std::vector<LayerShape> layers, std::size_t batch, std::size_t max_source_len)
         : storage_(std::move(layers), batch, max_source_len, Growth::Fixed),
           written_(storage_.num_layers() * batch, false) {}
-    CrossAttentionCache(std::size_t n_layers, std::size_t kv_heads, std::size_t head_dim, std::size_t batch,
-                        std::size_t max_source_len)
-        : CrossAttentionCache(std::vector<LayerShape>(n_layers, LayerShape{kv_heads, head_dim}), batch,
-                              max_source_len) {}
+    /// Every layer the same shape.
+    CrossAttentionCache(const CacheShape& shape, std::size_t batch, std::size_t max_source_len)
+        : CrossAttentionCache(shape.per_layer(), batch, max_source_len) {}
 
     CrossAttentionCache copy() const {
         CrossAttentionCache out(storage_.copy());

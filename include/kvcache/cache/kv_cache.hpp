@@ -47,8 +47,8 @@ public:
             throw ConfigError(fmt::format("KVCache needs batch >= 1 and capacity >= 1, got batch {} capacity {}",
                                           batch, capacity));
         }
-        key_bytes_ = Base::region_bytes(0, Heads, HeadDim, capacity);
-        value_bytes_ = Base::region_bytes(1, Heads, HeadDim, capacity);
+        key_bytes_ = Base::region_bytes(KV::Keys, Heads, HeadDim, capacity);
+        value_bytes_ = Base::region_bytes(KV::Values, Heads, HeadDim, capacity);
         layer_bytes_ = detail::checked_product({batch, key_bytes_ + value_bytes_}, "KVCache");
         storage_ = detail::AlignedBuffer<std::byte>(detail::checked_product({Layers, layer_bytes_}, "KVCache"));
     }
@@ -95,8 +95,8 @@ private:
                                             layer, row, n_tokens, this->seq_len(layer, row), this->capacity_));
         }
     }
-    const std::byte* region(std::size_t layer, std::size_t kind, std::size_t row) const {
-        return storage_.data() + layer * layer_bytes_ + (kind ? this->batch_ * key_bytes_ + row * value_bytes_ : row * key_bytes_);
+    const std::byte* region(std::size_t layer, KV kind, std::size_t row) const {
+        return storage_.data() + layer * layer_bytes_ + (kind == KV::Values ? this->batch_ * key_bytes_ + row * value_bytes_ : row * key_bytes_);
     }
 
     std::size_t key_bytes_ = 0, value_bytes_ = 0, layer_bytes_ = 0;  // one row's K region, V region; one layer

@@ -18,9 +18,6 @@
 
 namespace kvcache {
 
-/// Which half of the cache a conversion reads.
-enum class KV { Keys, Values };
-
 namespace detail {
 /// Row i of a chunk's keys or values as head_dim floats.
 template <class K, class V>
@@ -120,16 +117,13 @@ void append_rows(C& cache, std::size_t layer, std::span<const float> keys, std::
     for (std::size_t n : tokens_per_row) total += n;
     detail::check_size("append_rows keys", keys.size(), total * width);
     detail::check_size("append_rows values", values.size(), total * width);
-    for (std::size_t b = 0; b < tokens_per_row.size(); ++b) {  // capacity first, so a failure writes nothing
+    if constexpr (BoundedKVCache<C>) {  // capacity first, so a failure writes nothing
         // A growing cache makes room itself; a fixed one must have it for every row before any is written.
-        if constexpr (requires { cache.growth(); }) {
-            if (cache.growth() == Growth::Grow) continue;
-        }
-        if constexpr (requires { cache.capacity(); }) {
-            if (cache.seq_len(layer, b) + tokens_per_row[b] > cache.capacity()) {
-                throw CapacityError(fmt::format("append_rows layer {} row {}: {} + {} tokens exceed capacity {}",
-                                                layer, b, cache.seq_len(layer, b), tokens_per_row[b],
-                                                cache.capacity()));
+        for (std::size_t b = 0; b < tokens_per_row.size(); ++b) {
+            if (!can_append(cache, layer, b, tokens_per_row[b])) {
+                throw CapacityError(fmt::format("append_rows layer {} row {}: {} + {} tokens exceed capacity {}", layer,
+                                                b, cache.seq_len(layer, b), tokens_per_row[b],
+                                                static_cast<std::size_t>(cache.capacity())));
             }
         }
     }

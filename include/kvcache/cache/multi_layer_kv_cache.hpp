@@ -48,10 +48,8 @@ public:
     }
 
     /// Every layer the same shape.
-    MultiLayerKVCache(std::size_t n_layers, std::size_t kv_heads, std::size_t head_dim, std::size_t batch,
-                      std::size_t capacity, Growth growth = Growth::Fixed)
-        : MultiLayerKVCache(std::vector<LayerShape>(n_layers, LayerShape{kv_heads, head_dim}), batch, capacity,
-                            growth) {}
+    MultiLayerKVCache(const CacheShape& shape, std::size_t batch, std::size_t capacity, Growth growth = Growth::Fixed)
+        : MultiLayerKVCache(shape.per_layer(), batch, capacity, growth) {}
 
     MultiLayerKVCache(MultiLayerKVCache&&) noexcept = default;
     MultiLayerKVCache& operator=(MultiLayerKVCache&&) noexcept = default;
@@ -112,8 +110,8 @@ public:
     static std::size_t bytes_for(std::span<const LayerShape> layers, std::size_t batch, std::size_t capacity) {
         std::size_t bytes = 0;
         for (const auto& s : layers) {
-            bytes += batch * (Base::region_bytes(0, s.kv_heads, s.head_dim, capacity) +
-                              Base::region_bytes(1, s.kv_heads, s.head_dim, capacity));
+            bytes += batch * (Base::region_bytes(KV::Keys, s.kv_heads, s.head_dim, capacity) +
+                              Base::region_bytes(KV::Values, s.kv_heads, s.head_dim, capacity));
         }
         return bytes;
     }
@@ -136,8 +134,8 @@ private:
         key_bytes_.clear();
         value_bytes_.clear();
         for (const auto& s : shapes_) {
-            key_bytes_.push_back(Base::region_bytes(0, s.kv_heads, s.head_dim, capacity));
-            value_bytes_.push_back(Base::region_bytes(1, s.kv_heads, s.head_dim, capacity));
+            key_bytes_.push_back(Base::region_bytes(KV::Keys, s.kv_heads, s.head_dim, capacity));
+            value_bytes_.push_back(Base::region_bytes(KV::Values, s.kv_heads, s.head_dim, capacity));
             storage_.emplace_back(
                 detail::checked_product({this->batch_, key_bytes_.back() + value_bytes_.back()}, "MultiLayerKVCache"));
         }
@@ -169,9 +167,9 @@ private:
             }
         }
     }
-    const std::byte* region(std::size_t layer, std::size_t kind, std::size_t row) const {
+    const std::byte* region(std::size_t layer, KV kind, std::size_t row) const {
         return storage_[layer].data() +
-               (kind ? this->batch_ * key_bytes_[layer] + row * value_bytes_[layer] : row * key_bytes_[layer]);
+               (kind == KV::Values ? this->batch_ * key_bytes_[layer] + row * value_bytes_[layer] : row * key_bytes_[layer]);
     }
 
     std::vector<LayerShape> shapes_;

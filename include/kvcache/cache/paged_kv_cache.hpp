@@ -164,9 +164,8 @@ public:
     }
 
     /// Every layer the same shape.
-    PagedKVPool(std::size_t n_layers, std::size_t kv_heads, std::size_t head_dim, std::size_t num_blocks,
-                std::size_t block_size = kDefaultBlockSize)
-        : PagedKVPool(std::vector<LayerShape>(n_layers, LayerShape{kv_heads, head_dim}), num_blocks, block_size) {}
+    PagedKVPool(const CacheShape& shape, std::size_t num_blocks, std::size_t block_size = kDefaultBlockSize)
+        : PagedKVPool(shape.per_layer(), num_blocks, block_size) {}
 
     PagedKVPool(const PagedKVPool&) = delete;
     PagedKVPool& operator=(const PagedKVPool&) = delete;

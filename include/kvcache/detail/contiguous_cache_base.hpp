@@ -16,6 +16,7 @@
 
 #include <fmt/format.h>
 
+#include "kvcache/cache/concept.hpp"
 #include "kvcache/cache/kv_chunk.hpp"
 #include "kvcache/detail/aligned_buffer.hpp"
 #include "kvcache/detail/format.hpp"
@@ -50,8 +51,8 @@ inline void check_head_dim_fits(std::string_view cache, std::size_t layer, std::
 inline std::size_t padded_bytes(std::size_t bytes) { return (bytes + kAlignment - 1) / kAlignment * kAlignment; }
 
 /// Derived provides num_layers(), num_kv_heads(layer), head_dim(layer) and
-/// `const std::byte* region(layer, kind, row) const` — the start of [kv_heads][capacity][row] storage objects
-/// for kind 0 (K, as K) or 1 (V, as V). Heads within a region are capacity rows apart.
+/// `const std::byte* region(layer, KV kind, row) const` — the start of [kv_heads][capacity][row] storage objects
+/// of the keys (as K) or the values (as V). Heads within a region are capacity rows apart.
 template <class Derived, StorageElement K, StorageElement V>
 class ContiguousCacheBase : public ElementTypeName<K, V> {
 public:
@@ -214,10 +215,10 @@ protected:
     std::uint32_t& length(std::size_t layer, std::size_t row) { return lengths_[layer * batch_ + row]; }
 
     const K* key_block(std::size_t layer, std::size_t row) const {
-        return reinterpret_cast<const K*>(self().region(layer, 0, row));
+        return reinterpret_cast<const K*>(self().region(layer, KV::Keys, row));
     }
     const V* value_block(std::size_t layer, std::size_t row) const {
-        return reinterpret_cast<const V*>(self().region(layer, 1, row));
+        return reinterpret_cast<const V*>(self().region(layer, KV::Values, row));
     }
     K* key_block(std::size_t layer, std::size_t row) {
         return const_cast<K*>(std::as_const(*this).key_block(layer, row));
@@ -227,8 +228,8 @@ protected:
     }
     /// Bytes of one (kind, row) region: kv_heads * capacity rows — padded to the alignment when keys and values
     /// have different types (so the other type's regions start aligned), packed when they share one.
-    static std::size_t region_bytes(std::size_t kind, std::size_t kv_heads, std::size_t head_dim, std::size_t capacity) {
-        const std::size_t row = kind == 0 ? storage_units<K>(head_dim) * sizeof(K) : storage_units<V>(head_dim) * sizeof(V);
+    static std::size_t region_bytes(KV kind, std::size_t kv_heads, std::size_t head_dim, std::size_t capacity) {
+        const std::size_t row = kind == KV::Keys ? storage_units<K>(head_dim) * sizeof(K) : storage_units<V>(head_dim) * sizeof(V);
         const std::size_t bytes = checked_product({kv_heads, capacity, row}, "cache region");
         return std::same_as<K, V> ? bytes : padded_bytes(bytes);
     }

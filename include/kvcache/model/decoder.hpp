@@ -20,6 +20,7 @@
 #include <filesystem>
 #include <span>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -191,6 +192,13 @@ private:
     LogitsWanted check_inputs(std::span<const std::int32_t> tokens, std::size_t logits_size) const;
     void check_cache_shape(std::size_t layers, std::size_t layer, std::size_t kv_heads, std::size_t head_dim) const;
     void reserve_scratch(std::size_t n_tokens, std::size_t n_logit_rows);
+    /// Every check of a batched forward, before anything changes; fills wanted_ and positions_. Returns the
+    /// tokens of all items and the logit rows wanted.
+    template <KVCacheLike Cache>
+    std::pair<std::size_t, std::size_t> check_batch(std::span<const ForwardItem<Cache>> items);
+    /// Final norm and output matrix for the rows whose logits are wanted, into each item's logits buffer.
+    template <KVCacheLike Cache>
+    void write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads);
 
     DecoderWeights weights_;
     int threads_ = 0;
@@ -216,72 +224,7 @@ template <KVCacheLike Cache>
 void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOptions& options) {
     const DecoderConfig& c = weights_.config;
     const int threads = options.threads > 0 ? options.threads : threads_;
-
-    // Every check first: a call that throws leaves every cache as it was.
-    std::size_t total = 0, logit_rows = 0;
-    wanted_.resize(items.size());  // scratch: grows to the largest batch, then no allocation
-    positions_.resize(items.size());
-    offsets_.resize(items.size());
-    std::vector<LogitsWanted>& wanted = wanted_;
-    std::vector<std::size_t>& positions = positions_;
-    for (std::size_t i = 0; i < items.size(); ++i) {
-        const ForwardItem<Cache>& it = items[i];
-        if (it.cache == nullptr) throw ConfigError(fmt::format("decoder: batch item {} has no cache", i));
-        Cache& cache = *it.cache;
-        const std::size_t n = it.tokens.size();
-        wanted[i] = check_inputs(it.tokens, it.logits.size());
-        detail::check_index("batch row", it.row, cache.batch_size());
-        for (std::size_t l = 0; l < c.n_layers; ++l) {
-            check_cache_shape(cache.num_layers(), l, l < cache.num_layers() ? cache.num_kv_heads(l) : 0,
-                              l < cache.num_layers() ? cache.head_dim(l) : 0);
-        }
-        const std::size_t pos = cache.seq_len(0, it.row);  // position of tokens[0]
-        for (std::size_t l = 1; l < c.n_layers; ++l) {
-            if (cache.seq_len(l, it.row) != pos) {
-                throw ShapeError(fmt::format("decoder: cache row {} holds {} positions in layer 0 but {} in layer {}",
-                                             it.row, pos, cache.seq_len(l, it.row), l));
-            }
-        }
-        if constexpr (requires { cache.capacity(); }) {
-            bool grows = false;
-            if constexpr (requires { cache.growth(); }) grows = cache.growth() == Growth::Grow;
-            if (!grows && pos + n > cache.capacity()) {
-                throw CapacityError(fmt::format("decoder: cache row {} holds {} of {} positions; {} more do not fit",
-                                                it.row, pos, cache.capacity(), n));
-            }
-        }
-        for (std::size_t j = 0; j < i; ++j) {
-            bool same = items[j].cache == it.cache && items[j].row == it.row;
-            if constexpr (requires { cache.pool(); cache.id(); }) {
-                same = same || (&items[j].cache->pool() == &cache.pool() && items[j].cache->id() == cache.id());
-            }
-            if (same) {
-                throw ConfigError(fmt::format("decoder: batch items {} and {} continue the same cache row", j, i));
-            }
-        }
-        positions[i] = pos;
-        total += n;
-        logit_rows += wanted[i] == LogitsWanted::All ? n : (wanted[i] == LogitsWanted::Last ? 1 : 0);
-    }
-    // Items of one paged pool draw on the same free blocks: each fitting alone is not enough.
-    if constexpr (requires(Cache& cache) { cache.pool().blocks_needed(cache.id(), 1); cache.pool().free_blocks(); }) {
-        for (std::size_t i = 0; i < items.size(); ++i) {
-            auto& pool = items[i].cache->pool();
-            bool first_of_pool = true;
-            for (std::size_t j = 0; j < i && first_of_pool; ++j) first_of_pool = &items[j].cache->pool() != &pool;
-            if (!first_of_pool) continue;
-            std::size_t needed = 0;
-            for (std::size_t j = i; j < items.size(); ++j) {
-                if (&items[j].cache->pool() == &pool) {
-                    needed += pool.blocks_needed(items[j].cache->id(), items[j].tokens.size());
-                }
-            }
-            if (needed > pool.free_blocks()) {
-                throw CapacityError(fmt::format("decoder: the batch needs {} free blocks of its pool, which has {}",
-                                                needed, pool.free_blocks()));
-            }
-        }
-    }
+    const auto [total, logit_rows] = check_batch(items);  // every check first: a throw leaves every cache as it was
     if (total == 0) return;
     reserve_scratch(total, logit_rows);
     for (std::size_t i = 0, off = 0; i < items.size(); off += items[i].tokens.size(), ++i) offsets_[i] = off;
@@ -334,6 +277,80 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
         add_into(x_.data(), xb_.data(), n * c.d_model);
     }
 
+    write_logits(items, logit_rows, threads);
+}
+
+template <KVCacheLike Cache>
+std::pair<std::size_t, std::size_t> Decoder::check_batch(std::span<const ForwardItem<Cache>> items) {
+    const DecoderConfig& c = weights_.config;
+    std::size_t total = 0, logit_rows = 0;
+    wanted_.resize(items.size());  // scratch: grows to the largest batch, then no allocation
+    positions_.resize(items.size());
+    offsets_.resize(items.size());
+    std::vector<LogitsWanted>& wanted = wanted_;
+    std::vector<std::size_t>& positions = positions_;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        const ForwardItem<Cache>& it = items[i];
+        if (it.cache == nullptr) throw ConfigError(fmt::format("decoder: batch item {} has no cache", i));
+        Cache& cache = *it.cache;
+        const std::size_t n = it.tokens.size();
+        wanted[i] = check_inputs(it.tokens, it.logits.size());
+        detail::check_index("batch row", it.row, cache.batch_size());
+        for (std::size_t l = 0; l < c.n_layers; ++l) {
+            check_cache_shape(cache.num_layers(), l, l < cache.num_layers() ? cache.num_kv_heads(l) : 0,
+                              l < cache.num_layers() ? cache.head_dim(l) : 0);
+        }
+        const std::size_t pos = cache.seq_len(0, it.row);  // position of tokens[0]
+        for (std::size_t l = 1; l < c.n_layers; ++l) {
+            if (cache.seq_len(l, it.row) != pos) {
+                throw ShapeError(fmt::format("decoder: cache row {} holds {} positions in layer 0 but {} in layer {}",
+                                             it.row, pos, cache.seq_len(l, it.row), l));
+            }
+        }
+        if constexpr (BoundedKVCache<Cache>) {
+            if (!can_append(cache, 0, it.row, n)) {
+                throw CapacityError(fmt::format("decoder: cache row {} holds {} of {} positions; {} more do not fit",
+                                                it.row, pos, static_cast<std::size_t>(cache.capacity()), n));
+            }
+        }
+        for (std::size_t j = 0; j < i; ++j) {
+            bool same = items[j].cache == it.cache && items[j].row == it.row;
+            if constexpr (PooledKVCache<Cache>) {
+                same = same || (&items[j].cache->pool() == &cache.pool() && items[j].cache->id() == cache.id());
+            }
+            if (same) {
+                throw ConfigError(fmt::format("decoder: batch items {} and {} continue the same cache row", j, i));
+            }
+        }
+        positions[i] = pos;
+        total += n;
+        logit_rows += wanted[i] == LogitsWanted::All ? n : (wanted[i] == LogitsWanted::Last ? 1 : 0);
+    }
+    // Items of one paged pool draw on the same free blocks: each fitting alone is not enough.
+    if constexpr (PooledKVCache<Cache>) {
+        for (std::size_t i = 0; i < items.size(); ++i) {
+            auto& pool = items[i].cache->pool();
+            bool first_of_pool = true;
+            for (std::size_t j = 0; j < i && first_of_pool; ++j) first_of_pool = &items[j].cache->pool() != &pool;
+            if (!first_of_pool) continue;
+            std::size_t needed = 0;
+            for (std::size_t j = i; j < items.size(); ++j) {
+                if (&items[j].cache->pool() == &pool) {
+                    needed += pool.blocks_needed(items[j].cache->id(), items[j].tokens.size());
+                }
+            }
+            if (needed > pool.free_blocks()) {
+                throw CapacityError(fmt::format("decoder: the batch needs {} free blocks of its pool, which has {}",
+                                                needed, pool.free_blocks()));
+            }
+        }
+    }
+    return {total, logit_rows};
+}
+
+template <KVCacheLike Cache>
+void Decoder::write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads) {
+    const DecoderConfig& c = weights_.config;
     // Final norm of the rows whose logits are wanted (every token's or the last), gathered item after item.
     if (logit_rows == 0) return;
     std::size_t row_out = 0;

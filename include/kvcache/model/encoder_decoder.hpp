@@ -269,7 +269,6 @@ private:
     Seq2SeqResult generation_loop(std::size_t batch, const Seq2SeqGenerateOptions& options, const Step& step);
 
     /// Threads for one attention call: 1 when the work is too small to pay for waking a second thread.
-    int attention_threads(std::size_t n_queries, std::size_t n_keys, int threads) const;
     void check_tokens(std::span<const std::int32_t> tokens, std::size_t first_position, bool target) const;
     void check_logits(std::size_t n, std::size_t size) const;
     template <KVCacheReadable C>
@@ -359,13 +358,11 @@ void EncoderDecoder::decode(std::span<const std::int32_t> tokens, std::size_t ro
     stats_.decoder_positions += n;
     const Buffers b = buffers(n);
     embed(true, tokens, p0, b.x);
-    AttentionOptions causal;
-    AttentionOptions full;
-    full.causal = false;
+    // How many threads each attention gets is decided inside it (detail::thread_count), from its work and bytes.
+    const AttentionOptions causal{.threads = run.threads};
+    const AttentionOptions full{.causal = false, .threads = run.threads};
     for (std::size_t l = 0; l < c.n_decoder_layers; ++l) {
         const EncoderDecoderWeights::DecoderLayer& w = weights_.decoder[l];
-        causal.threads = attention_threads(n, self.seq_len(l, row) + n, run.threads);
-        full.threads = attention_threads(n, cross.seq_len(l, row), run.threads);
         // masked self-attention: the new positions' K/V go into the cache first, then attend over all of it
         project_qkv(w.self_attn, sublayer_input(w.norm1, b.x, b.normed), n, b.q, b.k, b.v, run.threads);
         self.append(l, row, std::span<const float>(b.k), std::span<const float>(b.v), n);
@@ -384,8 +381,8 @@ template <StorageElement T>
 EncoderDecoderCache<T> EncoderDecoder::make_cache(std::size_t batch, std::size_t max_target_len,
                                                   std::size_t max_source_len) const {
     const std::size_t L = config().n_decoder_layers, H = config().n_heads, hd = config().head_dim();
-    return EncoderDecoderCache<T>{MultiLayerKVCache<T>(L, H, hd, batch, max_target_len, Growth::Fixed),
-                                  CrossAttentionCache<T>(L, H, hd, batch, max_source_len)};
+    return EncoderDecoderCache<T>{MultiLayerKVCache<T>(CacheShape{L, H, hd}, batch, max_target_len, Growth::Fixed),
+                                  CrossAttentionCache<T>(CacheShape{L, H, hd}, batch, max_source_len)};
 }
 
 template <KVCacheLike Self, StorageElement T>

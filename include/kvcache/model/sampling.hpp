@@ -10,16 +10,18 @@
 // then the survivors are renormalised and one is drawn. Candidates are ranked by (probability
 // descending, id ascending), so ties never depend on the sort algorithm.
 //
-// Reproducibility: the generator is std::mt19937_64, whose output sequence the C++ standard fixes, and a
-// uniform number is made from its raw 53 high bits by hand (std::uniform_real_distribution is not
-// portable). The same options, seed and logits therefore give the same tokens on every platform.
+// Reproducibility: the generator is detail::PortableUniform — std::mt19937_64, whose output sequence the C++
+// standard fixes, with a uniform number made from its raw 53 high bits by hand (std::uniform_real_distribution
+// is not portable); the random test weights use the same one. The same options, seed and logits therefore
+// give the same tokens on every platform.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
-#include <random>
 #include <span>
 #include <vector>
+
+#include "kvcache/detail/portable_random.hpp"
 
 namespace kvcache {
 
@@ -80,7 +82,7 @@ private:
     double uniform();
 
     SamplingOptions options_;
-    std::mt19937_64 generator_;
+    detail::PortableUniform generator_;
     std::vector<float> scratch_logits_;          // (vocab) logits after the repetition penalty
     std::vector<TokenProbability> candidates_;   // (vocab) working set, then the survivors
 };

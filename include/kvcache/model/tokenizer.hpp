@@ -45,10 +45,18 @@ struct TokenizerSpec {
     std::int32_t eos_id = -1;
     std::int32_t unk_id = -1;
     std::int32_t pad_id = -1;
-    bool add_bos = false;                  ///< encode(..., add_special=true) prepends BOS
-    bool add_eos = false;                  ///< encode(..., add_special=true) appends EOS
+    bool add_bos = false;                  ///< encode with EncodeOptions::add_special prepends BOS
+    bool add_eos = false;                  ///< encode with EncodeOptions::add_special appends EOS
     bool add_space_prefix = true;          ///< llama model: prepend a space to text at the start / after a special token
     std::string chat_template;             ///< tokenizer.chat_template, may be empty
+};
+
+/// How Tokenizer::encode treats its input (named, so a call reads `encode(text, {.parse_special = true})`).
+struct EncodeOptions {
+    bool add_special = true;     ///< BOS/EOS as the spec's add_bos/add_eos say
+    /// Control-token text in the input (e.g. "<|im_start|>") becomes that token instead of being split into
+    /// pieces. Only for text the program wrote (a chat template's output), never for a user's text.
+    bool parse_special = false;
 };
 
 /// A part of a text to encode with Tokenizer::encode_segments.
@@ -70,11 +78,9 @@ public:
     Tokenizer& operator=(Tokenizer&&) noexcept;
     ~Tokenizer();
 
-    /// Text to token ids. add_special: BOS/EOS as the spec's add_bos/add_eos say. parse_special: control
-    /// token text in the input (e.g. "<|im_start|>") becomes that token instead of being split into pieces.
-    /// Any byte string is accepted; malformed UTF-8 is tokenised byte by byte. Throws CapacityError for texts
-    /// over 512 MiB.
-    std::vector<std::int32_t> encode(std::string_view text, bool add_special = true, bool parse_special = false) const;
+    /// Text to token ids, as the options say. Any byte string is accepted; malformed UTF-8 is tokenised byte by
+    /// byte. Throws CapacityError for texts over 512 MiB.
+    std::vector<std::int32_t> encode(std::string_view text, const EncodeOptions& options = {}) const;
 
     /// Encodes the concatenation of the segments. Special-token text (control, user-defined or unknown tokens)
     /// becomes its token only where it lies wholly inside a segment with `markers` set. Everywhere else the
@@ -82,7 +88,7 @@ public:
     /// a user-defined token typed in a message is spelled out too); only the unknown token can appear, as the
     /// fallback for bytes the vocabulary lacks — and not even that if the file names a control token as its
     /// unknown token (SmolLM2: <|endoftext|>): such bytes are then dropped from literal text. Plain text between two special tokens is encoded as one run
-    /// across segment boundaries, so the result equals encode(concatenation, add_special, true) whenever the
+    /// across segment boundaries, so the result equals encode(concatenation, {add_special, true}) whenever the
     /// literal segments contain no special-token text and the vocabulary has no user-defined tokens.
     /// Throws CapacityError when the segments hold over 512 MiB in all.
     std::vector<std::int32_t> encode_segments(std::span<const TextSegment> segments, bool add_special = true) const;

@@ -154,8 +154,8 @@ public:
     void check_fingerprint(const CacheFingerprint& expected) const;
     /// Checks the checksum of every payload section and that the padding between sections is zero.
     void verify_payload() const;
-    /// Start of a layer's keys (kind 0) or values (kind 1): [tokens][kv_heads * head_dim] elements, 64-byte aligned.
-    const std::byte* payload(std::size_t layer, std::size_t kind) const;
+    /// Start of a layer's keys or values: [tokens][kv_heads * head_dim] elements, 64-byte aligned.
+    const std::byte* payload(std::size_t layer, KV kind) const;
     const std::filesystem::path& path() const;
 
 private:
@@ -163,15 +163,11 @@ private:
     std::unique_ptr<State> state_;
 };
 
-template <class C>
-concept AppendsElements = requires(C& cache, std::size_t layer, std::size_t row, const key_element_t<C>* p,
-                                   std::size_t n) { cache.append_elements(layer, row, p, p, n); };
-
-/// Copies positions [t0, t1) of one (layer, row) of K (kind 0) or V (kind 1) out of the cache's chunks into
+/// Copies positions [t0, t1) of one (layer, row) of the keys or values out of the cache's chunks into
 /// `out` as [t1 - t0][heads][row] storage objects (row = storage_units<T>(dim)); throws if the chunks do not
 /// cover every position exactly once. Keys and values must share the type T.
 template <KVCacheReadable C>
-void gather_positions(const C& cache, std::size_t layer, std::size_t row, std::size_t kind, std::size_t t0,
+void gather_positions(const C& cache, std::size_t layer, std::size_t row, KV kind, std::size_t t0,
                       std::size_t t1, key_element_t<C>* out) {
     using T = key_element_t<C>;
     static_assert(std::same_as<T, value_element_t<C>>, "gather_positions: keys and values of one type");
@@ -182,7 +178,7 @@ void gather_positions(const C& cache, std::size_t layer, std::size_t row, std::s
         for (const KVChunk<T>& chunk : cache.chunks(layer, row, h)) {
             const std::size_t from = std::max(chunk.start, t0), to = std::min(chunk.start + chunk.length, t1);
             const std::size_t stride = chunk.row_stride(dim);
-            const T* base = kind == 0 ? chunk.keys : chunk.values;
+            const T* base = kind == KV::Keys ? chunk.keys : chunk.values;
             for (std::size_t p = from; p < to; ++p) {
                 std::copy_n(base + (p - chunk.start) * stride, units, out + ((p - t0) * heads + h) * units);
             }
@@ -252,7 +248,7 @@ void save_uniform_cache_file(const std::filesystem::path& path, const C& cache, 
     const std::size_t block_tokens = std::max<std::size_t>(1, (256u << 10) / (max_width * sizeof(T)));
     std::vector<T> staging(std::min(block_tokens, std::max<std::size_t>(n, 1)) * max_width);
     for (std::size_t l = 0; l < layers; ++l) {
-        for (std::size_t kind = 0; kind < 2; ++kind) {
+        for (const KV kind : {KV::Keys, KV::Values}) {
             for (std::size_t t0 = 0; t0 < n; t0 += block_tokens) {
                 const std::size_t t1 = std::min(n, t0 + block_tokens);
                 detail::gather_positions(cache, l, row, kind, t0, t1, staging.data());
@@ -313,28 +309,22 @@ CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cach
         }
     }
     // Fail before the (long) payload check when the cache visibly cannot take the file.
-    bool fixed_capacity = false;
-    if constexpr (requires { { cache.growth() } -> std::same_as<Growth>; }) {
-        fixed_capacity = cache.growth() == Growth::Fixed;
-    } else if constexpr (requires { cache.capacity(); }) {
-        fixed_capacity = !requires { cache.reserve(n); };
-    }
-    if constexpr (requires { { cache.capacity() } -> std::convertible_to<std::size_t>; }) {
-        if (fixed_capacity && n > static_cast<std::size_t>(cache.capacity())) {
+    if constexpr (BoundedKVCache<C>) {
+        if (!can_append(cache, 0, row, n)) {
             throw CapacityError(fmt::format("{}: {} cached positions do not fit a cache of capacity {}", path.string(),
                                             n, static_cast<std::size_t>(cache.capacity())));
         }
     }
     file.verify_payload();
-    if constexpr (requires { cache.reserve(n); }) {
-        cache.reserve(n);  // a growing cache allocates once, before anything is written
+    if constexpr (GrowableKVCache<C>) {
+        if (cache.growth() == Growth::Grow) cache.reserve(n);  // allocates once, before anything is written
     }
     try {
         std::vector<float> keys, values;  // only for caches without append_elements
         for (std::size_t l = 0; l < layers; ++l) {
-            const T* k = reinterpret_cast<const T*>(file.payload(l, 0));
-            const T* v = reinterpret_cast<const T*>(file.payload(l, 1));
-            if constexpr (detail::AppendsElements<C>) {
+            const T* k = reinterpret_cast<const T*>(file.payload(l, KV::Keys));
+            const T* v = reinterpret_cast<const T*>(file.payload(l, KV::Values));
+            if constexpr (ElementAppendableKVCache<C>) {
                 cache.append_elements(l, row, k, v, n);
             } else {
                 const std::size_t count = n * info.layers[l].token_width();
@@ -349,9 +339,9 @@ CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cach
         // Only a cache whose appends can fail after the checks above gets here (out of pool blocks, say):
         // undo the layers already written where the cache lets us (truncate_row, or truncate of a
         // single-row cache).
-        if constexpr (requires { cache.truncate_row(row, std::size_t{0}); }) {
+        if constexpr (RowTruncatableKVCache<C>) {
             cache.truncate_row(row, 0);
-        } else if constexpr (requires { cache.truncate(std::size_t{0}); }) {
+        } else if constexpr (TruncatableKVCache<C>) {
             if (cache.batch_size() == 1) cache.truncate(0);  // a one-sequence view (e.g. PagedSequence)
         }
         throw;

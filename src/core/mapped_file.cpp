@@ -22,10 +22,6 @@ namespace {
     throw IoError(std::string(who) + ": " + what + " '" + path.string() + "': " + std::strerror(err));
 }
 
-std::int64_t mtime_ns(const struct stat& st) {
-    return static_cast<std::int64_t>(st.st_mtim.tv_sec) * 1'000'000'000 + st.st_mtim.tv_nsec;
-}
-
 }  // namespace
 
 MappedFile MappedFile::open(const std::filesystem::path& path, std::string_view who, bool populate) {
@@ -52,7 +48,6 @@ MappedFile MappedFile::open(const std::filesystem::path& path, std::string_view 
     file.fd_ = fd;  // from here on the destructor closes it
     file.who_ = who;
     file.path_ = path.string();
-    file.mtime_ns_ = mtime_ns(st);
     file.size_ = size;
     void* address = ::mmap(nullptr, size, PROT_READ, MAP_PRIVATE | (populate ? MAP_POPULATE : 0), fd, 0);
     if (address == MAP_FAILED) fail(who, "cannot map", path, errno);
@@ -66,7 +61,9 @@ void MappedFile::check_unchanged() const {
     const bool faulted = range_faulted(guard_);
     struct stat st {};
     const bool stat_ok = ::fstat(fd_, &st) == 0;
-    const bool same = stat_ok && static_cast<std::size_t>(st.st_size) == size_ && mtime_ns(st) == mtime_ns_;
+    // Size, not modification time: kvcache's own CacheDirectory::touch marks a cache file used by its mtime,
+    // possibly while another process has it mapped, and that is no change of its bytes.
+    const bool same = stat_ok && static_cast<std::size_t>(st.st_size) == size_;
     if (same && !faulted) return;
     const std::string now = stat_ok ? fmt::format("now {} bytes", st.st_size) : std::string("cannot stat it now");
     throw FormatError(fmt::format("{}: '{}' changed while mapped ({}, was {}){}", who_, path_, now, size_,
@@ -87,7 +84,6 @@ MappedFile::MappedFile(MappedFile&& other) noexcept
     : address_(std::exchange(other.address_, nullptr)),
       size_(std::exchange(other.size_, 0)),
       fd_(std::exchange(other.fd_, -1)),
-      mtime_ns_(other.mtime_ns_),
       guard_(std::exchange(other.guard_, nullptr)),
       who_(std::move(other.who_)),
       path_(std::move(other.path_)) {}
@@ -98,7 +94,6 @@ MappedFile& MappedFile::operator=(MappedFile&& other) noexcept {
         address_ = std::exchange(other.address_, nullptr);
         size_ = std::exchange(other.size_, 0);
         fd_ = std::exchange(other.fd_, -1);
-        mtime_ns_ = other.mtime_ns_;
         guard_ = std::exchange(other.guard_, nullptr);
         who_ = std::move(other.who_);
         path_ = std::move(other.path_);

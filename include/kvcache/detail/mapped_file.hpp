@@ -22,9 +22,10 @@ struct GuardedRange;  // src/core/sigbus_guard.hpp
 /// MappedFile) maps a page of zeros there and marks the mapping, so the read returns zeros. check_unchanged()
 /// then throws a FormatError naming the file; the readers call it after they read (the GGUF and safetensors
 /// parsers, the decoder and encoder-decoder weight loaders, model_fingerprint, the cache-file reader). It also
-/// catches changes that raise no signal (the file grew, shrank, or was rewritten in place: its size or
-/// modification time differ from those at open). Replacing the file by rename, as save_cache_file does, is not
-/// a change: the mapping keeps the old file.
+/// catches size changes that raise no signal (the file grew, or shrank within pages not yet read). A rewrite in
+/// place that keeps the size is not detected (the modification time is no evidence: CacheDirectory::touch sets
+/// it on files others may be reading; cache files have checksums for their bytes). Replacing the file by
+/// rename, as save_cache_file does, is not a change: the mapping keeps the old file.
 class MappedFile {
 public:
     /// Opens and maps `path`. `who` prefixes error messages ("gguf: cannot open '<path>': <reason>").
@@ -43,8 +44,8 @@ public:
     std::size_t size() const { return size_; }
 
     /// Throws FormatError "<who>: '<path>' changed while mapped (now N bytes, was M)" if a page of the mapping
-    /// was past the file's end when read (it read as zeros), or the file's size or modification time is no longer
-    /// what it was at open. Call it after reading what the mapping holds; before, a truncation may still come.
+    /// was past the file's end when read (it read as zeros), or the file's size is no longer what it was at open.
+    /// Call it after reading what the mapping holds; before, a truncation may still come.
     void check_unchanged() const;
 
 private:
@@ -53,7 +54,6 @@ private:
     void* address_ = nullptr;
     std::size_t size_ = 0;
     int fd_ = -1;                      // kept open to fstat the mapped file (not its path, which may be replaced)
-    std::int64_t mtime_ns_ = 0;        // modification time at open
     GuardedRange* guard_ = nullptr;    // this mapping in the SIGBUS handler's registry
     std::string who_;
     std::string path_;

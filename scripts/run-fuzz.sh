@@ -33,7 +33,7 @@ case "$seconds" in ''|*[!0-9]*) echo "run-fuzz: seconds must be a whole number, 
 
 if ! command -v clang++ >/dev/null 2>&1; then
   echo "run-fuzz: clang++ not found; installing clang" >&2
-  if [ "$(id -u)" -eq 0 ]; then apt-get install -y clang libomp-dev; else sudo apt-get install -y clang libomp-dev; fi
+  if [ "$(id -u)" -eq 0 ]; then apt-get install -y clang; else sudo apt-get install -y clang; fi
 fi
 
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \

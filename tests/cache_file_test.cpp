@@ -925,3 +925,23 @@ TEST_CASE("cache file: temp files orphaned by a killed save are removed by the n
     std::sort(expected.begin(), expected.end());
     CHECK(dir.entries() == expected);
 }
+
+TEST_CASE("cache file: a file truncated while it is read is a FormatError saying so, not SIGBUS", "[cache_file][issue9]") {
+    TempDir dir;
+    MultiLayerKVCache<float> cache(4, 2, 64, 1, 512);
+    fill_row(cache, 0, 512, 1);
+    const auto fp = make_fingerprint(fingerprint_digest(std::string_view("model")), cache);
+    save_cache_file(dir / "t.kvc", cache, 0, token_ids(512), fp);
+    const auto size = fs::file_size(dir / "t.kvc");
+    const detail::CacheFileReader reader(dir / "t.kvc");  // header and metadata read and checked
+    fs::resize_file(dir / "t.kvc", size / 3);
+    // The payload past the new end was a SIGBUS; now it reads as zeros, and the checksum failure that follows
+    // is reported as what it is.
+    CHECK_THROWS_AS(reader.verify_payload(), FormatError);
+    CHECK_THROWS_WITH(reader.verify_payload(),
+                      Catch::Contains("changed while mapped (now " + std::to_string(size / 3) + " bytes, was " +
+                                      std::to_string(size) + ")"));
+    CHECK_THROWS_WITH(reader.check_unchanged(), Catch::Contains("changed while mapped"));
+    // Opened now, the file is merely truncated.
+    CHECK_THROWS_WITH(detail::CacheFileReader(dir / "t.kvc"), Catch::Contains("truncated"));
+}

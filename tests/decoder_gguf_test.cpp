@@ -1,6 +1,9 @@
 // Tests of the decoder's GGUF loading against hostile metadata values in an otherwise valid model (issue 9):
 // every size range-checked and every float finite before anything is allocated, embedding vs vocabulary.
+// Also: a model file that changes under its mapping (truncated while the weights are read, or after load).
 #include <catch2/catch.hpp>
+
+#include <unistd.h>
 
 #include <cmath>
 #include <cstring>
@@ -141,4 +144,53 @@ TEST_CASE("a tokenizer vocabulary that disagrees with the embedding rows is refu
     CHECK_THAT(load_error(image), Catch::Contains("eos_token_id"));
     image.set("tokenizer.ggml.eos_token_id", ValueType::UINT32, static_cast<std::uint32_t>(rows - 1));
     CHECK(load(image).config.eos_id == static_cast<std::int32_t>(rows - 1));
+}
+
+namespace {
+// A private copy of the fixture that a test may truncate.
+std::filesystem::path model_copy(const std::string& name) {
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("kvcache_decoder_gguf_" + name + "_" + std::to_string(::getpid()) + ".gguf");
+    std::filesystem::copy_file(kModel, path, std::filesystem::copy_options::overwrite_existing);
+    return path;
+}
+}  // namespace
+
+TEST_CASE("a model file truncated while its weights are read is a FormatError naming it, not SIGBUS",
+          "[decoder][gguf][issue9]") {
+    const auto path = model_copy("truncated");
+    const auto size = std::filesystem::file_size(path);
+    const auto file = kvcache::gguf::File::open(path);
+    // Another process truncates the model after its header was parsed, before the weights are copied: the weights
+    // past the new end were a SIGBUS that ended the process.
+    std::filesystem::resize_file(path, size / 2);
+    const std::string changed = "gguf: '" + path.string() + "' changed while mapped (now " +
+                                std::to_string(size / 2) + " bytes, was " + std::to_string(size) + ")";
+    CHECK_THROWS_AS(DecoderWeights::from_gguf(file), FormatError);
+    CHECK_THROWS_WITH(DecoderWeights::from_gguf(file), Catch::Contains(changed));
+    CHECK_THROWS_WITH(kvcache::model_fingerprint(file), Catch::Contains(changed));
+    CHECK_THROWS_WITH(file.check_unchanged(), Catch::Contains(changed));
+    // Opening it now reads the truncated file, whose tensors end past its end: an ordinary FormatError.
+    CHECK_THROWS_WITH(kvcache::gguf::File::open(path), Catch::Contains("extends past the end of the file"));
+    std::filesystem::remove(path);
+}
+
+TEST_CASE("a model file truncated after Decoder::load changes nothing: the decoder owns its weights",
+          "[decoder][gguf][issue9]") {
+    const auto path = model_copy("after_load");
+    Decoder loaded = Decoder::load(path, {});
+    std::filesystem::resize_file(path, 0);
+    const auto forward = [](Decoder& d) {
+        auto cache = d.make_cache(8);
+        const std::vector<std::int32_t> tokens = {1, 5, 7};
+        std::vector<float> logits(d.config().vocab_size);
+        d.forward(std::span<const std::int32_t>(tokens), cache, 0, std::span<float>(logits));
+        return logits;
+    };
+    Decoder reference = Decoder::load(kModel, {});
+    const auto expected = forward(reference);
+    const auto got = forward(loaded);
+    REQUIRE(got.size() == expected.size());
+    CHECK(std::memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0);
+    std::filesystem::remove(path);
 }

@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <limits>
+#include <string_view>
 #include <vector>
 
 #include "kvcache/error.hpp"
@@ -132,4 +134,40 @@ TEST_CASE("generation errors") {
     const int before = d.threads();
     generate_with_cache(d, t, prompt, one);
     CHECK(d.threads() == before);
+}
+
+TEST_CASE("a max_new_tokens near 2^64 is a CapacityError or a limit, never a wrapped size", "[issue9]") {
+    Decoder& d = model().decoder;
+    const Tokenizer& t = model().tokenizer;
+    const auto prompt = raw_prompt("Hi");
+    const std::size_t max = std::numeric_limits<std::size_t>::max();
+    CHECK(d.cache_bytes(10) == d.config().n_layers * 2 * 10 * d.config().kv_dim() * sizeof(float));
+    CHECK_THROWS_AS(d.cache_bytes(max / 8), CapacityError);  // was the product modulo 2^64
+    CHECK_THROWS_AS(d.cache_bytes(1, max / 2), CapacityError);
+    GenerateOptions o;
+    o.max_new_tokens = max;  // prompt + this wrapped to a few positions
+    CHECK_THROWS_AS(generation_cache_bytes(d, prompt.size(), o), CapacityError);
+    CHECK_THROWS_WITH(generation_cache_bytes(d, prompt.size(), o), Catch::Contains("prompt + max_new_tokens"));
+    CHECK_THROWS_AS(generate_with_cache(d, t, prompt, o), CapacityError);
+    CHECK_THROWS_AS(generate_batch(d, t, std::vector<std::vector<std::int32_t>>{prompt}, o), CapacityError);
+    o.max_new_tokens = max / 64;  // the sum fits, the bytes do not
+    CHECK_THROWS_AS(generation_cache_bytes(d, prompt.size(), o), CapacityError);
+    CHECK_THROWS_WITH(generate_with_cache(d, t, prompt, o), Catch::Contains("KV cache bytes"));
+    o.cache_capacity = 64;  // the capacity check must not wrap either: 64 < prompt + max_new_tokens
+    o.max_new_tokens = max;
+    CHECK_THROWS_WITH(generate_with_cache(d, t, prompt, o), Catch::Contains("is below prompt"));
+    o.cache.context_shift = true;  // ... unless a context shift lets generation go on past the capacity
+    o.cache.n_keep = 4;
+    o.cache.n_discard = 8;
+    o.stop_at_eos = false;
+    int calls = 0;
+    o.on_token = [&](std::int32_t, std::string_view) { return ++calls < 3; };
+    CHECK(generate_with_cache(d, t, prompt, o).tokens.size() == 3);
+    // Without a cache, max_new_tokens is only a limit: it is not reserved up front (was std::length_error).
+    GenerateOptions limit;
+    limit.max_new_tokens = max / 2;
+    limit.stop_at_eos = false;
+    calls = 0;
+    limit.on_token = [&](std::int32_t, std::string_view) { return ++calls < 3; };
+    CHECK(generate_without_cache(d, t, prompt, limit).tokens.size() == 3);
 }

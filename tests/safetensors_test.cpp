@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "kvcache/element_types.hpp"
+#include "kvcache/model/encoder_decoder.hpp"
 #include "kvcache/model/safetensors.hpp"
 
 namespace st = kvcache::safetensors;
@@ -124,7 +125,7 @@ TEST_CASE("malformed files are FormatErrors that say what is wrong", "[safetenso
                Contains("unexpected header field 'x'"));
     CHECK_THAT(error_of(image(R"({"w":3})", 0)), Contains("not a JSON object"));
     CHECK_THAT(error_of(image(R"({"w":{"dtype":"F32","shape":[4294967296,4294967296,4294967296],"data_offsets":[0,8]}})", 8)),
-               Contains("overflows"));
+               Contains("does not fit in 64 bits"));
     CHECK_THAT(error_of(image(R"({"__metadata__":{"a":1}})", 0)), Contains("__metadata__"));
     CHECK_THAT(error_of(image(R"({"__metadata__":[1]})", 0)), Contains("__metadata__"));
     CHECK_THAT(error_of(image(R"({"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]}})", 12)),
@@ -190,4 +191,21 @@ TEST_CASE("save and open a file; open reports I/O and format errors with the pat
     CHECK_THROWS_AS(st::File::open(path), kvcache::IoError);
     CHECK_THROWS_AS(st::File::open(std::filesystem::temp_directory_path()), kvcache::IoError);
     CHECK_THROWS_AS(st::save(std::filesystem::path("/nonexistent-dir/x.safetensors"), ts), kvcache::IoError);
+}
+
+TEST_CASE("safetensors: a file truncated while its tensors are read is a FormatError, not SIGBUS", "[safetensors][issue9]") {
+    const auto fixtures = std::filesystem::path(KVCACHE_FIXTURES_DIR) / "seq2seq";
+    const auto path = std::filesystem::temp_directory_path() /
+                      ("kvcache_safetensors_truncated_" + std::to_string(::getpid()) + ".safetensors");
+    std::filesystem::copy_file(fixtures / "pre_norm_relu.safetensors", path,
+                               std::filesystem::copy_options::overwrite_existing);
+    const auto size = std::filesystem::file_size(path);
+    const auto file = kvcache::safetensors::File::open(path);
+    std::filesystem::resize_file(path, 0);
+    const std::string changed = "changed while mapped (now 0 bytes, was " + std::to_string(size) + ")";
+    const auto config = kvcache::EncoderDecoderConfig::load(fixtures / "pre_norm_relu.config.json");
+    CHECK_THROWS_AS(kvcache::EncoderDecoderWeights::from_safetensors(config, file), kvcache::FormatError);
+    CHECK_THROWS_WITH(kvcache::EncoderDecoderWeights::from_safetensors(config, file), Catch::Contains(changed));
+    CHECK_THROWS_WITH(file.check_unchanged(), Catch::Contains(changed));
+    std::filesystem::remove(path);
 }

@@ -254,3 +254,36 @@ TEST_CASE("temperatures so small that 1/T is infinite sample the top token (was 
     const auto d = hot.distribution(std::vector<float>{-3e38f, 3e38f});
     REQUIRE(d.size() >= 1);
 }
+
+TEST_CASE("non-finite logits mean the same to greedy and sampled decoding", "[issue9]") {
+    const std::vector<float> with_inf{1.0f, INFINITY, 50.0f, INFINITY, -INFINITY};
+    Sampler greedy;
+    CHECK(greedy.sample(with_inf) == 1);  // the first +inf
+    Sampler s(SamplingOptions{.temperature = 0.8f, .seed = 5});
+    int drawn[5] = {};
+    for (int i = 0; i < 200; ++i) ++drawn[s.sample(with_inf)];
+    CHECK(drawn[0] + drawn[2] + drawn[4] == 0);  // were the only ones drawn: +inf dropped out as "not finite"
+    CHECK(drawn[1] > 50);
+    CHECK(drawn[3] > 50);
+    const auto d = s.distribution(with_inf);
+    REQUIRE(d.size() == 2);
+    CHECK((d[0].id == 1 && d[0].probability == 0.5f && d[1].id == 3 && d[1].probability == 0.5f));
+    Sampler top1(SamplingOptions{.temperature = 1e-45f, .top_k = 1});
+    CHECK(top1.sample(with_inf) == 1);
+    Sampler penalised(SamplingOptions{.temperature = 1, .repetition_penalty = 1.3f});
+    const std::vector<std::int32_t> history{1, 3};
+    for (int i = 0; i < 20; ++i) {
+        const auto id = penalised.sample(with_inf, history);
+        CHECK((id == 1 || id == 3));  // inf / 1.3 is still inf
+    }
+
+    const std::vector<float> with_nan{1.0f, NAN, 2.0f};
+    CHECK_THROWS_AS(greedy.sample(with_nan), ConfigError);  // greedy skipped it, sampling dropped it
+    CHECK_THROWS_WITH(greedy.sample(with_nan), Catch::Contains("token 1 is NaN"));
+    CHECK_THROWS_AS(s.sample(with_nan), ConfigError);
+    CHECK_THROWS_AS(s.distribution(with_nan), ConfigError);
+
+    const std::vector<float> masked(3, -INFINITY);
+    CHECK_THROWS_WITH(greedy.sample(masked), Catch::Contains("every logit is -inf"));  // greedy picked token 0
+    CHECK_THROWS_WITH(s.sample(masked), Catch::Contains("every logit is -inf"));
+}

@@ -500,6 +500,7 @@ struct CacheFileReader::State {
     CacheFileInfo info;
 
     [[noreturn]] void fail(const std::string& what) const {
+        mapping.check_unchanged();  // bytes that changed under the mapping: say that, not what they look like
         throw FormatError(fmt::format("{}: {}", path.string(), what));
     }
     void check_section(const Section& s) const {
@@ -662,6 +663,7 @@ CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>
     s.read_header();
     s.read_section_table();
     s.read_metadata();
+    s.mapping.check_unchanged();
 }
 
 CacheFileReader::~CacheFileReader() = default;
@@ -669,6 +671,7 @@ CacheFileReader::~CacheFileReader() = default;
 const CacheFileInfo& CacheFileReader::info() const { return state_->info; }
 std::uint32_t CacheFileReader::element_code() const { return state_->header.element_code; }
 const fs::path& CacheFileReader::path() const { return state_->path; }
+void CacheFileReader::check_unchanged() const { state_->mapping.check_unchanged(); }
 
 void CacheFileReader::check_fingerprint(const CacheFingerprint& expected) const {
     const CacheFingerprint& have = state_->info.fingerprint;
@@ -688,6 +691,7 @@ void CacheFileReader::verify_payload() const {
         s.check_padding(s.end_of_previous(i), s.sections[i].offset);
         s.check_section(s.sections[i]);
     }
+    s.mapping.check_unchanged();  // a checksum over zeros read past a new end is not the file's
 }
 
 const std::byte* CacheFileReader::payload(std::size_t layer, KV kind) const {

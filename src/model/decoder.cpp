@@ -1,6 +1,8 @@
 // The non-template parts of the decoder: configuration from GGUF metadata, weight loading, random weights.
 #include "kvcache/model/decoder.hpp"
 
+#include "kvcache/detail/checked.hpp"
+
 #include <cmath>
 
 #include "kvcache/detail/portable_random.hpp"
@@ -136,7 +138,8 @@ std::vector<LayerShape> Decoder::cache_layers() const {
 }
 
 std::size_t Decoder::cache_bytes(std::size_t positions, std::size_t batch, std::size_t element_bytes) const {
-    return config().n_layers * 2 * batch * positions * config().kv_dim() * element_bytes;
+    return detail::checked_product("decoder: KV cache bytes (layers x K,V x batch x positions x kv_dim x element)",
+                                   config().n_layers, 2, batch, positions, config().kv_dim(), element_bytes);
 }
 
 MultiLayerKVCache<float> Decoder::make_cache(std::size_t capacity, std::size_t batch) const {

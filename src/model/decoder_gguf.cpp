@@ -258,6 +258,7 @@ DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, bool keep_quant
             }
         }
     }
+    file.check_unchanged();  // every weight was copied: were they the file's bytes?
     return w;
 }
 
@@ -291,6 +292,7 @@ std::string model_fingerprint(const gguf::File& file) {
         described += fmt::format("{}:{}:{};", t.name, gguf::tensor_type_name(t.type), fmt::join(t.shape, "x"));
         weights += fingerprint_digest(std::span(t.data, t.n_bytes));
     }
+    file.check_unchanged();
     return fmt::format("{} '{}' meta:{} weights:{}", file.get_string_or("general.architecture", "?"),
                        file.get_string_or("general.name", ""), fingerprint_digest(std::string_view(described)),
                        fingerprint_digest(std::string_view(weights)));

@@ -268,6 +268,7 @@ EncoderDecoderWeights EncoderDecoderWeights::from_safetensors(EncoderDecoderConf
         if (!s.found && !s.optional)
             throw FormatError(fmt::format("encoder-decoder: tensor '{}' {} is missing from the file", s.name,
                                           shape_string(s.shape)));
+    file.check_unchanged();  // every tensor was copied: were they the file's bytes?
     return w;
 }
 

@@ -4,6 +4,8 @@
 #include <algorithm>
 #include <chrono>
 
+#include "kvcache/detail/checked.hpp"
+
 #include "kvcache/model/shifting_generation.hpp"
 #include "kvcache/model/tokenizer.hpp"
 
@@ -12,15 +14,24 @@ namespace kvcache {
 namespace {
 
 using Clock = std::chrono::steady_clock;
+constexpr std::size_t kReserveAhead = 1 << 16;  // generated tokens the sequence holds before it grows
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
 std::size_t capacity_for(std::size_t prompt, const GenerateOptions& o) {
-    const std::size_t needed = prompt + o.max_new_tokens;
-    if (o.cache_capacity && *o.cache_capacity < needed) {
+    if (!o.cache_capacity) return detail::checked_add(prompt, o.max_new_tokens, "generate: prompt + max_new_tokens");
+    // Compared without forming prompt + max_new_tokens, which may not fit in 64 bits.
+    if (*o.cache_capacity < prompt || *o.cache_capacity - prompt < o.max_new_tokens) {
         throw CapacityError(fmt::format("generate: cache capacity {} is below prompt ({} tokens) + max_new_tokens ({})",
                                         *o.cache_capacity, prompt, o.max_new_tokens));
     }
-    return o.cache_capacity.value_or(needed);
+    return *o.cache_capacity;
+}
+
+/// capacity_for, and the cache's bytes checked too: a CapacityError before anything is allocated.
+std::size_t checked_capacity(const Decoder& model, std::size_t prompt, const GenerateOptions& o) {
+    const std::size_t capacity = capacity_for(prompt, o);
+    (void)model.cache_bytes(capacity);
+    return capacity;
 }
 
 /// One generation in progress: sampling, stopping, streaming and timing of each step's logits. What
@@ -32,7 +43,9 @@ public:
         : model_(&model), tokenizer_(&tokenizer), options_(&o), sampler_(o.sampling), stream_(tokenizer),
           sequence_(prompt.begin(), prompt.end()), logits_(model.config().vocab_size) {
         if (prompt.empty()) throw ConfigError("generate: the prompt has no tokens");
-        sequence_.reserve(prompt.size() + o.max_new_tokens);
+        // At most kReserveAhead ahead: max_new_tokens is a limit, not a promise (near 2^64 it is "until the end
+        // of the text"), and reserving it all would be std::length_error or bad_alloc before the first step.
+        sequence_.reserve(prompt.size() + std::min(o.max_new_tokens, kReserveAhead));
         done_ = o.max_new_tokens == 0;
     }
 
@@ -110,7 +123,7 @@ GenerationResult run(const Decoder& model, const Tokenizer& tokenizer, std::span
 
 std::size_t generation_cache_bytes(const Decoder& model, std::size_t prompt_tokens, const GenerateOptions& options) {
     if (!options.cache.is_plain()) return cache_options_bytes(model, prompt_tokens, options);  // issue 14
-    return model.cache_bytes(capacity_for(prompt_tokens, options));
+    return model.cache_bytes(capacity_for(prompt_tokens, options));  // both checked: CapacityError
 }
 
 GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
@@ -119,7 +132,7 @@ GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
     validate(options.sampling);
     if (prompt_tokens.empty()) throw ConfigError("generate: the prompt has no tokens");
     const ForwardOptions forward_options{.threads = options.threads};
-    auto cache = model.make_cache(capacity_for(prompt_tokens.size(), options));
+    auto cache = model.make_cache(checked_capacity(model, prompt_tokens.size(), options));
     std::size_t fed = 0;  // tokens of the sequence already in the cache
     auto result = run(model, tokenizer, prompt_tokens, options,
                       [&](std::span<const std::int32_t> sequence, std::span<float> logits) {
@@ -172,7 +185,7 @@ std::vector<GenerationResult> generate_batch(Decoder& model, const Tokenizer& to
                                              prompts[i][t], i, t, model.config().vocab_size));
             }
         }
-        capacity_for(prompts[i].size(), o);  // CapacityError before anything is allocated
+        checked_capacity(model, prompts[i].size(), o);  // CapacityError before anything is allocated
         threads = std::max(threads, o.threads);
     }
     const auto t_start = Clock::now();

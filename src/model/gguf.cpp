@@ -6,6 +6,7 @@
 // is allocated, so a hostile header cannot make us allocate or read more than the file holds.
 #include "kvcache/model/gguf.hpp"
 
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/detail/mapped_file.hpp"
 
 
@@ -165,10 +166,6 @@ private:
     std::size_t total_elements_ = 0;
 };
 
-bool multiply_overflows(std::size_t a, std::size_t b, std::size_t& out) {
-    return __builtin_mul_overflow(a, b, &out);
-}
-
 }  // namespace
 
 struct File::Impl {
@@ -257,10 +254,9 @@ void File::Impl::parse() {
         for (std::uint32_t d = 0; d < n_dims; ++d) {
             const auto dim = c.read<std::uint64_t>("tensor dimension");
             if (dim == 0) throw FormatError("gguf: tensor '" + t.name + "' has a dimension of size 0");
-            if (dim > std::numeric_limits<std::size_t>::max() ||
-                multiply_overflows(n_elements, static_cast<std::size_t>(dim), n_elements)) {
-                throw FormatError("gguf: tensor '" + t.name + "' has more elements than fit in 64 bits");
-            }
+            n_elements = detail::checked_mul<FormatError>(
+                n_elements, detail::checked_size<FormatError>(dim, "gguf: tensor dimension"),
+                "gguf: tensor '" + t.name + "' element count");
             t.shape.push_back(dim);
         }
         const auto raw_type = c.read<std::uint32_t>("tensor type");
@@ -279,10 +275,9 @@ void File::Impl::parse() {
         }
         t.n_elements = n_elements;
         // F32/F16/BF16 (and Q8_1/Q8_K) take more bytes than elements: 2^62 F32 elements would wrap to 0 bytes
-        if (multiply_overflows(n_elements / per_block, block_size, t.n_bytes)) {
-            throw FormatError("gguf: tensor '" + t.name + "' of " + std::to_string(n_elements) + " " +
-                              tensor_type_name(t.type) + " elements is larger than 2^64 bytes");
-        }
+        t.n_bytes = detail::checked_mul<FormatError>(n_elements / per_block, block_size,
+                                                     "gguf: tensor '" + t.name + "' of type " +
+                                                         tensor_type_name(t.type) + ": bytes (blocks x block bytes)");
         t.offset = c.read<std::uint64_t>("tensor offset");
         if (t.offset % alignment != 0) {
             throw FormatError("gguf: tensor '" + t.name + "' offset " + std::to_string(t.offset) +
@@ -401,8 +396,10 @@ File File::open(const std::filesystem::path& path) {
     try {
         impl->parse();
     } catch (const FormatError& e) {
+        impl->mapping.check_unchanged();  // a header truncated while it was parsed: say so, not what the zeros said
         throw FormatError(std::string(e.what()) + " (in '" + path.string() + "')");
     }
+    impl->mapping.check_unchanged();
     return File(std::move(impl));
 }
 
@@ -427,6 +424,8 @@ const TensorInfo* File::find_tensor(std::string_view name) const {
     const auto it = impl_->tensor_index.find(std::string(name));
     return it == impl_->tensor_index.end() ? nullptr : &impl_->tensors[it->second];
 }
+
+void File::check_unchanged() const { impl_->mapping.check_unchanged(); }
 
 const TensorInfo& File::tensor(std::string_view name) const {
     if (const TensorInfo* t = find_tensor(name)) return *t;

@@ -1,6 +1,7 @@
 // The safetensors reader and writer: header validation, float conversion, serialisation.
 #include "kvcache/model/safetensors.hpp"
 
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/detail/mapped_file.hpp"
 
 
@@ -75,10 +76,9 @@ TensorView parse_entry(const std::string& name, const json& entry, std::span<con
     std::size_t n = 1;
     for (const auto& d : entry["shape"]) {
         if (!d.is_number_unsigned()) throw FormatError(what + ": shape " + entry["shape"].dump() + " holds a non-natural number");
-        const auto dim = d.get<std::uint64_t>();
-        if (dim > SIZE_MAX || __builtin_mul_overflow(n, static_cast<std::size_t>(dim), &n))
-            throw FormatError(what + ": shape " + entry["shape"].dump() + " overflows the element count");
-        t.shape.push_back(static_cast<std::size_t>(dim));
+        const auto dim = detail::checked_size<FormatError>(d.get<std::uint64_t>(), what + ": dimension");
+        n = detail::checked_mul<FormatError>(n, dim, what + ": element count of shape " + entry["shape"].dump());
+        t.shape.push_back(dim);
     }
     const auto& offs = entry["data_offsets"];
     if (!offs[0].is_number_unsigned() || !offs[1].is_number_unsigned())
@@ -89,9 +89,8 @@ TensorView parse_entry(const std::string& name, const json& entry, std::span<con
     if (end > buffer.size())
         throw FormatError(what + ": data_offsets " + offs.dump() + " run past the data buffer of " +
                           std::to_string(buffer.size()) + " bytes (file truncated?)");
-    std::size_t expected_bytes = 0;
-    if (__builtin_mul_overflow(n, info(t.dtype).size, &expected_bytes))
-        throw FormatError(what + ": shape " + t.shape_string() + " overflows the byte count");
+    const std::size_t expected_bytes =
+        detail::checked_mul<FormatError>(n, info(t.dtype).size, what + ": bytes of shape " + t.shape_string());
     if (end - begin != expected_bytes)
         throw FormatError(what + ": " + std::string(dtype_name(t.dtype)) + " " + t.shape_string() + " needs " +
                           std::to_string(expected_bytes) + " bytes but data_offsets " + offs.dump() + " hold " +
@@ -209,8 +208,10 @@ File File::open(const std::filesystem::path& path) {
     try {
         impl->parse(bytes);
     } catch (const FormatError& e) {
+        impl->mapping.check_unchanged();  // a header truncated while it was parsed: say so
         throw FormatError(std::string(e.what()) + " [in " + path.string() + "]");
     }
+    impl->mapping.check_unchanged();
     return File(std::move(impl));
 }
 
@@ -228,6 +229,8 @@ const TensorView* File::find(std::string_view name) const {
         if (t.name == name) return &t;
     return nullptr;
 }
+
+void File::check_unchanged() const { impl_->mapping.check_unchanged(); }
 
 const TensorView& File::tensor(std::string_view name) const {
     if (const auto* t = find(name)) return *t;

@@ -90,18 +90,42 @@ void Sampler::filter(std::span<const float> logits, std::span<const std::int32_t
     scratch_logits_.assign(logits.begin(), logits.end());
     apply_repetition_penalty(scratch_logits_, history, options_.repetition_penalty, options_.repetition_window);
 
+    // The logits' contract, the same for greedy and sampled decoding (see sampling.hpp): NaN is an error,
+    // -inf is never picked, and +inf logits take all the probability between them (the limit of the softmax).
+    std::size_t infinite = 0;  // logits at +inf
+    bool finite = false;
+    for (std::size_t i = 0; i < scratch_logits_.size(); ++i) {
+        const float l = scratch_logits_[i];
+        if (std::isnan(l)) throw ConfigError(fmt::format("sampler: the logit of token {} is NaN", i));
+        if (l == std::numeric_limits<float>::infinity()) ++infinite;
+        else if (l > -std::numeric_limits<float>::infinity()) finite = true;
+    }
+    if (infinite == 0 && !finite) throw ConfigError("sampler: every logit is -inf; no token can be picked");
+
     candidates_.clear();
     if (greedy()) {
-        candidates_.push_back({argmax(scratch_logits_), 1.0f});
+        candidates_.push_back({argmax(scratch_logits_), 1.0f});  // the first +inf, or the largest finite logit
         return;
     }
+    if (infinite > 0) {
+        // Every +inf token equally likely, whatever the temperature; the finite ones have none left.
+        for (std::size_t i = 0; i < scratch_logits_.size(); ++i) {
+            if (scratch_logits_[i] == std::numeric_limits<float>::infinity()) {
+                candidates_.push_back({static_cast<std::int32_t>(i), 1.0f});
+            }
+        }
+    } else {
+        weigh_finite();
+    }
+    select_and_normalise();
+}
 
-    // Stage 2: temperature, folded into the softmax. Non-finite logits (NaN, -inf) drop out here.
+void Sampler::weigh_finite() {
+    // Stage 2: temperature, folded into the softmax. -inf logits drop out here.
     float max_logit = -std::numeric_limits<float>::infinity();
     for (float l : scratch_logits_) {
         if (std::isfinite(l)) max_logit = std::max(max_logit, l);
     }
-    if (!std::isfinite(max_logit)) throw ConfigError("sampler: no logit is finite");
     // 1 / T is inf for T below ~2.9e-39; then the top token's 0 * inf was NaN and every token dropped out,
     // leaving nothing to draw (issue 9). The top token's weight is exp(0) = 1 by definition, written out so
     // that no T can make it NaN; the others become exp(-inf) = 0. Normal temperatures give the same bits.
@@ -116,7 +140,9 @@ void Sampler::filter(std::span<const float> logits, std::span<const std::int32_t
     // The top token has exp(0) = 1 exactly, so candidates_ is never empty; kept as a check all the same, since
     // every later stage (and the draw) relies on it.
     if (candidates_.empty()) throw ConfigError(fmt::format("sampler: no token survives temperature {}", options_.temperature));
+}
 
+void Sampler::select_and_normalise() {
     // Stage 3: top-k.
     if (options_.top_k > 0 && static_cast<std::size_t>(options_.top_k) < candidates_.size()) {
         sort_prefix(candidates_, static_cast<std::size_t>(options_.top_k));

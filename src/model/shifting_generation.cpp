@@ -8,6 +8,7 @@
 #include <fmt/format.h>
 
 #include "kvcache/cache/context_shift.hpp"
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
 #include "kvcache/model/context_shift.hpp"
 
@@ -17,11 +18,14 @@ namespace {
 
 std::size_t capacity_for(std::size_t prompt, const GenerateOptions& o) {
     const CacheOptions& c = o.cache;
-    if (c.window > 0) return c.sinks + c.window;
-    const std::size_t needed = prompt + o.max_new_tokens;
-    const std::size_t capacity = o.cache_capacity.value_or(needed);
+    if (c.window > 0) return detail::checked_add(c.sinks, c.window, "generate: sinks + window");
+    const std::size_t capacity =
+        o.cache_capacity ? *o.cache_capacity
+                         : detail::checked_add(prompt, o.max_new_tokens, "generate: prompt + max_new_tokens");
     if (capacity == 0) throw ConfigError("generate: cache capacity 0");
-    if (!c.context_shift && capacity < needed) {
+    // Compared without forming prompt + max_new_tokens, which may not fit in 64 bits (with a context shift a
+    // huge max_new_tokens is legitimate: "go on until the end of the text").
+    if (!c.context_shift && (capacity < prompt || capacity - prompt < o.max_new_tokens)) {
         throw CapacityError(fmt::format("generate: cache capacity {} is below prompt ({} tokens) + max_new_tokens ({}); "
                                         "a context shift or a window would let generation go on",
                                         capacity, prompt, o.max_new_tokens));

@@ -43,7 +43,7 @@ class Server:
             cmd += ["--api-key", api_key]
         self.log = tempfile.NamedTemporaryFile(prefix="kvcache-server-", suffix=".log", delete=False)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.log, text=True,
-                                     env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+                                     env={**os.environ, "KVCACHE_THREADS": "1", **(env or {})})
         line = self.proc.stdout.readline()
         if "http://" not in line:
             self.proc.kill()
@@ -122,7 +122,7 @@ class Server:
 def reference(args, requests_):
     """generate_with_cache's answers (prompt_tokens, tokens, text) for a list of request dicts."""
     out = subprocess.run([args.reference, args.model, json.dumps(requests_)], capture_output=True, text=True,
-                         env={**os.environ, "OMP_NUM_THREADS": "1"})
+                         env={**os.environ, "KVCACHE_THREADS": "1"})
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

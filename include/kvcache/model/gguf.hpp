@@ -1,7 +1,9 @@
 // Reading GGUF model files (versions 2 and 3): metadata, tensor infos and dequantisation to float.
 //
 // The file is memory-mapped; tensors point into the mapping, so a gguf::File must outlive every
-// TensorInfo::data pointer taken from it. Every malformed, truncated or hostile input is reported as a
+// TensorInfo::data pointer taken from it. A file truncated or resized by another process while it is mapped
+// does not end the process with SIGBUS: the pages past its new end read as zeros and check_unchanged() throws
+// a FormatError (see detail/mapped_file.hpp). Every malformed, truncated or hostile input is reported as a
 // kvcache::FormatError naming what is wrong and where (byte offset); nothing reads outside the mapping.
 #pragma once
 
@@ -89,6 +91,11 @@ public:
     const KeyValue* find(std::string_view key) const;          ///< nullptr if absent
     const TensorInfo* find_tensor(std::string_view name) const; ///< nullptr if absent
     const TensorInfo& tensor(std::string_view name) const;      ///< throws FormatError naming it if absent
+
+    /// Throws FormatError if the file changed (was truncated or grown) while mapped: tensor
+    /// data read after such a change may be zeros or other bytes. Call it after reading tensor data; the
+    /// library's loaders do (DecoderWeights::from_gguf, model_fingerprint). No-op for from_memory.
+    void check_unchanged() const;
 
     // Typed metadata access: throw FormatError naming the key if it is absent or of another type.
     // Integer getters accept any integer type whose value fits.

@@ -64,6 +64,10 @@ public:
     const TensorView* find(std::string_view name) const;  ///< nullptr if absent
     const TensorView& tensor(std::string_view name) const; ///< FormatError naming it if absent
 
+    /// Throws FormatError if the file changed while mapped (see gguf::File::check_unchanged); call it after
+    /// reading tensor data. No-op for from_memory.
+    void check_unchanged() const;
+
     /// The tensor converted to float (F32, F16, BF16, F64). FormatError for a missing tensor or another dtype.
     std::vector<float> to_float(std::string_view name) const;
     /// As to_float, and checks the shape first: ShapeError naming the tensor, its shape and the expected one.

@@ -10,6 +10,11 @@
 // then the survivors are renormalised and one is drawn. Candidates are ranked by (probability
 // descending, id ascending), so ties never depend on the sort algorithm.
 //
+// Non-finite logits mean the same to greedy and to sampled decoding: a NaN logit is an error (ConfigError; it
+// says the model computed garbage, and skipping it would hide that); a -inf logit is never picked (a mask);
+// +inf logits take all the probability, shared equally between them whatever the temperature (the limit of
+// the softmax), so greedy picks the first of them and sampling draws among them. Every logit -inf is an error.
+//
 // Reproducibility: the generator is detail::PortableUniform — std::mt19937_64, whose output sequence the C++
 // standard fixes, with a uniform number made from its raw 53 high bits by hand (std::uniform_real_distribution
 // is not portable); the random test weights use the same one. The same options, seed and logits therefore
@@ -60,7 +65,7 @@ public:
 
     /// Picks the next token. `history` is the sequence so far (prompt + generated), used only by the
     /// repetition penalty. Throws ShapeError for empty logits, IndexError for a bad history id,
-    /// ConfigError if no logit is finite.
+    /// ConfigError if a logit is NaN or every logit is -inf.
     std::int32_t sample(std::span<const float> logits, std::span<const std::int32_t> history = {});
 
     /// The distribution `sample` draws from, after every stage: the surviving tokens in rank order
@@ -78,6 +83,10 @@ public:
 private:
     /// Runs stages 1-5 into candidates_ (normalised); the shared body of sample and distribution.
     void filter(std::span<const float> logits, std::span<const std::int32_t> history);
+    /// Stage 2 for finite logits: temperature-scaled softmax weights (unnormalised) into candidates_.
+    void weigh_finite();
+    /// Stages 3-5 over candidates_, then normalisation.
+    void select_and_normalise();
     /// Uniform double in [0, 1) from the generator's raw bits (portable, unlike the std distributions).
     double uniform();
 

@@ -157,6 +157,9 @@ public:
     /// Start of a layer's keys or values: [tokens][kv_heads * head_dim] elements, 64-byte aligned.
     const std::byte* payload(std::size_t layer, KV kind) const;
     const std::filesystem::path& path() const;
+    /// FormatError if the file changed while mapped (see detail::MappedFile::check_unchanged); call it after
+    /// copying out of payload().
+    void check_unchanged() const;
 
 private:
     struct State;
@@ -335,6 +338,7 @@ CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cach
                 cache.append(l, row, std::span<const float>(keys), std::span<const float>(values), n);
             }
         }
+        file.check_unchanged();  // a file truncated during the copy read as zeros: undo the load below
     } catch (...) {
         // Only a cache whose appends can fail after the checks above gets here (out of pool blocks, say):
         // undo the layers already written where the cache lets us (truncate_row, or truncate of a

@@ -6,8 +6,8 @@
 //      the pool now); queued requests join the batch while fewer than max_batch run. A new request starts
 //      from the longest prefix-cache match of its prompt (or continues a kept sequence);
 //   2. the batch is planned: every decoding request feeds its last token, and prompts are fed in chunks
-//      of at most prefill_chunk tokens per step in all (oldest request first), so running streams keep
-//      flowing while a long prompt comes in;
+//      of at most prefill_chunk tokens per step in all (oldest request first) — prefill_chunk_while_decoding
+//      while any request decodes, so running streams keep flowing while a long prompt comes in;
 //   3. if the pool lacks the blocks for that, unreferenced prefix-cache entries are evicted, then the
 //      youngest requests are preempted: their tokens go into the prefix cache, their blocks back to the
 //      pool, and they wait at the head of the queue to be recomputed later (bitwise the same, so their
@@ -74,7 +74,15 @@ public:
 
 struct SchedulerOptions {
     std::size_t max_batch = 16;       ///< requests running at once (decoding or prefilling); >= 1
-    std::size_t prefill_chunk = 256;  ///< prompt tokens fed per step, over all prefilling requests; >= 1
+    /// Prompt tokens fed per step, over all prefilling requests, while no request is decoding: nobody waits
+    /// on the step, so big chunks (fewer weight passes: the shortest time to first token); >= 1.
+    std::size_t prefill_chunk = 256;
+    /// Prompt tokens fed per step, in all, while any request is decoding (feeding one token): what a running
+    /// stream's step may carry on top of the decodes. A step costs about one pass over the weights plus the
+    /// tokens' arithmetic, so this bounds how much slower a stream's step gets while a prompt comes in
+    /// (SmolLM2 on 2 cores: 16 keeps it near 2-2.5x; 64 made it ~6x) at the price of a slower admission
+    /// (a 1024-token prompt takes 1024/16 = 64 steps). See docs/batching.md. >= 1; capped by prefill_chunk.
+    std::size_t prefill_chunk_while_decoding = 16;
     std::size_t max_queued = 64;      ///< requests waiting to run; submit() beyond it throws QueueFullError
     int threads = 0;                  ///< threads of each forward pass; 0 → all the hardware offers
 };
@@ -155,18 +163,26 @@ struct SchedulerStats {
     std::size_t prefix_cached_blocks = 0;          ///< blocks the prefix cache holds, after the last step
 };
 
-class Scheduler {
+/// The engine over a pool whose K/V are stored as T: float, fp16, bf16, q8_0 or q4_0 (the types a cache can
+/// be chosen with at run time, CacheElement; each is compiled once in the library). A request's tokens are
+/// those generate_with_cache gives it alone over a cache of the same element type. `Scheduler` is the float one.
+template <StorageElement T = float>
+class BasicScheduler {
 public:
+    using Element = T;
+    using Pool = PagedKVPool<T>;
+    using Prefixes = PrefixCache<T>;
+
     /// The pool must fit the model (ShapeError) and the prefix cache (may be null: no reuse) must be over
     /// the pool (ConfigError); options are checked (ConfigError). All must outlive the Scheduler. While the
     /// Scheduler lives, touch the pool and prefix cache only through exclusive(). The decoder is used only
     /// by the engine (it keeps scratch buffers: do not run it elsewhere at the same time).
-    Scheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<float>& pool,
-              PrefixCache<float>* prefix_cache = nullptr, SchedulerOptions options = {});
+    BasicScheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<T>& pool,
+                   PrefixCache<T>* prefix_cache = nullptr, SchedulerOptions options = {});
     /// stop(): unfinished requests are cancelled (on_done runs), kept sequences are freed.
-    ~Scheduler();
-    Scheduler(const Scheduler&) = delete;
-    Scheduler& operator=(const Scheduler&) = delete;
+    ~BasicScheduler();
+    BasicScheduler(const BasicScheduler&) = delete;
+    BasicScheduler& operator=(const BasicScheduler&) = delete;
 
     /// Queues a request and returns its id. Throws (and keeps nothing of the request) QueueFullError when
     /// max_queued requests wait, ConfigError for an empty prompt without continue_from or bad sampling
@@ -243,8 +259,8 @@ private:
 
     Decoder* model_;
     const Tokenizer* tokenizer_;
-    PagedKVPool<float>* pool_;
-    PrefixCache<float>* prefixes_;
+    PagedKVPool<T>* pool_;
+    PrefixCache<T>* prefixes_;
     SchedulerOptions options_;
 
     // The submit queue and pending cancellations: guarded by queue_mutex_ (held only briefly).
@@ -277,13 +293,23 @@ private:
     std::size_t kept_count_ = 0;
     SchedulerStats engine_stats_;                     // counters the engine updates
     std::vector<float> logits_;                       // (batch, vocab) rows of the requests that sample
-    std::vector<PagedSequence<float>> handles_;       // (batch) the caches of one step's items
-    std::vector<ForwardItem<PagedSequence<float>>> items_;  // (batch)
+    std::vector<PagedSequence<T>> handles_;       // (batch) the caches of one step's items
+    std::vector<ForwardItem<PagedSequence<T>>> items_;  // (batch)
     std::vector<Active*> in_step_;                    // (batch) whose item each is
     std::atomic<std::size_t> engine_work_{0};         // running + preempted, for the engine's sleep check
 
     std::thread engine_;
     std::atomic<bool> engine_running_{false};
 };
+
+/// The scheduler over a float pool.
+using Scheduler = BasicScheduler<float>;
+
+// Compiled in the library (src/model/scheduler.cpp) for these element types only.
+extern template class BasicScheduler<float>;
+extern template class BasicScheduler<fp16>;
+extern template class BasicScheduler<bf16>;
+extern template class BasicScheduler<q8_0>;
+extern template class BasicScheduler<q4_0>;
 
 }  // namespace kvcache

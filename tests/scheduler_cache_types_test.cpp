@@ -52,7 +52,7 @@ TEMPLATE_TEST_CASE("scheduler over a quantised or half-precision pool: every req
     SchedulerOptions so;
     so.max_batch = 3;  // six requests: some wait and join as others leave
     so.prefill_chunk = 16;
-    so.prefill_chunk_while_decoding = 8;
+    so.prefill_tokens_per_decode = 3;
     so.threads = 1;
     BasicScheduler<TestType> s(d, numbered_tokenizer(), pool, &prefixes, so);
 
@@ -126,19 +126,19 @@ TEMPLATE_TEST_CASE("scheduler over a quantised pool: preemption under pool exhau
     CHECK(pool.used_blocks() == 0);
 }
 
-TEST_CASE("scheduler: prompts get prefill_chunk tokens a step alone, prefill_chunk_while_decoding beside a decode") {
+TEST_CASE("scheduler: prompts get prefill_chunk tokens a step alone, prefill_tokens_per_decode per decoding stream") {
     Decoder& d = random_decoder();
     PagedKVPool<float> pool(d.cache_layers(), 64);
     SchedulerOptions so;
     so.threads = 1;
     so.prefill_chunk = 40;
-    so.prefill_chunk_while_decoding = 6;
+    so.prefill_tokens_per_decode = 3;
     Scheduler s(d, numbered_tokenizer(), pool, nullptr, so);
 
     // Nothing decodes: the first prompt goes in 40 tokens a step.
     Request first;
     first.prompt = numbered_prompt(90, 5);
-    first.options = options(50, 0.0f, 0);
+    first.options = options(60, 0.0f, 0);
     s.submit(std::move(first));
     s.step();
     CHECK(s.stats().prompt_tokens_computed == 40);
@@ -147,16 +147,28 @@ TEST_CASE("scheduler: prompts get prefill_chunk tokens a step alone, prefill_chu
     CHECK(s.stats().prompt_tokens_computed == 90);
     CHECK(s.stats().generated_tokens == 1);
 
-    // Now a stream decodes: a second prompt is fed 6 tokens a step beside it.
+    // One stream decodes: a second prompt is fed 3 tokens a step beside it.
     Request second;
     second.prompt = numbered_prompt(20, 6);
-    second.options = options(2, 0.0f, 0);
+    second.options = options(30, 0.0f, 0);
     s.submit(std::move(second));
-    for (int step = 1; step <= 3; ++step) {
+    for (std::uint64_t step = 1; step <= 3; ++step) {
         s.step();
-        CHECK(s.stats().prompt_tokens_computed == 90 + 6 * std::uint64_t(step));
-        CHECK(s.stats().generated_tokens == 1 + std::uint64_t(step));  // the stream did not wait
+        CHECK(s.stats().prompt_tokens_computed == 90 + 3 * step);
+        CHECK(s.stats().generated_tokens == 1 + step);  // the stream did not wait
     }
-    run_to_end(s);
+    for (int step = 0; step < 4; ++step) s.step();  // 21 of the 20 + ... : the second prompt is in, it decodes
     CHECK(s.stats().prompt_tokens_computed == 110);
+
+    // Two streams decode: a third prompt gets 2 x 3 = 6 tokens a step.
+    Request third;
+    third.prompt = numbered_prompt(30, 7);
+    third.options = options(2, 0.0f, 0);
+    s.submit(std::move(third));
+    s.step();
+    CHECK(s.stats().prompt_tokens_computed == 116);
+    s.step();
+    CHECK(s.stats().prompt_tokens_computed == 122);
+    run_to_end(s);
+    CHECK(s.stats().prompt_tokens_computed == 140);
 }

@@ -19,6 +19,25 @@
 namespace kvcache::server {
 
 class Engine {
+private:  // first: the members below deduce their return types from visit
+    template <class T>
+    struct Stack {
+        // Destroyed in reverse: the scheduler (it frees its kept sequences), then the prefix cache, then the pool.
+        std::unique_ptr<PagedKVPool<T>> pool;
+        std::unique_ptr<PrefixCache<T>> prefixes;
+        std::unique_ptr<BasicScheduler<T>> scheduler;
+    };
+
+    template <class F>
+    decltype(auto) visit(F&& f) const {
+        return std::visit([&](const auto& st) -> decltype(auto) { return f(*st->scheduler); }, stack_);
+    }
+
+    CacheElement element_;
+    std::variant<std::unique_ptr<Stack<float>>, std::unique_ptr<Stack<fp16>>, std::unique_ptr<Stack<bf16>>,
+                 std::unique_ptr<Stack<q8_0>>, std::unique_ptr<Stack<q4_0>>>
+        stack_;
+
 public:
     /// A pool of `blocks` blocks of T = `element` for the model's layers, a prefix cache of `prefix_bytes` over
     /// it, and a scheduler. Throws what they throw (ConfigError for bad options, ShapeError, ...).
@@ -66,24 +85,6 @@ public:
     std::size_t block_size() const { return std::visit([](const auto& st) { return st->pool->block_size(); }, stack_); }
     std::size_t block_bytes() const { return std::visit([](const auto& st) { return st->pool->block_bytes(); }, stack_); }
 
-private:
-    template <class T>
-    struct Stack {
-        // Destroyed in reverse: the scheduler (it frees its kept sequences), then the prefix cache, then the pool.
-        std::unique_ptr<PagedKVPool<T>> pool;
-        std::unique_ptr<PrefixCache<T>> prefixes;
-        std::unique_ptr<BasicScheduler<T>> scheduler;
-    };
-
-    template <class F>
-    decltype(auto) visit(F&& f) const {
-        return std::visit([&](const auto& st) -> decltype(auto) { return f(*st->scheduler); }, stack_);
-    }
-
-    CacheElement element_;
-    std::variant<std::unique_ptr<Stack<float>>, std::unique_ptr<Stack<fp16>>, std::unique_ptr<Stack<bf16>>,
-                 std::unique_ptr<Stack<q8_0>>, std::unique_ptr<Stack<q4_0>>>
-        stack_;
 };
 
 }  // namespace kvcache::server

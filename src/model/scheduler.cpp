@@ -68,10 +68,10 @@ BasicScheduler<T>::BasicScheduler(Decoder& model, const Tokenizer& tokenizer, Pa
     if (prefix_cache && &prefix_cache->pool() != &pool) {
         throw ConfigError("Scheduler: the prefix cache belongs to another pool");
     }
-    if (options.max_batch == 0 || options.prefill_chunk == 0 || options.prefill_chunk_while_decoding == 0) {
+    if (options.max_batch == 0 || options.prefill_chunk == 0 || options.prefill_tokens_per_decode == 0) {
         throw ConfigError(fmt::format(
-            "Scheduler: max_batch ({}), prefill_chunk ({}) and prefill_chunk_while_decoding ({}) must be >= 1",
-            options.max_batch, options.prefill_chunk, options.prefill_chunk_while_decoding));
+            "Scheduler: max_batch ({}), prefill_chunk ({}) and prefill_tokens_per_decode ({}) must be >= 1",
+            options.max_batch, options.prefill_chunk, options.prefill_tokens_per_decode));
     }
     if (options.threads < 0) throw ConfigError(fmt::format("Scheduler: threads is {}; must be >= 0", options.threads));
     logits_.resize(options.max_batch * model.config().vocab_size);
@@ -315,11 +315,13 @@ void BasicScheduler<T>::admit(std::unique_ptr<Active> a) {
 template <StorageElement T>
 void BasicScheduler<T>::plan_and_fit() {
     for (;;) {
-        // While a stream decodes, its step latency bounds what prompts may add to the step.
-        const bool decoding =
-            std::any_of(running_.begin(), running_.end(), [](const auto& a) { return a->to_feed.size() == 1; });
-        std::size_t budget = decoding ? std::min(options_.prefill_chunk, options_.prefill_chunk_while_decoding)
-                                      : options_.prefill_chunk;
+        // While streams decode, their step latency bounds what prompts may add to the step: a prompt token
+        // costs about what a decoding stream does, so the share grows with the number of streams.
+        const auto decoding = static_cast<std::size_t>(
+            std::count_if(running_.begin(), running_.end(), [](const auto& a) { return a->to_feed.size() == 1; }));
+        std::size_t budget = decoding == 0 ? options_.prefill_chunk
+                                           : std::clamp<std::size_t>(decoding * options_.prefill_tokens_per_decode, 1,
+                                                                     options_.prefill_chunk);
         std::size_t needed = 0;
         for (auto& a : running_) {
             const std::size_t n = a->to_feed.size();

@@ -6,8 +6,8 @@
 //      the pool now); queued requests join the batch while fewer than max_batch run. A new request starts
 //      from the longest prefix-cache match of its prompt (or continues a kept sequence);
 //   2. the batch is planned: every decoding request feeds its last token, and prompts are fed in chunks
-//      of at most prefill_chunk tokens per step in all (oldest request first) — prefill_chunk_while_decoding
-//      while any request decodes, so running streams keep flowing while a long prompt comes in;
+//      of at most prefill_chunk tokens per step in all (oldest request first) — prefill_tokens_per_decode per
+//      decoding request while any decodes, so running streams keep their pace while a long prompt comes in;
 //   3. if the pool lacks the blocks for that, unreferenced prefix-cache entries are evicted, then the
 //      youngest requests are preempted: their tokens go into the prefix cache, their blocks back to the
 //      pool, and they wait at the head of the queue to be recomputed later (bitwise the same, so their
@@ -77,12 +77,13 @@ struct SchedulerOptions {
     /// Prompt tokens fed per step, over all prefilling requests, while no request is decoding: nobody waits
     /// on the step, so big chunks (fewer weight passes: the shortest time to first token); >= 1.
     std::size_t prefill_chunk = 256;
-    /// Prompt tokens fed per step, in all, while any request is decoding (feeding one token): what a running
-    /// stream's step may carry on top of the decodes. A step costs about one pass over the weights plus the
-    /// tokens' arithmetic, so this bounds how much slower a stream's step gets while a prompt comes in
-    /// (SmolLM2 on 2 cores: 16 keeps it near 2-2.5x; 64 made it ~6x) at the price of a slower admission
-    /// (a 1024-token prompt takes 1024/16 = 64 steps). See docs/batching.md. >= 1; capped by prefill_chunk.
-    std::size_t prefill_chunk_while_decoding = 16;
+    /// While requests decode (feed one token), prompts get this many tokens per step for each decoding request
+    /// (at least 1 in all, at most prefill_chunk). A step costs about one pass over the weights plus each
+    /// token's arithmetic and attention, and a prompt token costs about what a decoding stream does, so with d
+    /// streams a step carrying 2d prompt tokens takes about (1 + 2d) / (1 + d) < 3 times their normal step:
+    /// the bound issue 11 sets. Fewer tokens admit a long prompt more slowly (a 1024-token prompt beside one
+    /// stream takes 512 steps); see docs/batching.md. >= 1.
+    std::size_t prefill_tokens_per_decode = 2;
     std::size_t max_queued = 64;      ///< requests waiting to run; submit() beyond it throws QueueFullError
     int threads = 0;                  ///< threads of each forward pass; 0 → all the hardware offers
 };

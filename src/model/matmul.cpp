@@ -25,9 +25,12 @@ constexpr std::size_t kQ8_0Bytes = 2 + 32;     // fp16 d, 32 x int8
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16; // fp16 d, fp16 m, 16 bytes of nibbles
 constexpr std::size_t kRowsPerTask = 16;       // rows one thread finishes before taking the next stretch
 // Tokens that share one decoded weight block: the batch width of one pass over the weights. Any value >= 1
-// gives the same bits (a token's arithmetic does not depend on its neighbours); wider reads the weights fewer
-// times per batch but needs 2 (f32) or 1 (quantised) accumulator registers per token.
-constexpr int kTokensPerPass = 4;
+// gives the same bits (a token's arithmetic does not depend on its neighbours); wider decodes each block
+// fewer times per batch but needs one accumulator register per token. 8 is what AVX2's 16 registers hold
+// for the quantised kernels (8 accumulators + 4 codes + scale + min sums); f32 runs 8 as two passes of 4.
+constexpr int kTokensPerPass = 8;
+// The f32 kernel keeps two accumulators per token, so at most this many tokens share a pass over a row.
+constexpr int kF32TokensPerPass = 4;
 
 float half_at(const std::byte* p) {
     std::uint16_t bits;
@@ -78,9 +81,23 @@ void decode_row(WeightFormat f, const std::byte* row, std::size_t cols, float* o
 #if KVCACHE_HAVE_AVX2
 using V8 = detail::Simd<8>;
 
+/// Sets every accumulator to zero in straight-line code: GCC turns the loop form into a call to memset for
+/// the 8-token kernels (one call per row), and the accumulators live in registers anyway.
 template <int NT>
-void dot_f32(const std::byte* row_bytes, std::size_t cols, const float* const* x, const float* const*,
+void zero_all(V8::V (&acc)[NT]) {
+    [&]<int... I>(std::integer_sequence<int, I...>) { ((acc[I] = V8::zero()), ...); }(
+        std::make_integer_sequence<int, NT>{});
+}
+
+template <int NT>
+void dot_f32(const std::byte* row_bytes, std::size_t cols, const float* const* x, const float* const* xsum,
              float* out) {
+    if constexpr (NT > kF32TokensPerPass) {
+        // More accumulators than registers: the row again from L1 for the rest (nothing to decode in f32).
+        dot_f32<kF32TokensPerPass>(row_bytes, cols, x, xsum, out);
+        dot_f32<NT - kF32TokensPerPass>(row_bytes, cols, x + kF32TokensPerPass, xsum, out + kF32TokensPerPass);
+        return;
+    }
     const auto* w = reinterpret_cast<const float*>(row_bytes);
     V8::V a0[NT], a1[NT];
     for (int t = 0; t < NT; ++t) a0[t] = a1[t] = V8::zero();
@@ -102,7 +119,7 @@ void dot_f32(const std::byte* row_bytes, std::size_t cols, const float* const* x
 template <int NT>
 void dot_q8_0(const std::byte* row, std::size_t cols, const float* const* x, const float* const*, float* out) {
     V8::V acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = V8::zero();
+    zero_all(acc);
     V8::V q[4];
     for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const std::byte* blk = row + b * kQ8_0Bytes;
@@ -114,27 +131,28 @@ void dot_q8_0(const std::byte* row, std::size_t cols, const float* const* x, con
 }
 
 /// Q4_1: dot = sum_b d_b * (q_b . x_b) + m_b * sum(x_b); the block sums of x are computed once per token.
+/// xsum[0] holds them block-major for the pass's tokens (block b of token t at b * kTokensPerPass + t), so the
+/// min terms of all tokens are one vector fma per block: lane t computes fma(m_b, sum_b[t], macc[t]), exactly
+/// the scalar std::fma a token alone gets (one rounding either way), and keeps 8 scalars out of the registers.
 template <int NT>
 void dot_q4_1(const std::byte* row, std::size_t cols, const float* const* x, const float* const* xsum,
               float* out) {
+    static_assert(kTokensPerPass == 8, "the min sums of one pass fill one 8-lane vector");
     V8::V acc[NT];
-    float macc[NT];
-    for (int t = 0; t < NT; ++t) {
-        acc[t] = V8::zero();
-        macc[t] = 0;
-    }
+    zero_all(acc);
+    V8::V macc = V8::zero();
+    const float* sums = xsum[0];
     V8::V q[4];
     for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const std::byte* blk = row + b * kQ4_1Bytes;
         const V8::V d = V8::set1(half_at(blk));
-        const float m = half_at(blk + 2);
+        macc = V8::fmadd(V8::set1(half_at(blk + 2)), V8::loadf(sums + b * kTokensPerPass), macc);
         detail::q4_codes(blk + 4, q);
-        for (int t = 0; t < NT; ++t) {
-            acc[t] = V8::fmadd(d, detail::block32_dot(q, x[t] + b * kBlock), acc[t]);
-            macc[t] = std::fma(m, xsum[t][b], macc[t]);
-        }
+        for (int t = 0; t < NT; ++t) acc[t] = V8::fmadd(d, detail::block32_dot(q, x[t] + b * kBlock), acc[t]);
     }
-    for (int t = 0; t < NT; ++t) out[t] = detail::hsum(acc[t]) + macc[t];
+    alignas(32) float m[8];
+    V8::store(m, macc);
+    for (int t = 0; t < NT; ++t) out[t] = detail::hsum(acc[t]) + m[t];
 }
 #else
 // Portable fallback with the same per-token structure (one fixed order per output).
@@ -252,16 +270,22 @@ void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_str
                  std::size_t cols, const float* x, std::size_t n, float* y, int threads) {
     if (n == 0 || rows == 0) return;
 
-    // Per-token block sums of x for Q4_1's min term: computed once here, in one fixed order.
-    thread_local std::vector<float> xsum_storage;  // (n, cols / 32)
+    // Per-token block sums of x for Q4_1's min term: computed once here, in one fixed order, and stored
+    // block-major within each pass of kTokensPerPass tokens (what dot_q4_1 loads as one vector).
+    thread_local std::vector<float> xsum_storage;  // (passes, cols / 32, kTokensPerPass)
     const std::size_t nb = cols / kBlock;
+    const std::size_t pass_stride = nb * kTokensPerPass;
     if (format == WeightFormat::Q4_1) {
-        xsum_storage.resize(n * nb);
+        const std::size_t passes = (n + kTokensPerPass - 1) / kTokensPerPass;
+        xsum_storage.assign(passes * pass_stride, 0.0f);
         for (std::size_t t = 0; t < n; ++t) {
-            for (std::size_t b = 0; b < nb; ++b) {
-                float s = 0;
-                for (std::size_t j = 0; j < kBlock; ++j) s += x[t * cols + b * kBlock + j];
-                xsum_storage[t * nb + b] = s;
+            float* sums = xsum_storage.data() + t / kTokensPerPass * pass_stride + t % kTokensPerPass;
+            const float* xt = x + t * cols;
+            // Each block's sum is x[0] + x[1] + ... + x[31] in that order; the blocks' sums are interleaved
+            // (block loop inside) so the CPU runs nb independent add chains instead of one serial chain.
+            for (std::size_t b = 0; b < nb; ++b) sums[b * kTokensPerPass] = 0.0f;
+            for (std::size_t j = 0; j < kBlock; ++j) {
+                for (std::size_t b = 0; b < nb; ++b) sums[b * kTokensPerPass] += xt[b * kBlock + j];
             }
         }
     }
@@ -280,8 +304,9 @@ void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_str
                 const float* ss[kTokensPerPass];
                 for (int i = 0; i < nt; ++i) {
                     xs[i] = x + (t + i) * cols;
-                    ss[i] = format == WeightFormat::Q4_1 ? xsum + (t + i) * nb : nullptr;  // only Q4_1 has sums
+                    ss[i] = nullptr;
                 }
+                if (format == WeightFormat::Q4_1) ss[0] = xsum + t / kTokensPerPass * pass_stride;  // only Q4_1 has sums
                 const DotFn dot = kernel_for(format, nt);
                 float out[kTokensPerPass];
                 for (std::size_t r = r0; r < r1; ++r) {

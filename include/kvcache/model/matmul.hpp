@@ -2,7 +2,7 @@
 //
 // Determinism contract (the cache's bitwise guarantees rest on it): every output element y[t][r] is the
 // dot product of weight row r with input row x[t], computed by one fixed routine in one fixed order. The
-// batched kernel decodes a weight block once and feeds it to up to four tokens, but each token's
+// batched kernel decodes a weight block once and feeds it to up to eight tokens, but each token's
 // accumulators see exactly the same sequence of operations as when it is processed alone; threads split
 // the rows, never a dot product. So y does not depend on the batch size n or on the thread count.
 #pragma once

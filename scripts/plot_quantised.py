@@ -68,7 +68,8 @@ def main() -> None:
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
     names = [LABELS.get(r[0], r[0]) for r in rows]
     axes[0].bar(names, [r[1] for r in rows], color="#4477aa")
-    axes[0].set_title("SmolLM2 perplexity, ctx 2048 (Genesis, KJV)")
+    chunks = next(iter(ppl.values()))["chunks"]
+    axes[0].set_title(f"SmolLM2 perplexity, ctx 2048 x {chunks} chunks (Genesis, KJV)")
     lo = min(r[1] for r in rows)
     axes[0].set_ylim(lo * 0.97, max(r[1] for r in rows) * 1.01)
     for i, r in enumerate(rows):

@@ -55,6 +55,7 @@ constexpr const char* type_name() {
     else if constexpr (std::is_same_v<T, fp16>) return "fp16";
     else if constexpr (std::is_same_v<T, bf16>) return "bf16";
     else if constexpr (std::is_same_v<T, q8_0>) return "q8_0";
+    else if constexpr (std::is_same_v<T, q4_0h>) return "q4_0h";
     else return "q4_0";
 }
 
@@ -211,6 +212,7 @@ int main(int argc, char** argv) {
     register_type<bf16>();
     register_type<q8_0>();
     register_type<q4_0>();
+    register_type<q4_0h>();
     benchmark::RunSpecifiedBenchmarks();
     benchmark::Shutdown();
     return 0;

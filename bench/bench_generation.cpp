@@ -4,6 +4,7 @@
 // prefill, and the cache operations a step performs. scripts/plot_bench.py reads the JSON it writes.
 //
 //   bench_generation [--quick] [--models=random,real,seq2seq] [--max-uncached-real=N] [--threads=N]
+//                    [--capacity=256 --keep=4 --sinks=4]   (BM_PastCapacity)
 //                    [google-benchmark flags]
 // --threads: threads of every model (0, the default: all the hardware offers; see detail/thread_pool.hpp).
 // The caller never waits for a helper that has not started, but timings on a busy machine still vary.
@@ -21,6 +22,10 @@
 //                                               (seq2seq: the decoder over L target positions without caches,
 //                                               cross K/V re-projected — one step of uncached generation.)
 //   BM_CacheAppend/<model>/<L>, BM_CacheCopy/<model>/<L>, BM_DecodeAttention/<model>/<L>   cache operations
+//   BM_PastCapacity/real/<shift|sinks|grow>/<n>   n new tokens (greedy, EOS ignored) through a cache of
+//                                               --capacity positions (default 256): a context shift keeping
+//                                               --keep, or --sinks sinks + a window; "grow" is a cache of
+//                                               prompt + n positions for comparison. tokens/s past capacity.
 // Counters: FLOP/s of the weight matmuls + attention actually run (model below), bytes/s where memory is
 // the point, kv_bytes (what cache.bytes_allocated() reports), token_forwards (positions run through the
 // model), same_tokens (1 when the uncached run generated exactly the cached run's tokens).
@@ -45,6 +50,10 @@
 #include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/encoder_decoder.hpp"
+#include "kvcache/model/generate.hpp"
+#include "kvcache/model/gguf.hpp"
+#include "kvcache/model/shifting_generation.hpp"
+#include "kvcache/model/tokenizer.hpp"
 
 #ifndef KVCACHE_SOURCE_DIR
 #define KVCACHE_SOURCE_DIR "."
@@ -56,6 +65,9 @@ using Clock = std::chrono::steady_clock;
 constexpr std::size_t kPromptTokens = 8;
 constexpr std::size_t kSourceTokens = 64;  // encoder-decoder source length
 int g_threads = 0;                          // --threads
+std::size_t g_capacity = 256;               // --capacity: cache positions of BM_PastCapacity
+std::size_t g_keep = 4;                     // --keep: positions a context shift keeps
+std::size_t g_sinks = 4;                    // --sinks: sinks of the sink + window cache
 bool g_quick = false;                       // --quick: fewer, shorter cases, each run once
 
 std::string model_path() {
@@ -209,6 +221,47 @@ void BM_Generate(benchmark::State& state, const std::string& model, bool use_cac
     state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
     state.counters["FLOP/s"] = benchmark::Counter(flops, benchmark::Counter::kIsIterationInvariantRate);
     state.counters["same_tokens"] = tokens == reference ? 1.0 : 0.0;
+    set_model_counters(state, m);
+}
+
+// ---- generation past the cache's capacity: context shift, sinks + window ----
+
+kvcache::Tokenizer& real_tokenizer() {
+    static kvcache::Tokenizer t = kvcache::Tokenizer::from_gguf(kvcache::gguf::File::open(model_path()));
+    return t;
+}
+
+/// n new tokens from an 8-token prompt with a cache of g_capacity positions that shifts or keeps sinks + a
+/// window when full ("grow": a plain cache of prompt + n, the cost of not bounding the memory).
+void BM_PastCapacity(benchmark::State& state, const std::string& mode) {
+    kvcache::Decoder& m = real_decoder();
+    const std::size_t n = static_cast<std::size_t>(state.range(0));
+    const auto prompt = some_tokens(kPromptTokens, m.config().vocab_size, 3);
+    kvcache::GenerateOptions o;
+    o.max_new_tokens = n;
+    o.stop_at_eos = false;
+    o.threads = g_threads;
+    if (mode == "shift") {
+        o.cache_capacity = g_capacity;
+        o.cache.context_shift = true;
+        o.cache.n_keep = g_keep;
+    } else if (mode == "sinks") {
+        o.cache.sinks = g_sinks;
+        o.cache.window = g_capacity - g_sinks;
+    } else {
+        o.cache_capacity = kPromptTokens + n;  // a plain f32 cache that holds everything
+    }
+    kvcache::GenerationResult r;
+    for (auto _ : state) {
+        r = kvcache::generate_with_cache_options(m, real_tokenizer(), prompt, o);
+        benchmark::DoNotOptimize(r.tokens.data());
+    }
+    state.counters["n"] = double(n);
+    state.counters["capacity"] = mode == "grow" ? double(kPromptTokens + n) : double(g_capacity);
+    state.counters["generated"] = double(r.tokens.size());
+    state.counters["kv_bytes"] = double(kvcache::cache_options_bytes(m, prompt.size(), o));
+    state.counters["tokens/s"] = benchmark::Counter(double(n), benchmark::Counter::kIsIterationInvariantRate);
+    state.counters["step_tokens/s"] = r.tokens_per_second;  // decode steps only (the prompt's pass excluded)
     set_model_counters(state, m);
 }
 
@@ -530,6 +583,12 @@ void register_all(const Plan& p) {
             once);
         add("BM_DecodeAttention/" + model, op_lengths,
             [model](benchmark::State& s) { BM_DecodeAttention(s, model); }, false, 0.05, once);
+        if (real) {  // 4x the cache's capacity: every mode runs past it (grow: the unbounded comparison)
+            for (const std::string mode : {"shift", "sinks", "grow"}) {
+                add("BM_PastCapacity/real/" + mode, {std::int64_t(4 * g_capacity)},
+                    [mode](benchmark::State& s) { BM_PastCapacity(s, mode); }, false, 0.05, once);
+            }
+        }
     }
     if (p.models.count("seq2seq")) {
         add("BM_Generate/seq2seq/cached", powers_of_two(16, p.quick ? 256 : max_n),
@@ -561,6 +620,12 @@ int main(int argc, char** argv) {
             for (std::string m; std::getline(list, m, ',');) plan.models.insert(m);
         } else if (a.rfind("--threads=", 0) == 0) {
             g_threads = std::stoi(a.substr(10));
+        } else if (a.rfind("--capacity=", 0) == 0) {
+            g_capacity = std::stoul(a.substr(11));
+        } else if (a.rfind("--keep=", 0) == 0) {
+            g_keep = std::stoul(a.substr(7));
+        } else if (a.rfind("--sinks=", 0) == 0) {
+            g_sinks = std::stoul(a.substr(8));
         } else if (a.rfind("--max-uncached-real=", 0) == 0) {
             plan.max_uncached_real = std::stoul(a.substr(20));
         } else {

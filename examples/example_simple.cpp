@@ -79,8 +79,8 @@ int main(int argc, char** argv) {
     std::string cache_type = "f32";
     std::optional<std::size_t> ctx;
     kvcache::CacheOptions cache;
-    app.add_option("--cache-type", cache_type, "KV cache element type: f32, f16, bf16, q8_0, q4_0")
-        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0"}));
+    app.add_option("--cache-type", cache_type, "KV cache element type: f32, f16, bf16, q8_0, q4_0, q4_0h")
+        ->check(CLI::IsMember({"f32", "f16", "bf16", "q8_0", "q4_0", "q4_0h"}));
     app.add_option("--ctx", ctx, "Positions the cache holds (default: prompt + max tokens)")
         ->check(CLI::Range(std::size_t{1}, std::size_t{1} << 24));
     app.add_flag("--context-shift", cache.context_shift,

@@ -12,8 +12,9 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0"]
-BENCH_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "q8_0": "q8_0", "q4_0": "q4_0"}
+TYPES = ["f32", "f16", "bf16", "q8_0", "q4_0", "q4_0h", "k-q8_0_v-q4_0", "k-q4_0h_v-q4_0"]
+LABELS = {"k-q8_0_v-q4_0": "K q8_0\nV q4_0", "k-q4_0h_v-q4_0": "K q4_0h\nV q4_0"}
+BENCH_NAMES = {"f32": "fp32", "f16": "fp16", "bf16": "bf16", "q8_0": "q8_0", "q4_0": "q4_0", "q4_0h": "q4_0h"}
 
 
 def main() -> None:
@@ -35,10 +36,12 @@ def main() -> None:
     rows = []
     for t in TYPES:
         p = ppl.get(t)
+        if not p:  # not measured
+            continue
         bytes_per_token = p["cache_bytes"] / p["ctx"] if p else float("nan")
         cells = []
         for threads in (1, 2):
-            b = attn.get((BENCH_NAMES[t], 8192, threads))
+            b = attn.get((BENCH_NAMES.get(t), 8192, threads))
             # best call: the same bytes at best_GB/s (robust to being descheduled on a shared machine)
             cells.append((b["real_time"] / 1000.0, b["real_time"] / 1000.0 * b["GB/s"] / b["best_GB/s"], b["best_GB/s"])
                          if b else (float("nan"),) * 3)
@@ -62,10 +65,11 @@ def main() -> None:
             print(f"{name}: perplexity {s['perplexity']:.4f} over {s['scored']} predictions of {s['tokens']} tokens, "
                   f"cache {s['sinks']} sinks + {s['window']} window")
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 4))
-    names = [r[0] for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    names = [LABELS.get(r[0], r[0]) for r in rows]
     axes[0].bar(names, [r[1] for r in rows], color="#4477aa")
-    axes[0].set_title("SmolLM2 perplexity, ctx 2048 (Genesis, KJV)")
+    chunks = next(iter(ppl.values()))["chunks"]
+    axes[0].set_title(f"SmolLM2 perplexity, ctx 2048 x {chunks} chunks (Genesis, KJV)")
     lo = min(r[1] for r in rows)
     axes[0].set_ylim(lo * 0.97, max(r[1] for r in rows) * 1.01)
     for i, r in enumerate(rows):

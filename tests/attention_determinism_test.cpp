@@ -258,7 +258,7 @@ constexpr Shape kBlockShapes[] = {{3, 64, 9}, {2, 96, 8}, {1, 32, 3}};
 
 TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batching, chunking and paging",
                    "[attention][determinism][quantised]", (KV_<q8_0, q8_0>), (KV_<q4_0, q4_0>), (KV_<q8_0, fp16>),
-                   (KV_<q4_0, q8_0>)) {
+                   (KV_<q4_0, q8_0>), (KV_<q4_0h, q4_0h>), (KV_<q4_0h, q4_0>)) {
     using K = typename TestType::Key;
     using V = typename TestType::Value;
     for (const Shape s : kBlockShapes) {

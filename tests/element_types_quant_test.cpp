@@ -224,7 +224,7 @@ TEST_CASE("element names and sizes of the quantised types", "[element_types][qua
 }
 
 TEMPLATE_TEST_CASE("every cache type stores quantised keys and values and reads back the dequantised values",
-                   "[cache][quantised]", q8_0, q4_0) {
+                   "[cache][quantised]", q8_0, q4_0, q4_0h) {
     using T = TestType;
     constexpr std::size_t H = 2, D = 64, N = 21;
     const auto k = random_normal(N * H * D, 4), v = random_normal(N * H * D, 5);
@@ -260,7 +260,7 @@ TEMPLATE_TEST_CASE("every cache type stores quantised keys and values and reads 
 
 TEMPLATE_TEST_CASE("attention over quantised caches: against the reference and against float attention on the "
                    "same dequantised values",
-                   "[attention][quantised]", q8_0, q4_0) {
+                   "[attention][quantised]", q8_0, q4_0, q4_0h) {
     using T = TestType;
     constexpr std::size_t H = 3, D = 64, QH = 9;
     for (const std::size_t n : {std::size_t(1), std::size_t(70), std::size_t(1300)}) {
@@ -324,7 +324,8 @@ TEST_CASE("head sizes that are not whole blocks are a ConfigError", "[cache][qua
     CHECK_NOTHROW(MultiLayerKVCache<q8_0>(CacheShape{1, 2, 96}, 1, 8));
 }
 
-TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for bit", "[persist][quantised]", q8_0, q4_0) {
+TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for bit", "[persist][quantised]", q8_0, q4_0,
+                   q4_0h) {
     using T = TestType;
     constexpr std::size_t H = 2, D = 64, N = 37;
     const auto dir = std::filesystem::temp_directory_path() / "kvcache_quant_files";

@@ -39,7 +39,7 @@ int main(int argc, char** argv) {
     app.add_option("-c,--ctx", options.context, "Tokens per chunk (the cache's positions); in streaming mode, "
                                                 "predictions before this many tokens are not scored")
         ->check(CLI::PositiveNumber);
-    app.add_option("--cache-type", cache_type, "Keys and values: f32, f16, bf16, q8_0, q4_0");
+    app.add_option("--cache-type", cache_type, "Keys and values: f32, f16, bf16, q8_0, q4_0, q4_0h");
     app.add_option("--cache-type-k", type_k, "Keys only (overrides --cache-type)");
     app.add_option("--cache-type-v", type_v, "Values only (overrides --cache-type)");
     app.add_option("--chunks", options.max_chunks, "At most this many chunks (0: all)");

@@ -131,9 +131,11 @@ static_assert(sizeof(q8_0) == 34 && sizeof(q4_0) == 18, "quantised blocks must h
 ///   static constexpr std::string_view name;          short name for messages, fingerprints, benchmarks
 ///   static constexpr std::size_t block_values;        values one object of the type holds (1, or a block)
 ///   static constexpr std::uint32_t file_code;         cache-file type code; 0 = cannot be saved to cache files
-///                                                     (codes 1-5 are kvcache's own, see cache-file-format.md)
+///                                                     (codes 1-6 are kvcache's own, see cache-file-format.md)
 ///   static void encode(const float* src, T* dst, std::size_t n);  n values -> n / block_values objects
 ///   static void decode(const T* src, float* dst, std::size_t n);  n / block_values objects -> n values
+/// A type that stores its blocks in a rotated basis may also declare the members of RotatedElement
+/// (rotated_q4_0.hpp): attention then reads the stored blocks directly and rotates the queries instead.
 /// n is always a multiple of block_values (a cache refuses head sizes that are not: ConfigError). The type
 /// must be trivially copyable (caches copy it with memcpy). Every cache, attention and layout conversion
 /// then accepts it; attention reads a user type by decoding one block at a time into a small buffer on the
@@ -151,6 +153,23 @@ concept StorageElement = std::is_trivially_copyable_v<T> && requires(const float
     ElementTraits<T>::encode(f, dst, n);
     ElementTraits<T>::decode(src, out, n);
     requires ElementTraits<T>::block_values >= 1;
+};
+
+/// A storage type whose blocks hold their values in a rotated basis, as a block type B with a kernel of its
+/// own (B = stored_block, block_values the same). Its ElementTraits add:
+///   using stored_block = B;
+///   static const B* stored(const T* p);              the stored block inside *p (the layout a file keeps)
+///   static void rotate_query(float* x, std::size_t n);  x -> R·x, blockwise, so that R·x · (stored values)
+///                                                     = x · (decoded values) for any stored block
+///   static void unrotate(float* x, std::size_t n);   stored-basis values (or a weighted sum of them) -> values
+/// encode/decode stay the true values (rotation included), so every cache, file and conversion is unchanged;
+/// attention reads the stored blocks directly, rotating its queries (keys) and its output (values) instead.
+template <class T>
+concept RotatedElement = requires(const T* p, float* x, std::size_t n) {
+    typename ElementTraits<T>::stored_block;
+    { ElementTraits<T>::stored(p) } -> std::same_as<const typename ElementTraits<T>::stored_block*>;
+    ElementTraits<T>::rotate_query(x, n);
+    ElementTraits<T>::unrotate(x, n);
 };
 
 /// Values one storage object of T holds (1 for float/fp16/bf16, 32 for q8_0/q4_0).
@@ -361,3 +380,5 @@ static_assert(StorageElement<float> && StorageElement<fp16> && StorageElement<bf
               StorageElement<q4_0>);
 
 }  // namespace kvcache
+
+#include "kvcache/rotated_q4_0.hpp"

@@ -134,6 +134,7 @@ std::string_view element_name_of(std::uint32_t code) {
         case 3: return "bf16";
         case 4: return "q8_0";  // issue 14: GGUF blocks of 32 values (h14)
         case 5: return "q4_0";
+        case 6: return "q4_0h";  // q4_0 blocks of Hadamard-rotated values (rotated_q4_0.hpp)
         default: return {};
     }
 }
@@ -141,12 +142,13 @@ std::uint32_t element_bytes_of(std::uint32_t code) {
     switch (code) {
         case 1: return 4;
         case 4: return 34;  // one block: fp16 scale + 32 int8
-        case 5: return 18;  // one block: fp16 scale + 16 bytes of nibbles
+        case 5:
+        case 6: return 18;  // one block: fp16 scale + 16 bytes of nibbles
         default: return 2;
     }
 }
-/// Values one stored element holds: a q8_0/q4_0 element is a block of 32 values along the head dimension.
-std::uint64_t block_values_of(std::uint32_t code) { return code == 4 || code == 5 ? 32 : 1; }
+/// Values one stored element holds: a q8_0/q4_0/q4_0h element is a block of 32 values along the head dimension.
+std::uint64_t block_values_of(std::uint32_t code) { return code >= 4 && code <= 6 ? 32 : 1; }
 
 std::string_view kind_name(std::uint32_t kind) {
     switch (kind) {

@@ -9,7 +9,8 @@ CacheElement parse_cache_element(std::string_view name) {
     if (name == "bf16") return CacheElement::BF16;
     if (name == "q8_0") return CacheElement::Q8_0;
     if (name == "q4_0") return CacheElement::Q4_0;
-    throw ConfigError(fmt::format("unknown cache type '{}' (use f32, f16, bf16, q8_0 or q4_0)", name));
+    if (name == "q4_0h") return CacheElement::Q4_0H;
+    throw ConfigError(fmt::format("unknown cache type '{}' (use f32, f16, bf16, q8_0, q4_0 or q4_0h)", name));
 }
 
 std::string_view cache_element_name(CacheElement element) {
@@ -19,6 +20,7 @@ std::string_view cache_element_name(CacheElement element) {
         case CacheElement::BF16: return element_name<bf16>();
         case CacheElement::Q8_0: return element_name<q8_0>();
         case CacheElement::Q4_0: return element_name<q4_0>();
+        case CacheElement::Q4_0H: return element_name<q4_0h>();
     }
     return "?";
 }
@@ -30,6 +32,7 @@ double cache_element_bytes_per_value(CacheElement element) {
         case CacheElement::BF16: return 2.0;
         case CacheElement::Q8_0: return double(sizeof(q8_0)) / double(q8_0::kValues);
         case CacheElement::Q4_0: return double(sizeof(q4_0)) / double(q4_0::kValues);
+        case CacheElement::Q4_0H: return double(sizeof(q4_0h)) / double(q4_0::kValues);
     }
     return 0.0;
 }

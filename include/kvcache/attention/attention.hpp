@@ -96,6 +96,20 @@ struct GatheredRows {
     void prefetch_next_tile(std::size_t, std::size_t) const {}
 };
 
+/// Values i.. of a row of T as a Simd<W> vector, in the basis the row is stored in: a RotatedElement's blocks are
+/// read as their stored blocks (attention rotates the queries and the output to match, see attention()).
+template <StorageElement T, std::size_t W>
+inline typename Simd<W>::V load_stored(const T* row, std::size_t i) {
+    if constexpr (RotatedElement<T>) {
+        using B = typename ElementTraits<T>::stored_block;
+        constexpr std::size_t n = block_values_v<T>;
+        static_assert(block_values_v<B> == n && n % W == 0, "a rotated block is one stored block");
+        return Simd<W>::template load<B>(ElementTraits<T>::stored(row + i / n), i % n);
+    } else {
+        return Simd<W>::template load<T>(row, i);
+    }
+}
+
 /// scores[g * kAttentionTile + r] = q_g · k_r for the NB query heads q ([NB][d], pre-scaled) and rows
 /// r in [0, n). Four rows at a time; a short last group repeats row n-1 (its extra results are dropped),
 /// so every score is the same instruction sequence — and so the same bits — wherever its row falls.
@@ -113,7 +127,7 @@ inline void tile_scores(const float* q, std::size_t d, const Rows& k, std::size_
             for (std::size_t j = 0; j < 4; ++j) acc[g][j] = S::zero();
         for (std::size_t i = 0; i < d; i += W) {
             for (std::size_t j = 0; j < 4; ++j) {
-                const typename S::V x = S::template load<T>(row[j], i);
+                const typename S::V x = load_stored<T, W>(row[j], i);
                 for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i), x, acc[g][j]);
             }
         }
@@ -140,7 +154,7 @@ inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float*
             typename S::V w[NB];
             for (std::size_t g = 0; g < NB; ++g) w[g] = S::set1(p[g * kAttentionTile + r]);
             for (std::size_t b = 0; b < kBlock; ++b) {
-                const typename S::V x = S::template load<T>(row, i + b * W);
+                const typename S::V x = load_stored<T, W>(row, i + b * W);
                 for (std::size_t g = 0; g < NB; ++g) a[g][b] = S::fmadd(w[g], x, a[g][b]);
             }
         }
@@ -151,7 +165,7 @@ inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float*
         typename S::V a[NB];
         for (std::size_t g = 0; g < NB; ++g) a[g] = S::loadf(acc[g] + i);
         for (std::size_t r = 0; r < n; ++r) {
-            const typename S::V x = S::template load<T>(v[r], i);
+            const typename S::V x = load_stored<T, W>(v[r], i);
             for (std::size_t g = 0; g < NB; ++g) a[g] = S::fmadd(S::set1(p[g * kAttentionTile + r]), x, a[g]);
         }
         for (std::size_t g = 0; g < NB; ++g) S::store(acc[g] + i, a[g]);
@@ -296,6 +310,10 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
 
     plan.scaled_q.resize(q.size());
     for (std::size_t i = 0; i < q.size(); ++i) plan.scaled_q[i] = q[i] * s.scale;
+    // Keys stored rotated: rotate each query head the same way (q·k is unchanged), once per call.
+    if constexpr (RotatedElement<TK>) {
+        for (std::size_t i = 0; i < q.size(); i += d) ElementTraits<TK>::rotate_query(plan.scaled_q.data() + i, d);
+    }
 
     // Plan: one work item per (token, kv head, segment), segments cut at absolute multiples.
     plan.work.clear();
@@ -367,6 +385,8 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
                 }
                 const float inv = l > 0.0f ? 1.0f / l : 0.0f;
                 for (std::size_t i = 0; i < d; ++i) o[i] *= inv;
+                // Values stored rotated: the output is a weighted sum of rotated rows; rotate it back.
+                if constexpr (RotatedElement<TV>) ElementTraits<TV>::unrotate(o, d);
             }
         }
     }

@@ -12,6 +12,8 @@
 // many, plus one for each other holder that called retain() (the prefix cache). A block is written in place
 // only while exactly one holder references it; an append into a shared block first copies it to a fresh
 // block (copy-on-write), so whoever else holds it never sees the change.
+// A context shift (PagedSequence::discard_positions / transform_keys, see cache/context_shift.hpp) rewrites
+// the tail of a sequence through the same path: copied out, truncated, appended again.
 //
 // Errors: an append that needs more free blocks than the pool has throws CapacityError before anything
 // changes. Thread safety: none; use one pool per thread or guard it with a lock.
@@ -296,6 +298,64 @@ public:
         }
     }
 
+    /// Rewrites positions [from, length) of every layer of a sequence: drops [from, from + n_drop), hands the keys
+    /// of the next n_transform positions to transform(layer, keys, n) — decoded to floats, [n][kv_heads][head_dim]
+    /// — and stores what it leaves there (re-encoded), and moves the rest down unchanged (stored objects copied,
+    /// never re-quantised). The tail is copied out, the sequence truncated to `from` and the tail appended again,
+    /// so blocks that other holders share (forks, a prefix cache) are never written: copy-on-write as for any
+    /// append. The copy is a temporary allocation (a context shift is not on the decode path). CapacityError,
+    /// before anything changes, if the free blocks plus those the truncation returns cannot take the tail.
+    /// The caller checks that every layer holds at least from + n_drop + n_transform positions.
+    template <class Transform>
+    void rewrite_tail(SequenceId id, std::size_t from, std::size_t n_drop, std::size_t n_transform,
+                      Transform&& transform) {
+        Slot& s = slot(id);
+        std::size_t longest_tail = 0;
+        for (const auto length : s.lengths) longest_tail = std::max<std::size_t>(longest_tail, length - from - n_drop);
+        const std::size_t kept = blocks_for(from, block_size_);
+        std::size_t available = free_.size(), needed = blocks_for(from + longest_tail, block_size_) - kept;
+        for (std::size_t b = kept; b < s.table.size(); ++b) available += refs_[s.table[b]] == 1 ? 1 : 0;
+        if (longest_tail > 0 && from % block_size_ != 0 && refs_[s.table[from / block_size_]] > 1) ++needed;  // a copy
+        if (needed > available) {
+            throw CapacityError(fmt::format("PagedKVPool: rewriting {} positions of sequence {} from position {} needs "
+                                            "{} blocks, but {} are free or would be freed (the others are shared)",
+                                            longest_tail, id.index, from, needed, available));
+        }
+        struct Tail {
+            std::vector<T> keys, values;  // [n][kv_heads][storage_units(head_dim)]
+            std::size_t n = 0;
+        };
+        std::vector<Tail> tails(shapes_.size());
+        std::vector<float> decoded;
+        for (std::size_t l = 0; l < shapes_.size(); ++l) {
+            const std::size_t heads = shapes_[l].kv_heads, d = storage_units<T>(shapes_[l].head_dim);
+            const std::size_t head_elements = block_size_ * d;
+            Tail& tail = tails[l];
+            tail.n = s.lengths[l] - from - n_drop;
+            tail.keys.resize(tail.n * heads * d);
+            tail.values.resize(tail.n * heads * d);
+            for (std::size_t t = 0; t < tail.n; ++t) {
+                const std::size_t pos = from + n_drop + t;
+                const T* keys = block_ptr(s.table[pos / block_size_]) + layer_offsets_[l] + (pos % block_size_) * d;
+                for (std::size_t h = 0; h < heads; ++h) {
+                    std::memcpy(&tail.keys[(t * heads + h) * d], keys + h * head_elements, d * sizeof(T));
+                    std::memcpy(&tail.values[(t * heads + h) * d], keys + (heads + h) * head_elements, d * sizeof(T));
+                }
+            }
+            if (n_transform > 0) {
+                const std::size_t values = n_transform * heads * shapes_[l].head_dim;
+                decoded.resize(values);
+                convert_to_float(tail.keys.data(), decoded.data(), values);
+                transform(l, std::span<float>(decoded), n_transform);
+                convert_from_float(decoded.data(), tail.keys.data(), values);
+            }
+        }
+        truncate(id, from);
+        for (std::size_t l = 0; l < shapes_.size(); ++l) {
+            append_elements(id, l, tails[l].keys.data(), tails[l].values.data(), tails[l].n);
+        }
+    }
+
     bool contains(SequenceId id) const {
         return id.index < slots_.size() && slots_[id.index].live && slots_[id.index].generation == id.generation;
     }
@@ -553,6 +613,39 @@ public:
 
     /// Keeps the first n positions.
     void truncate(std::size_t n) { pool_->truncate(id_, n); }
+
+    /// Drops positions [n_keep, n_keep + n_discard) of every layer and moves the rest down: the first half of a
+    /// context shift (cache/context_shift.hpp), as MultiLayerKVCache's. ConfigError unless n_discard >= 1 and
+    /// every layer holds n_keep + n_discard positions; CapacityError if shared blocks leave too few free ones to
+    /// rewrite the tail (PagedKVPool::rewrite_tail). Either way nothing changes.
+    void discard_positions(std::size_t row, std::size_t n_keep, std::size_t n_discard) {
+        detail::check_index("batch row", row, 1);
+        for (std::size_t l = 0; l < num_layers(); ++l) {
+            const std::size_t n = pool_->seq_len(id_, l);
+            if (n_discard == 0 || n_keep > n || n_discard > n - n_keep) {
+                throw ConfigError(fmt::format("discard_positions: cannot drop {} positions after the first {} of layer "
+                                              "{} of sequence {}, which holds {}",
+                                              n_discard, n_keep, l, id_.index, n));
+            }
+        }
+        pool_->rewrite_tail(id_, n_keep, n_discard, 0, [](std::size_t, std::span<float>, std::size_t) {});
+    }
+
+    /// Calls f(layer, keys, n) with positions [from, to) of the keys of every layer decoded to floats as
+    /// [n][kv_heads][head_dim] and stores what f leaves there (re-encoded): how a context shift re-rotates keys.
+    /// Blocks shared with other holders are copied, not written. IndexError unless to <= every layer's length.
+    template <class F>
+    void transform_keys(std::size_t row, std::size_t from, std::size_t to, F&& f) {
+        detail::check_index("batch row", row, 1);
+        for (std::size_t l = 0; l < num_layers(); ++l) {
+            if (from > to || to > pool_->seq_len(id_, l)) {
+                throw IndexError(fmt::format("transform_keys: positions [{}, {}) of layer {} of sequence {}, which "
+                                             "holds {}",
+                                             from, to, l, id_.index, pool_->seq_len(id_, l)));
+            }
+        }
+        if (from < to) pool_->rewrite_tail(id_, from, 0, to - from, std::forward<F>(f));
+    }
 
 private:
     PagedKVPool<T>* pool_;

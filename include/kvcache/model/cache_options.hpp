@@ -1,5 +1,5 @@
 // Choosing the reference model's KV cache at run time: element types for keys and values (f32, f16, bf16,
-// q8_0, q4_0), and what a full cache does (an error, a context shift, or attention sinks + a rolling window).
+// q8_0, q4_0, q4_0h), and what a full cache does (an error, a context shift, or attention sinks + a rolling window).
 #pragma once
 
 #include <cstddef>
@@ -17,12 +17,12 @@
 namespace kvcache {
 
 /// The storage types a cache can be chosen with at run time.
-enum class CacheElement { F32, F16, BF16, Q8_0, Q4_0 };
+enum class CacheElement { F32, F16, BF16, Q8_0, Q4_0, Q4_0H };
 
-/// "f32", "f16", "bf16", "q8_0" or "q4_0" (also "fp32", "fp16"); ConfigError naming the accepted names otherwise.
+/// "f32", "f16", "bf16", "q8_0", "q4_0" or "q4_0h" (also "fp32", "fp16"); ConfigError naming the accepted names otherwise.
 CacheElement parse_cache_element(std::string_view name);
 std::string_view cache_element_name(CacheElement element);
-/// Bytes one value takes (4, 2, 2, 34/32, 18/32).
+/// Bytes one value takes (4, 2, 2, 34/32, 18/32, 18/32).
 double cache_element_bytes_per_value(CacheElement element);
 
 /// The cache of a generation.
@@ -52,8 +52,8 @@ struct CacheOptions {
 void validate(const CacheOptions& options, std::size_t capacity);
 
 /// Calls f(std::type_identity<K>{}, std::type_identity<V>{}) with the storage types that `keys` and `values`
-/// name and returns its result. Supported: the same type for both, and keys f16 or q8_0 with values q8_0 or
-/// q4_0; other mixes are a ConfigError (each pair is one more instantiation of the whole decoder).
+/// name and returns its result. Supported: the same type for both, keys f16 or q8_0 with values q8_0 or q4_0,
+/// and keys q4_0h with values q4_0; other mixes are a ConfigError (each pair is one more instantiation of the whole decoder).
 template <class F>
 decltype(auto) with_cache_elements(CacheElement keys, CacheElement values, F&& f) {
     using E = CacheElement;
@@ -65,13 +65,15 @@ decltype(auto) with_cache_elements(CacheElement keys, CacheElement values, F&& f
             case E::BF16: return call.template operator()<bf16, bf16>();
             case E::Q8_0: return call.template operator()<q8_0, q8_0>();
             case E::Q4_0: return call.template operator()<q4_0, q4_0>();
+            case E::Q4_0H: return call.template operator()<q4_0h, q4_0h>();
         }
     }
     if (keys == E::F16 && values == E::Q8_0) return call.template operator()<fp16, q8_0>();
     if (keys == E::F16 && values == E::Q4_0) return call.template operator()<fp16, q4_0>();
     if (keys == E::Q8_0 && values == E::Q4_0) return call.template operator()<q8_0, q4_0>();
+    if (keys == E::Q4_0H && values == E::Q4_0) return call.template operator()<q4_0h, q4_0>();
     throw ConfigError(fmt::format("cache: keys {} with values {} is not a supported combination (use one type for "
-                                  "both, or keys f16/q8_0 with values q8_0/q4_0)",
+                                  "both, keys f16/q8_0 with values q8_0/q4_0, or keys q4_0h with values q4_0)",
                                   cache_element_name(keys), cache_element_name(values)));
 }
 

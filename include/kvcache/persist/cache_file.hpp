@@ -76,7 +76,7 @@ public:
 /// What a cache file holds besides the keys and values.
 struct CacheFileInfo {
     std::uint32_t version = 0;
-    std::string element;              ///< "f32", "f16", "bf16", "q8_0" or "q4_0"
+    std::string element;              ///< "f32", "f16", "bf16", "q8_0", "q4_0" or "q4_0h"
     std::vector<LayerShape> layers;   ///< kv heads and head size of each layer
     std::vector<std::int32_t> tokens; ///< the sequence's token ids; one cached position per token
     CacheFingerprint fingerprint;

@@ -20,8 +20,7 @@ install(FILES ${PROJECT_BINARY_DIR}/install-include/kvcache/implementation.hpp
 install(TARGETS kvcache kvcache_header_only kvcache_model EXPORT kvcacheTargets
   ARCHIVE DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development
   LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR} COMPONENT Development
-  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT Development
-  INCLUDES DESTINATION ${CMAKE_INSTALL_INCLUDEDIR})
+  RUNTIME DESTINATION ${CMAKE_INSTALL_BINDIR} COMPONENT Development)  # include dirs: kvcache_core_interface
 install(EXPORT kvcacheTargets NAMESPACE kvcache:: DESTINATION ${KVCACHE_CMAKE_DIR} COMPONENT Development)
 
 # Optional parts, one export file each, so the package config loads a part only when its dependency is found:

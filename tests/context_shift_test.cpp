@@ -305,4 +305,12 @@ TEST_CASE("sink + window misuse is a typed error", "[sinks]") {
     CHECK(with_cache_elements(CacheElement::Q8_0, CacheElement::Q4_0, []<class K, class V>(std::type_identity<K>, std::type_identity<V>) {
               return std::is_same_v<K, q8_0> && std::is_same_v<V, q4_0>;
           }));
+    CHECK(parse_cache_element("q4_0h") == CacheElement::Q4_0H);
+    CHECK(cache_element_name(CacheElement::Q4_0H) == "q4_0h");
+    CHECK(cache_element_bytes_per_value(CacheElement::Q4_0H) == 18.0 / 32.0);
+    CHECK(with_cache_elements(CacheElement::Q4_0H, CacheElement::Q4_0, []<class K, class V>(std::type_identity<K>, std::type_identity<V>) {
+              return std::is_same_v<K, q4_0h> && std::is_same_v<V, q4_0>;
+          }));
+    CHECK_THROWS_AS(with_cache_elements(CacheElement::Q4_0, CacheElement::Q4_0H, [](auto, auto) { return 0; }),
+                    ConfigError);
 }

@@ -1,9 +1,10 @@
-// PagedKVPool<T> and PagedSequence<T>: a KV cache cut into fixed-size token blocks that many sequences
+// PagedKVPool<K, V = K> and PagedSequence<K, V>: a KV cache cut into fixed-size token blocks that many sequences
 // share — block tables, reference counts, fork with copy-on-write.
 //
 // Memory: one allocation made at construction, `num_blocks` blocks of `block_size` positions. A block
 // holds those positions for every layer, K and V:
-//     block b: for each layer l: K as [kv_head][block_size][head_dim], then V likewise
+//     block b: for each layer l: keys as [kv_head][block_size][head_dim] stored as K, then values likewise as V
+//              (each region starting where its type may start: no padding when K == V)
 // so one block id covers a run of positions in the whole model (what a prefix tree needs), and within a
 // block each head's rows are packed (a KVChunk with stride 0). Nothing is allocated after construction
 // except the block tables (a few bytes per block) and sequence slots.
@@ -34,6 +35,7 @@
 #include "kvcache/cache/kv_chunk.hpp"
 #include "kvcache/cache/layer_shape.hpp"
 #include "kvcache/detail/aligned_buffer.hpp"
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/detail/format.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
@@ -51,41 +53,42 @@ struct SequenceId {
     friend bool operator==(const SequenceId&, const SequenceId&) = default;
 };
 
-template <StorageElement T>
+template <StorageElement K, StorageElement V>
 class PagedSequence;
 
 /// The chunks of one (layer, kv head) of a paged sequence: one KVChunk per block, in position order.
 /// Computed on the fly from the block table (no allocation); valid until the sequence changes.
-template <StorageElement T>
+template <StorageElement K, StorageElement V = K>
 class PagedChunkRange {
 public:
     /// Where one (layer, kv head) of a sequence lives: enough to form its chunk in any block.
     struct Layout {
-        const T* base = nullptr;        // the pool's storage
-        const BlockId* table = nullptr; // the sequence's block table
-        std::size_t length = 0;         // positions of this layer
+        const std::byte* base = nullptr;  // the pool's storage
+        const BlockId* table = nullptr;   // the sequence's block table
+        std::size_t length = 0;           // positions of this layer
         std::size_t block_size = 1;
-        std::size_t block_elements = 0; // elements from one block to the next
-        std::size_t key_offset = 0;     // from a block's start to this (layer, head)'s keys
-        std::size_t value_offset = 0;   // ... and values
+        std::size_t block_bytes = 0;      // bytes from one block to the next
+        std::size_t key_offset = 0;       // bytes from a block's start to this (layer, head)'s keys
+        std::size_t value_offset = 0;     // ... and values
 
-        KVChunk<T> chunk(std::size_t i) const {
-            const T* block = base + std::size_t{table[i]} * block_elements;
+        KVChunk<K, V> chunk(std::size_t i) const {
+            const std::byte* block = base + std::size_t{table[i]} * block_bytes;
             const std::size_t start = i * block_size;
-            return KVChunk<T>{block + key_offset, block + value_offset, start, std::min(block_size, length - start),
-                              0};
+            return KVChunk<K, V>{reinterpret_cast<const K*>(block + key_offset),
+                                 reinterpret_cast<const V*>(block + value_offset), start,
+                                 std::min(block_size, length - start), 0};
         }
     };
 
     /// Yields chunks by value; holds its own copy of the layout, so it outlives the range it came from.
     class iterator {
     public:
-        using value_type = KVChunk<T>;
+        using value_type = KVChunk<K, V>;
         using difference_type = std::ptrdiff_t;
         using iterator_category = std::forward_iterator_tag;
         iterator() = default;
         iterator(const Layout& layout, std::size_t i) : layout_(layout), i_(i) {}
-        KVChunk<T> operator*() const { return layout_.chunk(i_); }
+        KVChunk<K, V> operator*() const { return layout_.chunk(i_); }
         iterator& operator++() {
             ++i_;
             return *this;
@@ -108,7 +111,7 @@ public:
     iterator end() const { return iterator(layout_, size()); }
     /// Chunks (blocks) in the range.
     std::size_t size() const { return (layout_.length + layout_.block_size - 1) / layout_.block_size; }
-    KVChunk<T> operator[](std::size_t i) const {
+    KVChunk<K, V> operator[](std::size_t i) const {
         detail::check_index("chunk", i, size());
         return layout_.chunk(i);
     }
@@ -118,11 +121,13 @@ private:
 };
 
 /// A pool of KV blocks and the sequences (block tables) that use them. Not copyable or movable: the
-/// sequence views and a PrefixCache point at it.
-template <StorageElement T = float>
+/// sequence views and a PrefixCache point at it. Keys are stored as K and values as V (V defaults to K).
+template <StorageElement K = float, StorageElement V = K>
 class PagedKVPool {
 public:
-    using element_type = T;
+    using element_type = K;  // (one type for both when K == V)
+    using key_element_type = K;
+    using value_element_type = V;
     static constexpr std::size_t kDefaultBlockSize = 16;
 
     /// `num_blocks` blocks of `block_size` positions, for layers of the given shapes.
@@ -138,28 +143,25 @@ public:
             throw ConfigError(fmt::format("PagedKVPool: {} blocks of {} positions is more than block ids can name",
                                           num_blocks, block_size));
         }
-        layer_offsets_.reserve(shapes_.size());
-        std::size_t elements = 0;
+        key_offsets_.reserve(shapes_.size());
+        value_offsets_.reserve(shapes_.size());
+        std::size_t bytes = 0;
         for (std::size_t l = 0; l < shapes_.size(); ++l) {
             if (shapes_[l].kv_heads == 0 || shapes_[l].head_dim == 0) {
                 throw ConfigError(fmt::format("PagedKVPool layer {} has {} kv heads of size {}; both must be >= 1", l,
                                               shapes_[l].kv_heads, shapes_[l].head_dim));
             }
-            if (!fits_blocks<T>(shapes_[l].head_dim)) {
-                throw ConfigError(fmt::format("PagedKVPool layer {}: head size {} is not a multiple of the {}-value "
-                                              "blocks of {}",
-                                              l, shapes_[l].head_dim, block_values_v<T>, element_name<T>()));
-            }
-            layer_offsets_.push_back(elements);
-            const std::size_t layer_elements = detail::checked_product(
-                {2, block_size, shapes_[l].kv_heads, storage_units<T>(shapes_[l].head_dim)}, "PagedKVPool");
-            if (elements > std::numeric_limits<std::size_t>::max() - layer_elements) {
-                throw ConfigError("PagedKVPool: block size overflows");
-            }
-            elements += layer_elements;
+            check_fits<K>(l, "keys");
+            check_fits<V>(l, "values");
+            const std::size_t heads = shapes_[l].kv_heads, dim = shapes_[l].head_dim;
+            // keys then values, each region starting where its type may start (no padding when K == V)
+            bytes = place(bytes, alignof(K), detail::checked_product({block_size, heads, storage_units<K>(dim), sizeof(K)},
+                                                                     "PagedKVPool"), key_offsets_);
+            bytes = place(bytes, alignof(V), detail::checked_product({block_size, heads, storage_units<V>(dim), sizeof(V)},
+                                                                     "PagedKVPool"), value_offsets_);
         }
-        block_elements_ = elements;
-        storage_ = detail::AlignedBuffer<T>(detail::checked_product({num_blocks, block_elements_}, "PagedKVPool"));
+        block_bytes_ = place(bytes, std::max(alignof(K), alignof(V)), 0, value_offsets_, false);
+        storage_ = detail::AlignedBuffer<std::byte>(detail::checked_product({num_blocks, block_bytes_}, "PagedKVPool"));
         refs_.assign(num_blocks, 0);
         free_.reserve(num_blocks);
         for (std::size_t b = num_blocks; b-- > 0;) free_.push_back(static_cast<BlockId>(b));  // block 0 first
@@ -179,8 +181,12 @@ public:
     /// Bytes of one block of this shape (K and V, all layers): to size a pool before allocating it.
     static std::size_t block_bytes_for(std::span<const LayerShape> layers, std::size_t block_size = kDefaultBlockSize) {
         std::size_t bytes = 0;
-        for (const auto& s : layers) bytes += 2 * block_size * s.kv_heads * storage_units<T>(s.head_dim) * sizeof(T);
-        return bytes;
+        const auto align = [](std::size_t at, std::size_t a) { return (at + a - 1) / a * a; };
+        for (const auto& s : layers) {
+            bytes = align(bytes, alignof(K)) + block_size * s.kv_heads * storage_units<K>(s.head_dim) * sizeof(K);
+            bytes = align(bytes, alignof(V)) + block_size * s.kv_heads * storage_units<V>(s.head_dim) * sizeof(V);
+        }
+        return align(bytes, std::max(alignof(K), alignof(V)));
     }
 
     // ---- shape and memory ----
@@ -195,7 +201,7 @@ public:
     std::size_t num_blocks() const { return num_blocks_; }
     std::size_t free_blocks() const { return free_.size(); }
     std::size_t used_blocks() const { return num_blocks_ - free_.size(); }
-    std::size_t block_bytes() const { return block_elements_ * sizeof(T); }
+    std::size_t block_bytes() const { return block_bytes_; }
     /// The whole pool, allocated at construction.
     std::size_t bytes_allocated() const { return storage_.bytes(); }
     /// Bytes of blocks some holder references now (shared blocks counted once).
@@ -322,24 +328,26 @@ public:
                                             longest_tail, id.index, from, needed, available));
         }
         struct Tail {
-            std::vector<T> keys, values;  // [n][kv_heads][storage_units(head_dim)]
+            std::vector<K> keys;    // [n][kv_heads][storage_units<K>(head_dim)]
+            std::vector<V> values;  // [n][kv_heads][storage_units<V>(head_dim)]
             std::size_t n = 0;
         };
         std::vector<Tail> tails(shapes_.size());
         std::vector<float> decoded;
         for (std::size_t l = 0; l < shapes_.size(); ++l) {
-            const std::size_t heads = shapes_[l].kv_heads, d = storage_units<T>(shapes_[l].head_dim);
-            const std::size_t head_elements = block_size_ * d;
+            const std::size_t heads = shapes_[l].kv_heads;
+            const std::size_t dk = storage_units<K>(shapes_[l].head_dim), dv = storage_units<V>(shapes_[l].head_dim);
             Tail& tail = tails[l];
             tail.n = s.lengths[l] - from - n_drop;
-            tail.keys.resize(tail.n * heads * d);
-            tail.values.resize(tail.n * heads * d);
+            tail.keys.resize(tail.n * heads * dk);
+            tail.values.resize(tail.n * heads * dv);
             for (std::size_t t = 0; t < tail.n; ++t) {
                 const std::size_t pos = from + n_drop + t;
-                const T* keys = block_ptr(s.table[pos / block_size_]) + layer_offsets_[l] + (pos % block_size_) * d;
                 for (std::size_t h = 0; h < heads; ++h) {
-                    std::memcpy(&tail.keys[(t * heads + h) * d], keys + h * head_elements, d * sizeof(T));
-                    std::memcpy(&tail.values[(t * heads + h) * d], keys + (heads + h) * head_elements, d * sizeof(T));
+                    std::memcpy(&tail.keys[(t * heads + h) * dk], key_row(s.table[pos / block_size_], l, h, pos),
+                                dk * sizeof(K));
+                    std::memcpy(&tail.values[(t * heads + h) * dv], value_row(s.table[pos / block_size_], l, h, pos),
+                                dv * sizeof(V));
                 }
             }
             if (n_transform > 0) {
@@ -402,10 +410,10 @@ public:
     }
 
     /// Appends n_tokens positions to one layer of a sequence: keys and values are [n_tokens][kv_heads *
-    /// head_dim] floats, converted to T. CapacityError (nothing changed) if the pool lacks free blocks.
+    /// head_dim] floats, converted to K and V. CapacityError (nothing changed) if the pool lacks free blocks.
     void append(SequenceId id, std::size_t layer, std::span<const float> keys, std::span<const float> values,
                 std::size_t n_tokens) {
-        write(id, layer, keys.size(), values.size(), n_tokens, [&](std::size_t t, std::size_t h, T* krow, T* vrow) {
+        write(id, layer, keys.size(), values.size(), n_tokens, [&](std::size_t t, std::size_t h, K* krow, V* vrow) {
             const std::size_t d = shapes_[layer].head_dim;
             const std::size_t at = (t * shapes_[layer].kv_heads + h) * d;
             convert_from_float(keys.data() + at, krow, d);
@@ -413,38 +421,38 @@ public:
         });
     }
     /// The same with rows already in the element type (no conversion): keys and values each hold
-    /// [n_tokens][kv_heads][storage_units<T>(head_dim)] objects (n_tokens * kv_heads * head_dim for float/fp16/bf16).
-    void append_elements(SequenceId id, std::size_t layer, const T* keys, const T* values, std::size_t n_tokens) {
+    /// [n_tokens][kv_heads][storage_units<K or V>(head_dim)] objects (n_tokens * kv_heads * head_dim for float/fp16/bf16).
+    void append_elements(SequenceId id, std::size_t layer, const K* keys, const V* values, std::size_t n_tokens) {
         if (n_tokens > 0 && (keys == nullptr || values == nullptr)) {
             throw ShapeError(fmt::format("PagedKVPool::append_elements: null rows for {} tokens", n_tokens));
         }
         const std::size_t width = layer < shapes_.size() ? shapes_[layer].token_width() : 0;
         write(id, layer, n_tokens * width, n_tokens * width, n_tokens,
-              [&](std::size_t t, std::size_t h, T* krow, T* vrow) {
-                  const std::size_t row = storage_units<T>(shapes_[layer].head_dim);
-                  const std::size_t at = (t * shapes_[layer].kv_heads + h) * row;
-                  std::memcpy(krow, keys + at, row * sizeof(T));
-                  std::memcpy(vrow, values + at, row * sizeof(T));
+              [&](std::size_t t, std::size_t h, K* krow, V* vrow) {
+                  const std::size_t dk = storage_units<K>(shapes_[layer].head_dim);
+                  const std::size_t dv = storage_units<V>(shapes_[layer].head_dim);
+                  const std::size_t row = t * shapes_[layer].kv_heads + h;
+                  std::memcpy(krow, keys + row * dk, dk * sizeof(K));
+                  std::memcpy(vrow, values + row * dv, dv * sizeof(V));
               });
     }
 
     /// The chunks attention reads for (sequence, layer, kv head): one per block.
-    PagedChunkRange<T> chunks(SequenceId id, std::size_t layer, std::size_t head) const {
+    PagedChunkRange<K, V> chunks(SequenceId id, std::size_t layer, std::size_t head) const {
         const Slot& s = slot(id);
         detail::check_index("layer", layer, shapes_.size());
         detail::check_index("kv head", head, shapes_[layer].kv_heads);
-        const std::size_t head_elements = block_size_ * storage_units<T>(shapes_[layer].head_dim);
-        const std::size_t key_offset = layer_offsets_[layer] + head * head_elements;
-        const std::size_t value_offset = key_offset + shapes_[layer].kv_heads * head_elements;
-        return PagedChunkRange<T>(typename PagedChunkRange<T>::Layout{storage_.data(), s.table.data(), s.lengths[layer],
-                                                                      block_size_, block_elements_, key_offset,
-                                                                      value_offset});
+        const std::size_t dim = shapes_[layer].head_dim;
+        const std::size_t key_offset = key_offsets_[layer] + head * block_size_ * storage_units<K>(dim) * sizeof(K);
+        const std::size_t value_offset = value_offsets_[layer] + head * block_size_ * storage_units<V>(dim) * sizeof(V);
+        return PagedChunkRange<K, V>(typename PagedChunkRange<K, V>::Layout{
+            storage_.data(), s.table.data(), s.lengths[layer], block_size_, block_bytes_, key_offset, value_offset});
     }
 
     /// A view of one sequence that satisfies KVCacheLike (attention and the decoder take it).
-    PagedSequence<T> sequence(SequenceId id) {
+    PagedSequence<K, V> sequence(SequenceId id) {
         (void)slot(id);  // reject a stale id now rather than at first use
-        return PagedSequence<T>(*this, id);
+        return PagedSequence<K, V>(*this, id);
     }
 
 private:
@@ -542,25 +550,49 @@ private:
                 s.table[b] = copy;
             }
         }
-        const std::size_t d = storage_units<T>(shape.head_dim);  // objects per row
-        const std::size_t head_elements = block_size_ * d;
         for (std::size_t t = 0; t < n_tokens; ++t) {
             const std::size_t pos = length + t;
-            T* keys = block_ptr(s.table[pos / block_size_]) + layer_offsets_[layer] + (pos % block_size_) * d;
-            T* values = keys + shape.kv_heads * head_elements;
-            for (std::size_t h = 0; h < shape.kv_heads; ++h) put(t, h, keys + h * head_elements, values + h * head_elements);
+            const BlockId b = s.table[pos / block_size_];
+            for (std::size_t h = 0; h < shape.kv_heads; ++h) put(t, h, key_row(b, layer, h, pos), value_row(b, layer, h, pos));
         }
         s.lengths[layer] = static_cast<std::uint32_t>(length + n_tokens);
     }
 
-    T* block_ptr(BlockId b) { return storage_.data() + std::size_t{b} * block_elements_; }
+    std::byte* block_ptr(BlockId b) { return storage_.data() + std::size_t{b} * block_bytes_; }
+    /// The key row of (layer, kv head, position) in block b, which holds that position.
+    K* key_row(BlockId b, std::size_t layer, std::size_t head, std::size_t pos) {
+        const std::size_t d = storage_units<K>(shapes_[layer].head_dim);
+        return reinterpret_cast<K*>(block_ptr(b) + key_offsets_[layer]) + (head * block_size_ + pos % block_size_) * d;
+    }
+    V* value_row(BlockId b, std::size_t layer, std::size_t head, std::size_t pos) {
+        const std::size_t d = storage_units<V>(shapes_[layer].head_dim);
+        return reinterpret_cast<V*>(block_ptr(b) + value_offsets_[layer]) + (head * block_size_ + pos % block_size_) * d;
+    }
+
+    template <StorageElement T>
+    void check_fits(std::size_t l, const char* what) const {
+        if (!fits_blocks<T>(shapes_[l].head_dim)) {
+            throw ConfigError(fmt::format("PagedKVPool layer {}: head size {} is not a multiple of the {}-value "
+                                          "blocks of {} ({})",
+                                          l, shapes_[l].head_dim, block_values_v<T>, element_name<T>(), what));
+        }
+    }
+    /// Places a region of `size` bytes at the first multiple of `align` from `at` (recording where, if `record`);
+    /// returns where it ends. ConfigError if the block's size overflows.
+    static std::size_t place(std::size_t at, std::size_t align, std::size_t size, std::vector<std::size_t>& offsets,
+                             bool record = true) {
+        const std::size_t start = detail::checked_add(at, align - 1, "PagedKVPool: block bytes") / align * align;
+        if (record) offsets.push_back(start);
+        return detail::checked_add(start, size, "PagedKVPool: block bytes");
+    }
 
     std::vector<LayerShape> shapes_;
     std::size_t block_size_;
     std::size_t num_blocks_;
-    std::vector<std::size_t> layer_offsets_;  // elements from a block's start to layer l's keys
-    std::size_t block_elements_ = 0;
-    detail::AlignedBuffer<T> storage_;        // [num_blocks][block_elements]
+    std::vector<std::size_t> key_offsets_;    // bytes from a block's start to layer l's keys [kv_head][block_size][row]
+    std::vector<std::size_t> value_offsets_;  // ... and to its values
+    std::size_t block_bytes_ = 0;
+    detail::AlignedBuffer<std::byte> storage_;  // [num_blocks][block_bytes]
     std::vector<std::uint32_t> refs_;         // per block; 0 = free
     std::vector<BlockId> free_;               // free blocks, the next one to take at the back
     std::vector<Slot> slots_;
@@ -571,15 +603,17 @@ private:
 /// One sequence of a pool seen as a KVCacheLike cache with a single batch row: attention, the decoder and
 /// any other cache code read and append to it unchanged. A cheap handle (pool pointer + id); copies refer
 /// to the same sequence. It does not own the sequence: free it through the pool.
-template <StorageElement T>
+template <StorageElement K, StorageElement V = K>
 class PagedSequence {
 public:
-    using element_type = T;
+    using element_type = K;  // (one type for both when K == V)
+    using key_element_type = K;
+    using value_element_type = V;
 
-    PagedSequence(PagedKVPool<T>& pool, SequenceId id) : pool_(&pool), id_(id) {}
+    PagedSequence(PagedKVPool<K, V>& pool, SequenceId id) : pool_(&pool), id_(id) {}
 
     SequenceId id() const { return id_; }
-    PagedKVPool<T>& pool() const { return *pool_; }
+    PagedKVPool<K, V>& pool() const { return *pool_; }
 
     std::size_t num_layers() const { return pool_->num_layers(); }
     std::size_t batch_size() const { return 1; }
@@ -595,7 +629,7 @@ public:
     /// forward pass, so that an exhausted pool fails before any layer is appended to).
     std::size_t capacity() const { return pool_->seq_len(id_, 0) + pool_->appendable(id_); }
 
-    PagedChunkRange<T> chunks(std::size_t layer, std::size_t row, std::size_t head) const {
+    PagedChunkRange<K, V> chunks(std::size_t layer, std::size_t row, std::size_t head) const {
         detail::check_index("batch row", row, 1);
         return pool_->chunks(id_, layer, head);
     }
@@ -606,7 +640,7 @@ public:
         pool_->append(id_, layer, keys, values, n_tokens);
     }
     /// Rows already in the element type, [n_tokens][kv_heads * head_dim] each (fast loading).
-    void append_elements(std::size_t layer, std::size_t row, const T* keys, const T* values, std::size_t n_tokens) {
+    void append_elements(std::size_t layer, std::size_t row, const K* keys, const V* values, std::size_t n_tokens) {
         detail::check_index("batch row", row, 1);
         pool_->append_elements(id_, layer, keys, values, n_tokens);
     }
@@ -648,7 +682,7 @@ public:
     }
 
 private:
-    PagedKVPool<T>* pool_;
+    PagedKVPool<K, V>* pool_;
     SequenceId id_;
 };
 

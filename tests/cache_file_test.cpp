@@ -928,7 +928,7 @@ TEST_CASE("cache file: temp files orphaned by a killed save are removed by the n
 
 TEST_CASE("cache file: a file truncated while it is read is a FormatError saying so, not SIGBUS", "[cache_file][issue9]") {
     TempDir dir;
-    MultiLayerKVCache<float> cache(4, 2, 64, 1, 512);
+    MultiLayerKVCache<float> cache(CacheShape{4, 2, 64}, 1, 512);
     fill_row(cache, 0, 512, 1);
     const auto fp = make_fingerprint(fingerprint_digest(std::string_view("model")), cache);
     save_cache_file(dir / "t.kvc", cache, 0, token_ids(512), fp);

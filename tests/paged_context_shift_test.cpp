@@ -56,7 +56,7 @@ TEMPLATE_TEST_CASE("a context shift on a paged sequence equals the shift on a co
     for (const std::size_t block : {std::size_t(7), std::size_t(16)}) {
         for (const auto& [n_keep, n_discard] : {std::pair<std::size_t, std::size_t>{4, 13}, {0, 9}, {7, 7}, {5, 40}}) {
             INFO("block " << block << " n_keep " << n_keep << " n_discard " << n_discard);
-            MultiLayerKVCache<T> flat(L, H, D, 1, N);
+            MultiLayerKVCache<T> flat(CacheShape{L, H, D}, 1, N);
             PagedKVPool<T> pool(L, H, D, PagedKVPool<T>::blocks_for(N, block), block);
             auto seq = pool.sequence(pool.create_sequence());
             for (std::size_t l = 0; l < L; ++l) {
@@ -76,12 +76,12 @@ TEMPLATE_TEST_CASE("a context shift on a paged sequence equals the shift on a co
 TEST_CASE("a paged context shift copies blocks shared with a fork instead of writing them", "[context_shift][paged]") {
     constexpr std::size_t H = 2, D = 32, N = 30, block = 8;
     const auto k = random_normal(N * H * D, 63), v = random_normal(N * H * D, 64);
-    PagedKVPool<float> pool(1, H, D, 16, block);
+    PagedKVPool<float> pool(CacheShape{1, H, D}, 16, block);
     auto parent = pool.sequence(pool.create_sequence());
     parent.append(0, 0, k, v, N);
     const auto before = contents(parent, 1);
     auto child = pool.sequence(pool.fork(parent.id()));
-    MultiLayerKVCache<float> flat(1, H, D, 1, N);
+    MultiLayerKVCache<float> flat(CacheShape{1, H, D}, 1, N);
     flat.append(0, 0, k, v, N);
     context_shift(child, 0, 3, 10, add_delta);
     context_shift(flat, 0, 3, 10, add_delta);
@@ -117,7 +117,7 @@ TEST_CASE("a model continues from a shifted paged sequence as from a shifted con
 TEST_CASE("paged context shift misuse is a typed error and changes nothing", "[context_shift][paged]") {
     constexpr std::size_t H = 1, D = 32, N = 32, block = 8;
     const auto kv = random_normal(N * H * D, 65);
-    PagedKVPool<float> pool(2, H, D, 4, block);  // exactly the sequence's blocks: no free block left
+    PagedKVPool<float> pool(CacheShape{2, H, D}, 4, block);  // exactly the sequence's blocks: no free block left
     auto seq = pool.sequence(pool.create_sequence());
     seq.append(0, 0, kv, kv, N);
     seq.append(1, 0, kv, kv, N);

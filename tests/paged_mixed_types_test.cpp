@@ -55,9 +55,9 @@ TEMPLATE_TEST_CASE("a paged pool with different key and value types reads, atten
     using V = typename TestType::Value;
     constexpr std::size_t L = 2, H = 3, D = 64, QH = 9, N = 150, block = 16;
     const auto k = random_normal(N * H * D, 71), v = random_normal(N * H * D, 72), q = random_normal(2 * QH * D, 73);
-    PagedKVPool<K, V> pool(L, H, D, 2 * PagedKVPool<K, V>::blocks_for(N, block), block);
+    PagedKVPool<K, V> pool(CacheShape{L, H, D}, 2 * PagedKVPool<K, V>::blocks_for(N, block), block);
     auto seq = pool.sequence(pool.create_sequence());
-    MultiLayerKVCache<K, V> flat(L, H, D, 1, N);
+    MultiLayerKVCache<K, V> flat(CacheShape{L, H, D}, 1, N);
     for (std::size_t l = 0; l < L; ++l) {
         seq.append(l, 0, k, v, N);
         flat.append(l, 0, k, v, N);
@@ -93,7 +93,7 @@ TEMPLATE_TEST_CASE("a paged pool with different key and value types reads, atten
 
 TEST_CASE("regions of types with different alignment start where their type may start", "[paged][mixed]") {
     // one head of 32, blocks of 3: a layer's q4_0 keys take 3 * 18 = 54 bytes, so its float values start at 56
-    PagedKVPool<q4_0, float> pool(2, 1, 32, 4, 3);
+    PagedKVPool<q4_0, float> pool(CacheShape{2, 1, 32}, 4, 3);
     auto seq = pool.sequence(pool.create_sequence());
     const auto kv = random_normal(5 * 32, 75);
     seq.append(0, 0, kv, kv, 5);
@@ -111,21 +111,21 @@ TEST_CASE("regions of types with different alignment start where their type may 
 TEST_CASE("mixed paged pools: typed errors", "[paged][mixed]") {
     // a head size the value type cannot block is refused, naming the values
     try {
-        PagedKVPool<float, q8_0> pool(1, 1, 48, 4, 4);
+        PagedKVPool<float, q8_0> pool(CacheShape{1, 1, 48}, 4, 4);
         FAIL("no error");
     } catch (const ConfigError& e) {
         CHECK_THAT(e.what(), Catch::Contains("48") && Catch::Contains("q8_0") && Catch::Contains("values"));
     }
     // a cache file names one element type: a mixed paged sequence neither saves nor loads
     const auto path = std::filesystem::temp_directory_path() / "kvcache_paged_mixed.kvc";
-    PagedKVPool<q8_0, q4_0> pool(1, 1, 32, 4, 4);
+    PagedKVPool<q8_0, q4_0> pool(CacheShape{1, 1, 32}, 4, 4);
     auto seq = pool.sequence(pool.create_sequence());
     const auto kv = random_normal(2 * 32, 76);
     seq.append(0, 0, kv, kv, 2);
     const std::vector<std::int32_t> tokens{1, 2};
     CHECK_THROWS_AS(save_cache_file(path, seq, 0, tokens, make_fingerprint("m", seq)), ConfigError);
     CHECK_FALSE(std::filesystem::exists(path));
-    MultiLayerKVCache<q8_0> uniform(1, 1, 32, 1, 2);
+    MultiLayerKVCache<q8_0> uniform(CacheShape{1, 1, 32}, 1, 2);
     uniform.append(0, 0, kv, kv, 2);
     save_cache_file(path, uniform, 0, tokens, make_fingerprint("m", uniform), {.durable = false});
     auto empty = pool.sequence(pool.create_sequence());

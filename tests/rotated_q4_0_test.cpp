@@ -139,9 +139,9 @@ TEST_CASE("q4_0h loses far less than q4_0 on rows with outlier channels", "[elem
 TEST_CASE("attention over q4_0h keys and values equals attention over their decoded values", "[attention][rotated]") {
     constexpr std::size_t H = 3, D = 64, QH = 9, N = 700;
     const auto k = random_normal(N * H * D, 46), v = random_normal(N * H * D, 47), q = random_normal(2 * QH * D, 48);
-    MultiLayerKVCache<q4_0h> rotated(1, H, D, 1, N);
+    MultiLayerKVCache<q4_0h> rotated(CacheShape{1, H, D}, 1, N);
     rotated.append(0, 0, k, v, N);
-    MultiLayerKVCache<float> decoded(1, H, D, 1, N);
+    MultiLayerKVCache<float> decoded(CacheShape{1, H, D}, 1, N);
     decoded.append(0, 0, through<q4_0h>(k), through<q4_0h>(v), N);
     std::vector<float> fast(q.size()), on_floats(q.size()), ref(q.size());
     attention(rotated, 0, 0, q, 2, QH, fast);
@@ -157,13 +157,13 @@ TEST_CASE("attention over q4_0h keys and values equals attention over their deco
 
 TEST_CASE("a q4_0h cache file records the rotation (code 6) and does not load as q4_0", "[persist][rotated]") {
     const auto path = std::filesystem::temp_directory_path() / "kvcache_q4_0h.kvc";
-    MultiLayerKVCache<q4_0h> cache(1, 2, 64, 1, 5);
+    MultiLayerKVCache<q4_0h> cache(CacheShape{1, 2, 64}, 1, 5);
     const auto kv = random_normal(5 * 2 * 64, 49);
     cache.append(0, 0, kv, kv, 5);
     const std::vector<std::int32_t> tokens{1, 2, 3, 4, 5};
     save_cache_file(path, cache, 0, tokens, make_fingerprint("m", cache), {.durable = false});
     CHECK(read_cache_file_info(path, true).element == "q4_0h");
-    MultiLayerKVCache<q4_0> plain(1, 2, 64, 1, 5);
+    MultiLayerKVCache<q4_0> plain(CacheShape{1, 2, 64}, 1, 5);
     // the fingerprint the file was saved with matches; the element code (6, not 5) is what refuses it
     CHECK_THROWS_AS(load_cache_file(path, plain, 0, make_fingerprint("m", cache)), FingerprintMismatch);
     std::filesystem::remove(path);

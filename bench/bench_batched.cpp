@@ -10,10 +10,12 @@
 //                           kv_GBps (K/V bytes attention reads / step).
 //   BM_SchedulerDecode/<S>  the same through the Scheduler: S requests continuing kept sequences of 512
 //                           positions, one step() per iteration (sampling, streaming, bookkeeping included).
-//   BM_Admission/<chunk>    4 streams decode at context 512 through the Scheduler; a 1024-token prompt is
-//                           submitted and fed prefill_chunk = <chunk> tokens per step. Counters:
-//                           normal_step_ms (median step before it), admission_step_ms (mean and max of the
-//                           steps that carried a chunk), ratio (admission mean / normal), admission_steps.
+//   BM_Admission/<per_decode>/<streams>  <streams> requests decode at context 512 through the Scheduler; a
+//                           1024-token prompt is submitted and fed prefill_tokens_per_decode = <per_decode>
+//                           tokens per step per decoding stream (2 is the default). Counters: normal_step_ms (median step before
+//                           it), admission_step_ms (mean and max of the steps that carried a chunk), ratio
+//                           (admission mean / normal; the goal is <= 3), admission_steps, admission_seconds
+//                           (submit to the prompt's last chunk: the time to first token it costs).
 // Every sequence's 512 positions are copies of one prefilled prompt's K/V, copied block by block into blocks
 // of its own, so no two sequences share memory (a fork would share it, and flatter attention).
 #include <benchmark/benchmark.h>
@@ -157,10 +159,11 @@ struct RunningStreams {
     kvcache::PagedKVPool<float> pool;
     kvcache::Scheduler scheduler;
 
-    RunningStreams(World& w, std::size_t streams, std::size_t max_new, std::size_t prefill_chunk)
+    RunningStreams(World& w, std::size_t streams, std::size_t max_new, std::size_t prefill_per_decode)
         : pool(w.decoder.cache_layers(), pool_blocks(streams, max_new + 16)),
           scheduler(w.decoder, w.tokenizer, pool, nullptr,
-                    kvcache::SchedulerOptions{.max_batch = streams + 1, .prefill_chunk = prefill_chunk,
+                    kvcache::SchedulerOptions{.max_batch = streams + 1,
+                                              .prefill_tokens_per_decode = prefill_per_decode,
                                               .threads = g_threads}) {
         for (std::size_t i = 0; i < streams; ++i) {
             const auto id = scheduler.exclusive([&](auto& p, auto*) { return w.copy_into(p); });
@@ -182,7 +185,7 @@ void BM_SchedulerDecode(benchmark::State& state) {
     World& w = World::get();
     const auto S = static_cast<std::size_t>(state.range(0));
     constexpr std::size_t kMaxSteps = 2000;
-    RunningStreams run(w, S, kMaxSteps, 256);
+    RunningStreams run(w, S, kMaxSteps, kvcache::SchedulerOptions{}.prefill_tokens_per_decode);
     std::size_t steps = 0;
     for (auto _ : state) {
         if (++steps >= kMaxSteps) {
@@ -198,11 +201,13 @@ void BM_SchedulerDecode(benchmark::State& state) {
 
 void BM_Admission(benchmark::State& state) {
     World& w = World::get();
-    const auto chunk = static_cast<std::size_t>(state.range(0));
-    constexpr std::size_t kStreams = 4, kNormalSteps = 6;
+    const auto per_decode = static_cast<std::size_t>(state.range(0));
+    const auto streams = static_cast<std::size_t>(state.range(1));
+    constexpr std::size_t kNormalSteps = 6;
     for (auto _ : state) {
+        const std::size_t chunk = std::min<std::size_t>(per_decode * streams, 256);
         const std::size_t admission_steps = (kAdmittedPrompt + chunk - 1) / chunk;
-        RunningStreams run(w, kStreams, kNormalSteps + admission_steps + 8, chunk);
+        RunningStreams run(w, streams, kNormalSteps + admission_steps + 8, per_decode);
         std::vector<double> normal, admission;
         for (std::size_t i = 0; i < kNormalSteps; ++i) {
             const auto t0 = Clock::now();
@@ -230,6 +235,7 @@ void BM_Admission(benchmark::State& state) {
         state.counters["admission_worst_ms"] = worst * 1e3;
         state.counters["ratio"] = mean / normal_step;
         state.counters["admission_steps"] = double(admission.size());
+        state.counters["streams"] = double(streams);
         state.counters["admission_seconds"] = std::accumulate(admission.begin(), admission.end(), 0.0);
     }
 }
@@ -258,7 +264,9 @@ int main(int argc, char** argv) {
     decode->Unit(benchmark::kMillisecond)->MinTime(min_time)->UseRealTime();
     sched->Unit(benchmark::kMillisecond)->MinTime(min_time)->UseRealTime();
     auto* admission = benchmark::RegisterBenchmark("BM_Admission", BM_Admission);
-    for (const int chunk : {16, 64, 256}) admission->Arg(chunk);
+    for (const int streams : {1, 4}) {
+        for (const int per_decode : {2, 4, 16}) admission->Args({per_decode, streams});
+    }
     admission->Unit(benchmark::kMillisecond)->Iterations(1)->UseManualTime();
     int n = static_cast<int>(args.size());
     benchmark::Initialize(&n, args.data());

@@ -218,6 +218,9 @@ TEST_CASE("scheduler: bad requests are refused at submit with typed errors") {
     CHECK_THROWS_AS(Scheduler(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.max_batch = 0}), ConfigError);
     CHECK_THROWS_AS(Scheduler(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.prefill_chunk = 0}),
                     ConfigError);
+    CHECK_THROWS_AS(
+        Scheduler(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.prefill_tokens_per_decode = 0}),
+        ConfigError);
     PagedKVPool<float> other(2, 8, 64, 8);
     CHECK_THROWS_AS(Scheduler(d, numbered_tokenizer(), other, nullptr), ShapeError);
     PrefixCache<float> foreign(other, 1 << 20);

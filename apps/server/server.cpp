@@ -21,10 +21,12 @@
 #include <nlohmann/json.hpp>
 
 #include "api_error.hpp"
+#include "engine.hpp"
 #include "kvcache/cache/paged_kv_cache.hpp"
 #include "kvcache/cache/prefix_cache.hpp"
 #include "kvcache/error.hpp"
 #include "kvcache/model/decoder.hpp"
+#include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/gguf.hpp"
 #include "kvcache/model/scheduler.hpp"
 #include "kvcache/model/tokenizer.hpp"
@@ -124,9 +126,7 @@ struct Server::Impl {
     std::unique_ptr<Tokenizer> tokenizer;
     ChatTemplateInfo chat_template;
     std::unique_ptr<Decoder> model;
-    std::unique_ptr<PagedKVPool<float>> pool;
-    std::unique_ptr<PrefixCache<float>> prefixes;
-    std::unique_ptr<Scheduler> scheduler;
+    std::unique_ptr<Engine> scheduler;  // the pool, prefix cache and scheduler of the --cache-type elements
     RequestLimits limits;
     httplib::Server http;
     std::int64_t started_at = std::time(nullptr);
@@ -156,19 +156,18 @@ struct Server::Impl {
         model_fingerprint = kvcache::model_fingerprint(file);
         model_name = options.model_path.stem().string();
         const auto layers = model->cache_layers();
-        const std::size_t block_bytes = PagedKVPool<float>::block_bytes_for(layers);
+        const CacheElement element = parse_cache_element(options.cache_type);
+        const std::size_t block_bytes = Engine::block_bytes_for(element, layers);
         // Every slot can fill its context (plus one block for a copy-on-write split); the prefix cache has
         // its budget on top.
         const std::size_t slot_blocks = PagedKVPool<float>::blocks_for(options.ctx) + 1;
         const std::size_t prefix_bytes = options.prefix_cache_mb << 20;
         const std::size_t blocks = options.slots * slot_blocks + prefix_bytes / block_bytes;
-        pool = std::make_unique<PagedKVPool<float>>(layers, blocks);
-        prefixes = std::make_unique<PrefixCache<float>>(*pool, prefix_bytes);
         SchedulerOptions so;
         so.max_batch = options.max_batch;
         so.max_queued = options.max_queued;
         so.threads = options.threads;
-        scheduler = std::make_unique<Scheduler>(*model, *tokenizer, *pool, prefixes.get(), so);
+        scheduler = std::make_unique<Engine>(*model, *tokenizer, element, blocks, prefix_bytes, so);
         limits.max_tokens = options.ctx;
         limits.max_context_window = options.ctx;
         if (!options.slot_save_path.empty()) std::filesystem::create_directories(options.slot_save_path);
@@ -471,7 +470,7 @@ struct Server::Impl {
             } else {
                 auto [s, n] = slots.longest_token_prefix(plan.prompt);
                 // Forking shares whole blocks; less than one block is better served by the prefix cache.
-                if (s && std::min(n, last) >= pool->block_size()) {
+                if (s && std::min(n, last) >= scheduler->block_size()) {
                     base = s;
                     target = Target::Fork;
                 } else {
@@ -759,8 +758,9 @@ struct Server::Impl {
 
     json kv_json() {
         const SchedulerStats st = scheduler->stats();
-        return scheduler->exclusive([&](PagedKVPool<float>& p, PrefixCache<float>* c) {
-            return json{{"blocks_total", p.num_blocks()},
+        return scheduler->exclusive([&](auto& p, auto* c) {
+            return json{{"cache_type", scheduler->element_name()},
+                        {"blocks_total", p.num_blocks()},
                         {"blocks_used", p.used_blocks()},
                         {"block_bytes", p.block_bytes()},
                         {"block_size", p.block_size()},
@@ -803,7 +803,7 @@ struct Server::Impl {
     }
 
     json slot_json(const Slot& s) const {
-        const std::size_t blocks = PagedKVPool<float>::blocks_for(s.tokens.size(), pool->block_size());
+        const std::size_t blocks = PagedKVPool<float>::blocks_for(s.tokens.size(), scheduler->block_size());
         std::string title;
         for (const auto& m : s.messages) {
             if (m.role == "user") {
@@ -814,7 +814,7 @@ struct Server::Impl {
         return {{"id", s.id},
                 {"state", s.busy ? "busy" : "idle"},
                 {"tokens", s.tokens.size()},
-                {"bytes", blocks * pool->block_bytes()},
+                {"bytes", blocks * scheduler->block_bytes()},
                 {"parent", s.parent ? json(*s.parent) : json(nullptr)},
                 {"messages", s.messages.size()},
                 {"title", title},
@@ -860,7 +860,7 @@ struct Server::Impl {
         if (!s.sequence) throw bad_request("empty_slot", fmt::format("slot {} holds no tokens", s.id));
         const auto t0 = Clock::now();
         const auto tokens = scheduler->tokens(*s.sequence);
-        scheduler->exclusive([&](PagedKVPool<float>& p, PrefixCache<float>*) {
+        scheduler->exclusive([&](auto& p, auto*) {
             auto cache = p.sequence(*s.sequence);
             save_cache_file(path, cache, 0, tokens, make_fingerprint(model_fingerprint, cache));
         });
@@ -908,7 +908,7 @@ struct Server::Impl {
             Slot* s = slots.find(id);
             if (s && s->busy) throw conflict("slot_busy", fmt::format("slot {} is busy", id));
             if (!s) make_room(lock, std::nullopt);
-            const SequenceId seq = scheduler->exclusive([&](PagedKVPool<float>& p, PrefixCache<float>* c) {
+            const SequenceId seq = scheduler->exclusive([&](auto& p, auto* c) {
                 const std::size_t need = PagedKVPool<float>::blocks_for(info.tokens.size(), p.block_size());
                 if (c && need > p.free_blocks()) c->evict_for(need - p.free_blocks());
                 const SequenceId sid = p.create_sequence();

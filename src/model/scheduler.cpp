@@ -27,7 +27,8 @@ std::string_view finish_reason_name(FinishReason reason) {
     return "?";
 }
 
-struct Scheduler::Active {
+template <StorageElement T>
+struct BasicScheduler<T>::Active {
     Active(RequestId request_id, Request r, const Tokenizer& tokenizer)
         : id(request_id), request(std::move(r)), sampler(request.options.sampling), stream(tokenizer) {}
 
@@ -46,13 +47,15 @@ struct Scheduler::Active {
     Clock::time_point submitted, started, first_token;
 };
 
-struct Scheduler::KeptSequence {
+template <StorageElement T>
+struct BasicScheduler<T>::KeptSequence {
     SequenceId id;
     std::vector<std::int32_t> tokens;
 };
 
-Scheduler::Scheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<float>& pool,
-                     PrefixCache<float>* prefix_cache, SchedulerOptions options)
+template <StorageElement T>
+BasicScheduler<T>::BasicScheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<T>& pool,
+                                  PrefixCache<T>* prefix_cache, SchedulerOptions options)
     : model_(&model), tokenizer_(&tokenizer), pool_(&pool), prefixes_(prefix_cache), options_(options) {
     const auto layers = model.cache_layers();
     bool fits = layers.size() == pool.num_layers();
@@ -65,9 +68,10 @@ Scheduler::Scheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<flo
     if (prefix_cache && &prefix_cache->pool() != &pool) {
         throw ConfigError("Scheduler: the prefix cache belongs to another pool");
     }
-    if (options.max_batch == 0 || options.prefill_chunk == 0) {
-        throw ConfigError(fmt::format("Scheduler: max_batch ({}) and prefill_chunk ({}) must be >= 1",
-                                      options.max_batch, options.prefill_chunk));
+    if (options.max_batch == 0 || options.prefill_chunk == 0 || options.prefill_tokens_per_decode == 0) {
+        throw ConfigError(fmt::format(
+            "Scheduler: max_batch ({}), prefill_chunk ({}) and prefill_tokens_per_decode ({}) must be >= 1",
+            options.max_batch, options.prefill_chunk, options.prefill_tokens_per_decode));
     }
     if (options.threads < 0) throw ConfigError(fmt::format("Scheduler: threads is {}; must be >= 0", options.threads));
     logits_.resize(options.max_batch * model.config().vocab_size);
@@ -78,7 +82,8 @@ Scheduler::Scheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<flo
     publish_stats();
 }
 
-Scheduler::~Scheduler() {
+template <StorageElement T>
+BasicScheduler<T>::~BasicScheduler() {
     stop();
     std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
     for (auto& k : kept_) {
@@ -89,7 +94,8 @@ Scheduler::~Scheduler() {
 
 // ---- submission ----
 
-RequestId Scheduler::submit(Request request) {
+template <StorageElement T>
+RequestId BasicScheduler<T>::submit(Request request) {
     const std::size_t vocab = model_->config().vocab_size;
     if (request.prompt.empty()) {
         throw ConfigError(request.continue_from
@@ -123,7 +129,8 @@ RequestId Scheduler::submit(Request request) {
     return id;
 }
 
-bool Scheduler::cancel(RequestId id) {
+template <StorageElement T>
+bool BasicScheduler<T>::cancel(RequestId id) {
     {
         std::lock_guard<std::mutex> lock(queue_mutex_);
         if (!live_ids_.contains(id)) return false;
@@ -135,7 +142,8 @@ bool Scheduler::cancel(RequestId id) {
 
 // ---- the engine ----
 
-void Scheduler::start() {
+template <StorageElement T>
+void BasicScheduler<T>::start() {
     std::lock_guard<std::recursive_mutex> lock(engine_mutex_);
     if (engine_running_) throw ConfigError("Scheduler::start: the engine thread runs already");
     {
@@ -146,7 +154,8 @@ void Scheduler::start() {
     engine_ = std::thread([this] { engine_loop(); });
 }
 
-void Scheduler::stop() {
+template <StorageElement T>
+void BasicScheduler<T>::stop() {
     if (engine_running_ && std::this_thread::get_id() == engine_.get_id()) {
         throw ConfigError("Scheduler::stop: called from the engine thread (a callback); it would wait for itself");
     }
@@ -174,7 +183,8 @@ void Scheduler::stop() {
     publish_stats();
 }
 
-void Scheduler::engine_loop() {
+template <StorageElement T>
+void BasicScheduler<T>::engine_loop() {
     for (;;) {
         {
             std::unique_lock<std::mutex> q(queue_mutex_);
@@ -190,7 +200,8 @@ void Scheduler::engine_loop() {
     }
 }
 
-bool Scheduler::step() {
+template <StorageElement T>
+bool BasicScheduler<T>::step() {
     if (engine_running_ && std::this_thread::get_id() != engine_.get_id()) {
         throw ConfigError("Scheduler::step: the engine thread runs; it steps by itself");
     }
@@ -198,7 +209,8 @@ bool Scheduler::step() {
     return step_locked();
 }
 
-bool Scheduler::step_locked() {
+template <StorageElement T>
+bool BasicScheduler<T>::step_locked() {
     take_cancellations_and_admit();
     plan_and_fit();
     run_batch();
@@ -207,7 +219,8 @@ bool Scheduler::step_locked() {
     return !running_.empty() || !preempted_.empty() || !queue_.empty();
 }
 
-void Scheduler::take_cancellations_and_admit() {
+template <StorageElement T>
+void BasicScheduler<T>::take_cancellations_and_admit() {
     std::unordered_set<RequestId> cancels;
     std::vector<std::unique_ptr<Active>> joining, cancelled;
     {
@@ -255,7 +268,8 @@ void Scheduler::take_cancellations_and_admit() {
     for (auto& a : joining) admit(std::move(a));
 }
 
-void Scheduler::admit(std::unique_ptr<Active> a) {
+template <StorageElement T>
+void BasicScheduler<T>::admit(std::unique_ptr<Active> a) {
     const bool first_time = !a->admitted_once;
     if (first_time && a->request.continue_from) {
         // Take the kept sequence over: its tokens are in the pool already.
@@ -298,9 +312,17 @@ void Scheduler::admit(std::unique_ptr<Active> a) {
     running_.push_back(std::move(a));
 }
 
-void Scheduler::plan_and_fit() {
+template <StorageElement T>
+void BasicScheduler<T>::plan_and_fit() {
     for (;;) {
-        std::size_t budget = options_.prefill_chunk, needed = 0;
+        // While streams decode, their step latency bounds what prompts may add to the step: a prompt token
+        // costs about what a decoding stream does, so the share grows with the number of streams.
+        const auto decoding = static_cast<std::size_t>(
+            std::count_if(running_.begin(), running_.end(), [](const auto& a) { return a->to_feed.size() == 1; }));
+        std::size_t budget = decoding == 0 ? options_.prefill_chunk
+                                           : std::clamp<std::size_t>(decoding * options_.prefill_tokens_per_decode, 1,
+                                                                     options_.prefill_chunk);
+        std::size_t needed = 0;
         for (auto& a : running_) {
             const std::size_t n = a->to_feed.size();
             a->chunk = n == 1 ? 1 : std::min(n, budget);  // a decode step (one token) is never held back
@@ -325,7 +347,8 @@ void Scheduler::plan_and_fit() {
     }
 }
 
-void Scheduler::run_batch() {
+template <StorageElement T>
+void BasicScheduler<T>::run_batch() {
     handles_.clear();
     items_.clear();
     in_step_.clear();
@@ -343,7 +366,7 @@ void Scheduler::run_batch() {
     }
     if (items_.empty()) return;
     try {
-        model_->forward(std::span<const ForwardItem<PagedSequence<float>>>(items_),
+        model_->forward(std::span<const ForwardItem<PagedSequence<T>>>(items_),
                         ForwardOptions{.threads = options_.threads});
     } catch (...) {
         // The decoder checks everything before it appends, so the sequences are as they were; the requests
@@ -367,7 +390,8 @@ void Scheduler::run_batch() {
     }
 }
 
-void Scheduler::after_forward(Active& a, std::span<const float> logits) {
+template <StorageElement T>
+void BasicScheduler<T>::after_forward(Active& a, std::span<const float> logits) {
     const std::int32_t token = a.sampler.sample(logits, a.fed);  // history: prompt + generated so far
     if (a.result.tokens.empty()) a.first_token = Clock::now();
     a.result.tokens.push_back(token);
@@ -393,7 +417,8 @@ void Scheduler::after_forward(Active& a, std::span<const float> logits) {
     a.to_feed.assign(1, token);
 }
 
-bool Scheduler::emit_text(Active& a, std::int32_t token, const std::string& piece, bool& keep_going) {
+template <StorageElement T>
+bool BasicScheduler<T>::emit_text(Active& a, std::int32_t token, const std::string& piece, bool& keep_going) {
     a.held += piece;
     // The earliest stop string in what is held (text passed on never contains the start of one).
     std::size_t cut = std::string::npos;
@@ -430,7 +455,8 @@ bool Scheduler::emit_text(Active& a, std::int32_t token, const std::string& piec
     return cut != std::string::npos;
 }
 
-void Scheduler::finish(std::unique_ptr<Active> a, FinishReason reason, std::exception_ptr error) {
+template <StorageElement T>
+void BasicScheduler<T>::finish(std::unique_ptr<Active> a, FinishReason reason, std::exception_ptr error) {
     const auto now = Clock::now();
     if ((reason == FinishReason::Length || reason == FinishReason::Stop) && !a->text_closed) {
         // What the stream and the stop-string check still hold goes out now (cut at a stop string in it).
@@ -497,7 +523,8 @@ void Scheduler::finish(std::unique_ptr<Active> a, FinishReason reason, std::exce
     }
 }
 
-void Scheduler::preempt(std::unique_ptr<Active> a) {
+template <StorageElement T>
+void BasicScheduler<T>::preempt(std::unique_ptr<Active> a) {
     // Its tokens go into the prefix cache, so if the blocks survive until it runs again nothing is recomputed.
     end_sequence(*a, true);
     a->fed.insert(a->fed.end(), a->to_feed.begin(), a->to_feed.end());
@@ -509,7 +536,8 @@ void Scheduler::preempt(std::unique_ptr<Active> a) {
     preempted_.push_front(std::move(a));
 }
 
-void Scheduler::end_sequence(Active& a, bool cache_prefix) {
+template <StorageElement T>
+void BasicScheduler<T>::end_sequence(Active& a, bool cache_prefix) {
     if (!a.sequence) return;
     if (prefixes_ && cache_prefix && !a.fed.empty()) prefixes_->insert(a.fed, *a.sequence);
     pool_->free_sequence(*a.sequence);
@@ -517,14 +545,16 @@ void Scheduler::end_sequence(Active& a, bool cache_prefix) {
     if (prefixes_) prefixes_->trim();
 }
 
-std::unique_ptr<Scheduler::Active> Scheduler::take_running(const Active* a) {
+template <StorageElement T>
+std::unique_ptr<typename BasicScheduler<T>::Active> BasicScheduler<T>::take_running(const Active* a) {
     const auto it = std::find_if(running_.begin(), running_.end(), [&](const auto& p) { return p.get() == a; });
     std::unique_ptr<Active> out = std::move(*it);
     running_.erase(it);
     return out;
 }
 
-void Scheduler::publish_stats() {
+template <StorageElement T>
+void BasicScheduler<T>::publish_stats() {
     engine_work_ = running_.size() + preempted_.size();
     std::lock_guard<std::mutex> q(queue_mutex_);
     const std::uint64_t submitted = stats_.submitted;
@@ -538,7 +568,8 @@ void Scheduler::publish_stats() {
     stats_.queued = preempted_.size();  // plus the submit queue, counted when read
 }
 
-SchedulerStats Scheduler::stats() const {
+template <StorageElement T>
+SchedulerStats BasicScheduler<T>::stats() const {
     std::lock_guard<std::mutex> q(queue_mutex_);
     SchedulerStats s = stats_;
     s.queued += queue_.size();
@@ -547,17 +578,20 @@ SchedulerStats Scheduler::stats() const {
 
 // ---- kept sequences ----
 
-void Scheduler::keep(SequenceId id, std::vector<std::int32_t> tokens) {
+template <StorageElement T>
+void BasicScheduler<T>::keep(SequenceId id, std::vector<std::int32_t> tokens) {
     if (kept_.size() <= id.index) kept_.resize(id.index + 1);
     kept_[id.index] = std::make_unique<KeptSequence>(KeptSequence{id, std::move(tokens)});
     ++kept_count_;
 }
 
-Scheduler::KeptSequence& Scheduler::kept(SequenceId id) {
+template <StorageElement T>
+typename BasicScheduler<T>::KeptSequence& BasicScheduler<T>::kept(SequenceId id) {
     return const_cast<KeptSequence&>(std::as_const(*this).kept(id));
 }
 
-const Scheduler::KeptSequence& Scheduler::kept(SequenceId id) const {
+template <StorageElement T>
+const typename BasicScheduler<T>::KeptSequence& BasicScheduler<T>::kept(SequenceId id) const {
     if (id.index >= kept_.size() || !kept_[id.index] || kept_[id.index]->id != id) {
         throw IndexError(fmt::format("Scheduler: sequence {} (generation {}) is not a kept sequence", id.index,
                                      id.generation));
@@ -565,12 +599,14 @@ const Scheduler::KeptSequence& Scheduler::kept(SequenceId id) const {
     return *kept_[id.index];
 }
 
-bool Scheduler::is_kept(SequenceId id) const {
+template <StorageElement T>
+bool BasicScheduler<T>::is_kept(SequenceId id) const {
     const auto lock = lock_engine();
     return id.index < kept_.size() && kept_[id.index] && kept_[id.index]->id == id;
 }
 
-SequenceId Scheduler::fork(SequenceId from, std::size_t position) {
+template <StorageElement T>
+SequenceId BasicScheduler<T>::fork(SequenceId from, std::size_t position) {
     const auto lock = lock_engine();
     const KeptSequence& k = kept(from);
     if (position > k.tokens.size()) {
@@ -589,7 +625,8 @@ SequenceId Scheduler::fork(SequenceId from, std::size_t position) {
     return id;
 }
 
-void Scheduler::truncate(SequenceId id, std::size_t n) {
+template <StorageElement T>
+void BasicScheduler<T>::truncate(SequenceId id, std::size_t n) {
     const auto lock = lock_engine();
     KeptSequence& k = kept(id);
     if (n >= k.tokens.size()) return;
@@ -598,7 +635,8 @@ void Scheduler::truncate(SequenceId id, std::size_t n) {
     publish_stats();
 }
 
-void Scheduler::release(SequenceId id, bool cache_prefix) {
+template <StorageElement T>
+void BasicScheduler<T>::release(SequenceId id, bool cache_prefix) {
     const auto lock = lock_engine();
     KeptSequence& k = kept(id);
     if (prefixes_ && cache_prefix && !k.tokens.empty()) prefixes_->insert(k.tokens, id);
@@ -609,12 +647,14 @@ void Scheduler::release(SequenceId id, bool cache_prefix) {
     publish_stats();
 }
 
-std::vector<std::int32_t> Scheduler::tokens(SequenceId id) const {
+template <StorageElement T>
+std::vector<std::int32_t> BasicScheduler<T>::tokens(SequenceId id) const {
     const auto lock = lock_engine();
     return kept(id).tokens;
 }
 
-void Scheduler::adopt(SequenceId id, std::vector<std::int32_t> tokens) {
+template <StorageElement T>
+void BasicScheduler<T>::adopt(SequenceId id, std::vector<std::int32_t> tokens) {
     const auto lock = lock_engine();
     if (!pool_->contains(id)) {
         throw IndexError(fmt::format("Scheduler::adopt: the pool has no sequence {} (generation {})", id.index,
@@ -636,5 +676,13 @@ void Scheduler::adopt(SequenceId id, std::vector<std::int32_t> tokens) {
     keep(id, std::move(tokens));
     publish_stats();
 }
+
+// The element types a pool can be chosen with at run time (CacheElement); each is one instantiation of the
+// engine (and of the decoder's batched forward over its sequences).
+template class BasicScheduler<float>;
+template class BasicScheduler<fp16>;
+template class BasicScheduler<bf16>;
+template class BasicScheduler<q8_0>;
+template class BasicScheduler<q4_0>;
 
 }  // namespace kvcache

@@ -10,6 +10,7 @@
 
 #include "kvcache/error.hpp"
 #include "kvcache/model/decoder.hpp"
+#include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/generate.hpp"
 #include "kvcache/model/gguf.hpp"
 #include "kvcache/model/tokenizer.hpp"
@@ -33,6 +34,8 @@ nlohmann::json generate_one(kvcache::Decoder& model, const kvcache::Tokenizer& t
     options.sampling.top_k = request.value("top_k", 0);
     options.sampling.top_p = request.value("top_p", 1.0f);
     options.sampling.seed = request.value("seed", std::uint64_t{0});
+    // The K/V element type of the server's pool (--cache-type): the same type here gives the same tokens.
+    options.cache.keys = options.cache.values = kvcache::parse_cache_element(request.value("cache_type", std::string("f32")));
     const auto result = kvcache::generate_with_cache(model, tokenizer, prompt, options);
     return {{"prompt_tokens", prompt.size()}, {"tokens", result.tokens}, {"text", result.text}};
 }

@@ -3,6 +3,7 @@ follow-ups reuse their slot; a reuse_kv branch gives bitwise the tokens of a col
 reports its reused tokens; /continue, /focus, save/restore; SIGTERM ends streams cleanly and saves slots."""
 import os
 import signal
+import subprocess
 import tempfile
 import threading
 
@@ -227,11 +228,44 @@ def test_sigterm_ends_streams_cleanly_and_saves_slots():
     s.stop()
 
 
+def test_cache_type_q8_0_gives_generate_with_cache_over_q8_0():
+    """--cache-type q8_0: the pool holds q8_0 K/V; answers, follow-ups (prefix reuse) and a saved and restored
+    slot give generate_with_cache's tokens over a q8_0 cache; /health names the type; a bad type is refused."""
+    directory = tempfile.mkdtemp(prefix="kvcache-slots-q8-")
+    q8 = Server(args, "--slots", 2, "--ctx", 256, "--prefix-cache-mb", 8, "--cache-type", "q8_0",
+                "--slot-save-path", directory)
+    try:
+        kv = q8.health()["kv"]
+        assert kv["cache_type"] == "q8_0", kv
+        assert kv["block_bytes"] < server.health()["kv"]["block_bytes"] / 3, (kv, server.health()["kv"])
+        first = [{"role": "user", "content": "Name a colour."}]
+        r = q8.ok("/v1/chat/completions", {"messages": first, "max_tokens": N, "return_tokens": True})
+        ref = reference(args, [{"messages": first, "max_tokens": N, "cache_type": "q8_0"}])[0]
+        assert r["tokens"] == ref["tokens"], (r["tokens"], ref["tokens"])
+        second = first + [{"role": "assistant", "content": r["choices"][0]["message"]["content"]},
+                          {"role": "user", "content": "And another one?"}]
+        f = q8.ok("/v1/chat/completions", {"messages": second, "max_tokens": N, "return_tokens": True,
+                                            "slot_id": r["slot_id"]})
+        assert f["tokens"] == reference(args, [{"messages": second, "max_tokens": N, "cache_type": "q8_0"}])[0]["tokens"]
+        slot = f["slot_id"]
+        assert q8.post(f"/slots/{slot}?action=save").status_code == 200
+        assert q8.post(f"/slots/{slot}?action=erase").status_code == 200
+        restored = q8.post(f"/slots/{slot}?action=restore", {"filename": f"slot-{slot}.kvc"})
+        assert restored.status_code == 200, restored.text
+        assert restored.json()["n_restored"] == q8.get(f"/slots/{slot}").json()["tokens"]
+    finally:
+        q8.stop()
+    bad = subprocess.run([args.server, "--model", args.model, "--port", "0", "--cache-type", "q5_k"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "cache-type" in bad.stderr, (bad.returncode, bad.stderr)
+
+
 tests = [test_openai_non_streaming_equals_generate_with_cache, test_openai_streaming_equals_generate_with_cache,
          test_openai_completions_raw_prompt, test_stop_string_cuts_the_text, test_message_text_is_never_a_special_token,
          test_follow_up_reuses_its_slot, test_reuse_kv_branch_is_bitwise_a_cold_run,
          test_continue_truncates_instead_of_recomputing, test_focus_continues_in_place_with_the_quote,
-         test_save_erase_restore_continue, test_sigterm_ends_streams_cleanly_and_saves_slots]
+         test_save_erase_restore_continue, test_cache_type_q8_0_gives_generate_with_cache_over_q8_0,
+         test_sigterm_ends_streams_cleanly_and_saves_slots]
 try:
     run_tests(tests)
 finally:

@@ -6,8 +6,8 @@
 //      the pool now); queued requests join the batch while fewer than max_batch run. A new request starts
 //      from the longest prefix-cache match of its prompt (or continues a kept sequence);
 //   2. the batch is planned: every decoding request feeds its last token, and prompts are fed in chunks
-//      of at most prefill_chunk tokens per step in all (oldest request first), so running streams keep
-//      flowing while a long prompt comes in;
+//      of at most prefill_chunk tokens per step in all (oldest request first) — prefill_tokens_per_decode per
+//      decoding request while any decodes, so running streams keep their pace while a long prompt comes in;
 //   3. if the pool lacks the blocks for that, unreferenced prefix-cache entries are evicted, then the
 //      youngest requests are preempted: their tokens go into the prefix cache, their blocks back to the
 //      pool, and they wait at the head of the queue to be recomputed later (bitwise the same, so their
@@ -74,7 +74,16 @@ public:
 
 struct SchedulerOptions {
     std::size_t max_batch = 16;       ///< requests running at once (decoding or prefilling); >= 1
-    std::size_t prefill_chunk = 256;  ///< prompt tokens fed per step, over all prefilling requests; >= 1
+    /// Prompt tokens fed per step, over all prefilling requests, while no request is decoding: nobody waits
+    /// on the step, so big chunks (fewer weight passes: the shortest time to first token); >= 1.
+    std::size_t prefill_chunk = 256;
+    /// While requests decode (feed one token), prompts get this many tokens per step for each decoding request
+    /// (at least 1 in all, at most prefill_chunk). A step costs about one pass over the weights plus each
+    /// token's arithmetic and attention, and a prompt token costs about what a decoding stream does, so with d
+    /// streams a step carrying 2d prompt tokens takes about (1 + 2d) / (1 + d) < 3 times their normal step:
+    /// the bound issue 11 sets. Fewer tokens admit a long prompt more slowly (a 1024-token prompt beside one
+    /// stream takes 512 steps); see docs/batching.md. >= 1.
+    std::size_t prefill_tokens_per_decode = 2;
     std::size_t max_queued = 64;      ///< requests waiting to run; submit() beyond it throws QueueFullError
     int threads = 0;                  ///< threads of each forward pass; 0 → all the hardware offers
 };
@@ -155,18 +164,26 @@ struct SchedulerStats {
     std::size_t prefix_cached_blocks = 0;          ///< blocks the prefix cache holds, after the last step
 };
 
-class Scheduler {
+/// The engine over a pool whose K/V are stored as T: float, fp16, bf16, q8_0 or q4_0 (the types a cache can
+/// be chosen with at run time, CacheElement; each is compiled once in the library). A request's tokens are
+/// those generate_with_cache gives it alone over a cache of the same element type. `Scheduler` is the float one.
+template <StorageElement T = float>
+class BasicScheduler {
 public:
+    using Element = T;
+    using Pool = PagedKVPool<T>;
+    using Prefixes = PrefixCache<T>;
+
     /// The pool must fit the model (ShapeError) and the prefix cache (may be null: no reuse) must be over
     /// the pool (ConfigError); options are checked (ConfigError). All must outlive the Scheduler. While the
     /// Scheduler lives, touch the pool and prefix cache only through exclusive(). The decoder is used only
     /// by the engine (it keeps scratch buffers: do not run it elsewhere at the same time).
-    Scheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<float>& pool,
-              PrefixCache<float>* prefix_cache = nullptr, SchedulerOptions options = {});
+    BasicScheduler(Decoder& model, const Tokenizer& tokenizer, PagedKVPool<T>& pool,
+                   PrefixCache<T>* prefix_cache = nullptr, SchedulerOptions options = {});
     /// stop(): unfinished requests are cancelled (on_done runs), kept sequences are freed.
-    ~Scheduler();
-    Scheduler(const Scheduler&) = delete;
-    Scheduler& operator=(const Scheduler&) = delete;
+    ~BasicScheduler();
+    BasicScheduler(const BasicScheduler&) = delete;
+    BasicScheduler& operator=(const BasicScheduler&) = delete;
 
     /// Queues a request and returns its id. Throws (and keeps nothing of the request) QueueFullError when
     /// max_queued requests wait, ConfigError for an empty prompt without continue_from or bad sampling
@@ -243,8 +260,8 @@ private:
 
     Decoder* model_;
     const Tokenizer* tokenizer_;
-    PagedKVPool<float>* pool_;
-    PrefixCache<float>* prefixes_;
+    PagedKVPool<T>* pool_;
+    PrefixCache<T>* prefixes_;
     SchedulerOptions options_;
 
     // The submit queue and pending cancellations: guarded by queue_mutex_ (held only briefly).
@@ -277,13 +294,23 @@ private:
     std::size_t kept_count_ = 0;
     SchedulerStats engine_stats_;                     // counters the engine updates
     std::vector<float> logits_;                       // (batch, vocab) rows of the requests that sample
-    std::vector<PagedSequence<float>> handles_;       // (batch) the caches of one step's items
-    std::vector<ForwardItem<PagedSequence<float>>> items_;  // (batch)
+    std::vector<PagedSequence<T>> handles_;       // (batch) the caches of one step's items
+    std::vector<ForwardItem<PagedSequence<T>>> items_;  // (batch)
     std::vector<Active*> in_step_;                    // (batch) whose item each is
     std::atomic<std::size_t> engine_work_{0};         // running + preempted, for the engine's sleep check
 
     std::thread engine_;
     std::atomic<bool> engine_running_{false};
 };
+
+/// The scheduler over a float pool.
+using Scheduler = BasicScheduler<float>;
+
+// Compiled in the library (src/model/scheduler.cpp) for these element types only.
+extern template class BasicScheduler<float>;
+extern template class BasicScheduler<fp16>;
+extern template class BasicScheduler<bf16>;
+extern template class BasicScheduler<q8_0>;
+extern template class BasicScheduler<q4_0>;
 
 }  // namespace kvcache

@@ -133,9 +133,11 @@ if [[ ",$MODELS," == *",real,"* ]]; then
   echo "== bench_batched -> $BATCHED_OUT [$(elapsed)]"
   cmake --build "$BUILD" --target bench_batched -j2 | grep -Ev '^\[[0-9]+/[0-9]+\]' || true
   QUICK_ARG=(); [[ $QUICK == 1 ]] && QUICK_ARG=(--quick)
+  # Repetitions: medians of 3 are what docs/batching.md quotes (the machine is shared and noisy).
+  REPS=3; [[ $QUICK == 1 ]] && REPS=1
   "$BUILD/bench/bench_batched" --threads="$THREADS" "${QUICK_ARG[@]+"${QUICK_ARG[@]}"}" \
-    --benchmark_out="$BATCHED_OUT" --benchmark_out_format=json | grep -E '^BM_' || true
-  BATCHED_ARGS=(--batched "$BATCHED_OUT")
+    --benchmark_repetitions=$REPS --benchmark_out="$BATCHED_OUT" --benchmark_out_format=json | grep -E '^BM_' || true
+  BATCHED_ARGS=(--batched "$BATCHED_OUT" --batched-out "$ROOT/docs/images")
 fi
 
 echo "== plots [$(elapsed)]"

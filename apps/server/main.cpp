@@ -42,6 +42,12 @@ int main(int argc, char** argv) {
     app.add_option("--max-body-bytes", o.max_body_bytes, "Largest request body")->check(CLI::Range(1024, 1 << 30));
     app.add_option("--batch", o.max_batch, "Requests decoded together in one step")->check(CLI::Range(1, 1024));
     app.add_option("--max-queued", o.max_queued, "Requests waiting for the batch before 503")->check(CLI::Range(1, 1 << 20));
+    app.add_option("--prefill-chunk", o.prefill_chunk, "Prompt tokens per step while nothing decodes")
+        ->check(CLI::Range(1, 1 << 20));
+    app.add_option("--prefill-per-decode", o.prefill_per_decode,
+                   "Prompt tokens per step per decoding request while any decodes (bounds how much a long prompt "
+                   "slows running streams)")
+        ->check(CLI::Range(1, 1 << 20));
     app.add_option("--http-threads", o.http_threads, "Connections served at once")->check(CLI::Range(4, 4096));
     CLI11_PARSE(app, argc, argv);
     o.model_path = model;

@@ -166,6 +166,8 @@ struct Server::Impl {
         SchedulerOptions so;
         so.max_batch = options.max_batch;
         so.max_queued = options.max_queued;
+        so.prefill_chunk = options.prefill_chunk;
+        so.prefill_tokens_per_decode = options.prefill_per_decode;
         so.threads = options.threads;
         scheduler = std::make_unique<Engine>(*model, *tokenizer, element, blocks, prefix_bytes, so);
         limits.max_tokens = options.ctx;

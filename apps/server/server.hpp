@@ -25,6 +25,8 @@ struct ServerOptions {
     std::size_t max_body_bytes = 1 << 20;
     std::size_t max_batch = 16;           ///< requests decoded together in one step
     std::size_t max_queued = 64;          ///< requests waiting for the batch; more get 503
+    std::size_t prefill_chunk = 256;      ///< prompt tokens per step while nothing decodes
+    std::size_t prefill_per_decode = 2;   ///< prompt tokens per step per decoding request while any decodes
     std::size_t http_threads = 64;        ///< connections served at once (a stream holds one)
     double slot_wait_seconds = 30;        ///< how long a request waits for a slot when all are busy, then 503
 };

@@ -230,10 +230,11 @@ def test_sigterm_ends_streams_cleanly_and_saves_slots():
 
 def test_cache_type_q8_0_gives_generate_with_cache_over_q8_0():
     """--cache-type q8_0: the pool holds q8_0 K/V; answers, follow-ups (prefix reuse) and a saved and restored
-    slot give generate_with_cache's tokens over a q8_0 cache; /health names the type; a bad type is refused."""
+    slot give generate_with_cache's tokens over a q8_0 cache; /health names the type; a bad type is refused.
+    (Also --prefill-chunk / --prefill-per-decode are taken, and 0 is refused.)"""
     directory = tempfile.mkdtemp(prefix="kvcache-slots-q8-")
     q8 = Server(args, "--slots", 2, "--ctx", 256, "--prefix-cache-mb", 8, "--cache-type", "q8_0",
-                "--slot-save-path", directory)
+                "--slot-save-path", directory, "--prefill-chunk", 64, "--prefill-per-decode", 4)
     try:
         kv = q8.health()["kv"]
         assert kv["cache_type"] == "q8_0", kv
@@ -258,6 +259,9 @@ def test_cache_type_q8_0_gives_generate_with_cache_over_q8_0():
     bad = subprocess.run([args.server, "--model", args.model, "--port", "0", "--cache-type", "q5_k"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode != 0 and "cache-type" in bad.stderr, (bad.returncode, bad.stderr)
+    bad = subprocess.run([args.server, "--model", args.model, "--port", "0", "--prefill-per-decode", "0"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "prefill-per-decode" in bad.stderr, (bad.returncode, bad.stderr)
 
 
 tests = [test_openai_non_streaming_equals_generate_with_cache, test_openai_streaming_equals_generate_with_cache,

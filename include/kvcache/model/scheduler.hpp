@@ -80,9 +80,9 @@ struct SchedulerOptions {
     /// While requests decode (feed one token), prompts get this many tokens per step for each decoding request
     /// (at least 1 in all, at most prefill_chunk). A step costs about one pass over the weights plus each
     /// token's arithmetic and attention, and a prompt token costs about what a decoding stream does, so with d
-    /// streams a step carrying 2d prompt tokens takes about (1 + 2d) / (1 + d) < 3 times their normal step:
-    /// the bound issue 11 sets. Fewer tokens admit a long prompt more slowly (a 1024-token prompt beside one
-    /// stream takes 512 steps); see docs/batching.md. >= 1.
+    /// streams a step carrying 2d prompt tokens takes about (1 + 2d) / (1 + d) < 3 times their normal step
+    /// (SmolLM2, 2 cores: 1.0x beside one stream, 2.1x beside four). The price is admission time: a 1024-token
+    /// prompt beside one stream takes 512 steps. See docs/batching.md. >= 1.
     std::size_t prefill_tokens_per_decode = 2;
     std::size_t max_queued = 64;      ///< requests waiting to run; submit() beyond it throws QueueFullError
     int threads = 0;                  ///< threads of each forward pass; 0 → all the hardware offers

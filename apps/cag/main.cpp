@@ -479,6 +479,9 @@ int main(int argc, char** argv) {
     } catch (const kvcache::Error& e) {
         fmt::print(stderr, "kvcache-cag: {}\n", e.what());
         return 1;
+    } catch (const std::exception& e) {  // not expected: the library throws kvcache::Error only
+        fmt::print(stderr, "kvcache-cag: {}\n", e.what());
+        return 1;
     }
     return 0;
 }

@@ -2,6 +2,10 @@
 // error paths, and the real SmolLM2 model against golden logits from an independent numpy implementation.
 #include <catch2/catch.hpp>
 
+#include <sys/resource.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -304,4 +308,44 @@ TEST_CASE("SmolLM2: logits match the numpy float64 reference") {
         CHECK(got == expected);
     }
     WARN("worst |logit - reference| over the fixture: " << worst);
+}
+
+TEST_CASE("a forward pass whose scratch cannot be allocated is a CapacityError, and stays one when retried",
+          "[decoder][issue9]") {
+#if defined(__SANITIZE_ADDRESS__)
+    SUCCEED("skipped under AddressSanitizer (its shadow memory does not fit an address-space limit)");
+#else
+    // In a child process limited to 256 MiB more address space than it uses: 50k tokens need ~1.2 GB of scratch.
+    // Before: std::bad_alloc escaped, and the failed resize left x_ grown, so a retry of the same size skipped
+    // the allocation and wrote past the other scratch buffers.
+    const pid_t pid = ::fork();
+    REQUIRE(pid >= 0);
+    if (pid == 0) {
+        Decoder d(DecoderWeights::random(DecoderConfig::small_test_model(), 5), 1);
+        MultiLayerKVCache<float> cache(d.cache_layers(), 1, 16, Growth::Grow);
+        const std::vector<std::int32_t> tokens(50'000, 3);
+        std::ifstream statm("/proc/self/statm");
+        std::size_t pages = 0;
+        statm >> pages;
+        const rlim_t limit = pages * static_cast<rlim_t>(::sysconf(_SC_PAGESIZE)) + (rlim_t{256} << 20);
+        const rlimit lim{limit, limit};
+        if (::setrlimit(RLIMIT_AS, &lim) != 0) ::_exit(20);
+        for (int attempt = 0; attempt < 2; ++attempt) {
+            try {
+                d.forward(std::span<const std::int32_t>(tokens), cache, 0, std::span<float>());
+                ::_exit(10);  // no error at all
+            } catch (const CapacityError&) {
+            } catch (...) {
+                ::_exit(11);  // another exception type (std::bad_alloc)
+            }
+        }
+        std::vector<float> logits(d.config().vocab_size);
+        d.forward(std::span<const std::int32_t>(tokens).first(4), cache, 0, std::span<float>(logits));
+        ::_exit(cache.seq_len(0) == 4 ? 0 : 12);
+    }
+    int status = 0;
+    REQUIRE(::waitpid(pid, &status, 0) == pid);
+    REQUIRE(WIFEXITED(status));
+    CHECK(WEXITSTATUS(status) == 0);
+#endif
 }

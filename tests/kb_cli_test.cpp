@@ -85,3 +85,24 @@ TEST_CASE("kvcache-cag: help, bad options, ingest, list, search, remove", "[kb][
     CHECK(bad.status == 1);
     CHECK(bad.output.find("binary") != std::string::npos);
 }
+
+TEST_CASE("kvcache-cag: numbers out of range are refused with a short message", "[kb][cli][issue9]") {
+    if (!std::filesystem::exists(cag_program())) {
+        WARN("kvcache-cag is not built (" << cag_program() << "); nothing to test");
+        return;
+    }
+    const auto dir = kb_test::scratch_dir("cli_ranges");
+    const std::string db = fmt::format("--db '{}' ", (dir / "kb.sqlite").string());
+    // PositiveNumber/NonNegativeNumber printed DBL_MAX's 309 digits; -1 threads meant all cores; a quota of
+    // 2^64 - 1 MiB wrapped when shifted to bytes.
+    for (const std::string args : {"search hello -k 0", "--threads -1 list", "--cache-quota-mb 0 list",
+                                   "--cache-quota-mb 18446744073709551615 list", "ask hi --context 0",
+                                   "ask hi -n 0", "chat hi -n -1", "ingest x --overlap-tokens -1"}) {
+        INFO(args);
+        const Run r = run(db + args);
+        CHECK(r.status != 0);
+        CHECK(r.status < 128);
+        CHECK(r.output.size() < 400);
+        CHECK(r.output.find("not in range") != std::string::npos);
+    }
+}

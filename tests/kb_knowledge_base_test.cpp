@@ -190,3 +190,17 @@ TEST_CASE("Corrupt, truncated and foreign database files are FormatErrors and ar
     auto kb = KnowledgeBase::open(dir / "kb.sqlite", false);
     CHECK_FALSE(kb.search("Quillon", 1).empty());
 }
+
+TEST_CASE("Walking a directory with a symlink loop skips the loop instead of throwing std::filesystem_error",
+          "[kb][errors][issue9]") {
+    const auto dir = kb_test::scratch_dir("symlink_loop");
+    write_file(dir / "docs" / "one.txt", "Corvane sells cheese on Tuesdays.\n");
+    std::filesystem::create_symlink("loop.txt", dir / "docs" / "loop.txt");  // ELOOP when its type is read
+    std::filesystem::create_symlink("missing.md", dir / "docs" / "dangling.md");
+    auto kb = KnowledgeBase::open(dir / "kb.sqlite");
+    const std::vector<std::filesystem::path> paths{dir / "docs"};
+    std::vector<IngestResult> results;
+    REQUIRE_NOTHROW(results = kb.ingest_paths(paths, tokenizer()));  // threw std::filesystem_error
+    REQUIRE(results.size() == 1);
+    CHECK(kb.search("cheese", 3).size() == 1);
+}

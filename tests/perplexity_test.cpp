@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <span>
+#include <limits>
 #include <vector>
 
 #include "kvcache/model/decoder.hpp"
@@ -130,5 +131,17 @@ TEST_CASE("perplexity misuse is a typed error", "[perplexity]") {
     CHECK_THROWS_AS(perplexity(m, tokens, o), ConfigError);
     o.cache.values = CacheElement::Q4_0;
     o.batch = 0;
+    CHECK_THROWS_AS(perplexity(m, tokens, o), ConfigError);
+}
+
+TEST_CASE("a streaming context of 2^64 - 1 is refused, not a run that scores nothing", "[perplexity][issue9]") {
+    Decoder& m = model();
+    const auto tokens = text(40);
+    PerplexityOptions o;
+    o.cache.window = 16;
+    o.context = std::numeric_limits<std::size_t>::max();  // context + 1 wrapped to 0: perplexity 1 from 0 scores
+    CHECK_THROWS_AS(perplexity(m, tokens, o), ConfigError);
+    o.context = 8;
+    o.cache.sinks = std::numeric_limits<std::size_t>::max();  // sinks + window wrapped
     CHECK_THROWS_AS(perplexity(m, tokens, o), ConfigError);
 }

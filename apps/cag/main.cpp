@@ -381,22 +381,24 @@ int main(int argc, char** argv) {
     app.add_option("--db", s.db, "Knowledge base file (SQLite)")->capture_default_str();
     app.add_option("-m,--model", s.model, "GGUF model file (default: $KVCACHE_MODEL or models/ in the source tree)");
     app.add_option("--cache-dir", s.cache_dir, "Directory for knowledge cache files")->capture_default_str();
+    // Ranges, not PositiveNumber/NonNegativeNumber: their messages printed DBL_MAX's 309 digits; and a quota of
+    // 2^64 - 1 MiB wrapped when shifted to bytes.
     app.add_option("--cache-quota-mb", s.cache_quota_mb, "Most MiB the cache directory may hold (LRU files go first)")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(CLI::Range(1, 1 << 30));
     app.add_flag("--no-disk-cache", s.no_disk_cache, "Neither load nor save knowledge caches on disk");
-    app.add_option("--threads", s.threads, "Threads (0 = all cores)")->check(CLI::NonNegativeNumber);
+    app.add_option("--threads", s.threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));
 
     auto add_answer_options = [&](CLI::App* sub) {
         sub->add_option("-n,--max-new-tokens", s.answer.max_new_tokens, "Most tokens of an answer")
             ->capture_default_str()
-            ->check(CLI::PositiveNumber);
+            ->check(CLI::Range(1, 1 << 20));
         sub->add_option("-k,--top-k", s.answer.rag_top_k, "Chunks in a rag prompt")
             ->capture_default_str()
-            ->check(CLI::PositiveNumber);
+            ->check(CLI::Range(1, 1 << 16));
         sub->add_option("--context", s.answer.context, "Most positions of knowledge + question + answer")
             ->capture_default_str()
-            ->check(CLI::PositiveNumber);
+            ->check(CLI::Range(1, 1 << 24));
         sub->add_option("--instructions", s.answer.instructions, "What the system turn says before the knowledge");
         sub->add_flag_callback("--examples", [&] { s.answer.examples = default_qa_examples(); },
                                "Show the model two worked examples before the question (few-shot)");
@@ -409,7 +411,9 @@ int main(int argc, char** argv) {
     auto add_chunk_options = [&](CLI::App* sub) {
         sub->add_option("--chunk-tokens", s.chunk_tokens, "Most tokens of a chunk")->capture_default_str()->check(
             CLI::Range(8, 1 << 20));
-        sub->add_option("--overlap-tokens", s.overlap_tokens, "Tokens neighbouring chunks share")->capture_default_str();
+        sub->add_option("--overlap-tokens", s.overlap_tokens, "Tokens neighbouring chunks share")
+            ->capture_default_str()
+            ->check(CLI::Range(0, 1 << 20));
     };
 
     std::vector<std::string> paths;
@@ -427,7 +431,7 @@ int main(int argc, char** argv) {
     std::size_t k = 5;
     auto* search = app.add_subcommand("search", "Keyword search (BM25): the top chunks with score, file and offset");
     search->add_option("query", query, "Words to search for")->required();
-    search->add_option("-k,--top", k, "Chunks to show")->capture_default_str()->check(CLI::PositiveNumber);
+    search->add_option("-k,--top", k, "Chunks to show")->capture_default_str()->check(CLI::Range(1, 1 << 20));
 
     std::string question, mode = "cag";
     bool verbose = false;
@@ -444,7 +448,7 @@ int main(int argc, char** argv) {
     chat->add_option("--system", system, "A system message before it");
     chat->add_option("-n,--max-new-tokens", s.answer.max_new_tokens, "Most tokens to generate")
         ->capture_default_str()
-        ->check(CLI::PositiveNumber);
+        ->check(CLI::Range(1, 1 << 20));
 
     std::string qa_file, modes = "cag,rag,none", json_out, plot_out;
     std::size_t limit = 0, none_limit = 0;
@@ -454,8 +458,9 @@ int main(int argc, char** argv) {
         ->required()
         ->check(CLI::ExistingFile);
     eval->add_option("--modes", modes, "Comma-separated modes")->capture_default_str();
-    eval->add_option("--limit", limit, "Only the first N questions (0 = all)");
-    eval->add_option("--none-limit", none_limit, "Run mode none on the first N questions only (it is slow; 0 = all)");
+    eval->add_option("--limit", limit, "Only the first N questions (0 = all)")->check(CLI::Range(0, 1 << 30));
+    eval->add_option("--none-limit", none_limit, "Run mode none on the first N questions only (it is slow; 0 = all)")
+        ->check(CLI::Range(0, 1 << 30));  // -1 was taken as 2^64 - 1
     eval->add_option("--json", json_out, "Write per-question and summary results as JSON");
     eval->add_option("--plot", plot_out, "Draw a PNG of time per answer and accuracy per mode (needs --json)");
     eval->add_flag("--ingest-contexts", ingest_contexts, "First add the questions' contexts to the knowledge base");
@@ -473,6 +478,9 @@ int main(int argc, char** argv) {
         if (*chat) return run_chat(s, message, system);
         if (*eval) return run_eval(s, qa_file, modes, limit, none_limit, json_out, plot_out, ingest_contexts);
     } catch (const kvcache::Error& e) {
+        fmt::print(stderr, "kvcache-cag: {}\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {  // not expected: the library throws kvcache::Error only
         fmt::print(stderr, "kvcache-cag: {}\n", e.what());
         return 1;
     }

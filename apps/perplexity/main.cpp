@@ -38,17 +38,21 @@ int main(int argc, char** argv) {
     app.add_option("-m,--model", model_path, "GGUF model file (default: $KVCACHE_MODEL or models/ in the source tree)");
     app.add_option("-c,--ctx", options.context, "Tokens per chunk (the cache's positions); in streaming mode, "
                                                 "predictions before this many tokens are not scored")
-        ->check(CLI::PositiveNumber);
+        ->check(CLI::Range(2, 1 << 24));  // not PositiveNumber: its message printed DBL_MAX's 309 digits
     app.add_option("--cache-type", cache_type, "Keys and values: f32, f16, bf16, q8_0, q4_0, q4_0h");
     app.add_option("--cache-type-k", type_k, "Keys only (overrides --cache-type)");
     app.add_option("--cache-type-v", type_v, "Values only (overrides --cache-type)");
-    app.add_option("--chunks", options.max_chunks, "At most this many chunks (0: all)");
-    app.add_option("--batch", options.batch, "Tokens per forward pass")->check(CLI::PositiveNumber);
-    app.add_option("--sinks", options.cache.sinks, "Streaming mode: attention sinks kept at the start");
-    app.add_option("--window", options.cache.window, "Streaming mode: the most recent positions kept (> 0 selects it)");
-    app.add_option("--evict-block", options.cache.evict_block, "Streaming mode: positions dropped at once");
-    app.add_option("--tokens", max_tokens, "Use only the first N tokens of the text (0: all)");
-    app.add_option("--threads", threads, "Threads (0 = all cores)");
+    app.add_option("--chunks", options.max_chunks, "At most this many chunks (0: all)")->check(CLI::Range(0, 1 << 30));
+    app.add_option("--batch", options.batch, "Tokens per forward pass")->check(CLI::Range(1, 1 << 16));
+    app.add_option("--sinks", options.cache.sinks, "Streaming mode: attention sinks kept at the start")
+        ->check(CLI::Range(0, 1 << 24));
+    app.add_option("--window", options.cache.window, "Streaming mode: the most recent positions kept (> 0 selects it)")
+        ->check(CLI::Range(0, 1 << 24));
+    app.add_option("--evict-block", options.cache.evict_block, "Streaming mode: positions dropped at once")
+        ->check(CLI::Range(1, 1 << 24));
+    app.add_option("--tokens", max_tokens, "Use only the first N tokens of the text (0: all)")
+        ->check(CLI::Range(0, 1 << 30));  // -1 was taken as 2^64 - 1
+    app.add_option("--threads", threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));  // -1 was "all"
     app.add_flag("--json", json, "Print the result as one JSON line on stdout");
     CLI11_PARSE(app, argc, argv);
 
@@ -91,6 +95,9 @@ int main(int argc, char** argv) {
         }
         return 0;
     } catch (const kvcache::Error& e) {
+        fmt::print(stderr, "error: {}\n", e.what());
+        return 1;
+    } catch (const std::exception& e) {  // not expected: the library throws kvcache::Error only
         fmt::print(stderr, "error: {}\n", e.what());
         return 1;
     }

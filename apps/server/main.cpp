@@ -90,5 +90,8 @@ int main(int argc, char** argv) {
     } catch (const kvcache::Error& e) {
         fmt::print(stderr, "error: {}\n", e.what());
         return 1;
+    } catch (const std::exception& e) {  // not expected: the library throws kvcache::Error only
+        fmt::print(stderr, "error: {}\n", e.what());
+        return 1;
     }
 }

@@ -172,7 +172,14 @@ struct Server::Impl {
         scheduler = std::make_unique<Engine>(*model, *tokenizer, element, blocks, prefix_bytes, so);
         limits.max_tokens = options.ctx;
         limits.max_context_window = options.ctx;
-        if (!options.slot_save_path.empty()) std::filesystem::create_directories(options.slot_save_path);
+        if (!options.slot_save_path.empty()) {
+            std::error_code ec;  // an IoError naming the path, not std::filesystem_error escaping the contract
+            std::filesystem::create_directories(options.slot_save_path, ec);
+            if (ec) {
+                throw IoError(fmt::format("--slot-save-path: cannot create directory '{}': {}",
+                                          options.slot_save_path.string(), ec.message()));
+            }
+        }
         setup_routes();
     }
 

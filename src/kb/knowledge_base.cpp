@@ -312,10 +312,18 @@ std::vector<IngestResult> KnowledgeBase::ingest_paths(std::span<const std::files
     for (const auto& p : paths) {
         std::error_code ec;
         if (std::filesystem::is_directory(p, ec)) {
+            // With error codes throughout: a symlink loop or an unreadable entry inside the tree threw
+            // std::filesystem_error (not a kvcache::Error) out of the walk. Entries whose type cannot be read
+            // are skipped (they are not documents); a directory that cannot be walked is an IoError.
             std::vector<std::filesystem::path> found;
-            for (const auto& entry : std::filesystem::recursive_directory_iterator(p)) {
-                if (entry.is_regular_file() && is_document_extension(entry.path())) found.push_back(entry.path());
+            std::error_code walk;
+            std::filesystem::recursive_directory_iterator it(
+                p, std::filesystem::directory_options::skip_permission_denied, walk);
+            for (; !walk && it != std::filesystem::recursive_directory_iterator(); it.increment(walk)) {
+                std::error_code type;
+                if (it->is_regular_file(type) && is_document_extension(it->path())) found.push_back(it->path());
             }
+            if (walk) throw IoError(fmt::format("{}: cannot list the directory: {}", p.string(), walk.message()));
             std::sort(found.begin(), found.end());
             files.insert(files.end(), found.begin(), found.end());
         } else if (std::filesystem::exists(p, ec)) {

@@ -176,16 +176,28 @@ void Decoder::check_cache_shape(std::size_t layers, std::size_t layer, std::size
 
 void Decoder::reserve_scratch(std::size_t n, std::size_t logit_rows) {
     const DecoderConfig& c = config();
-    if (logits_.size() < logit_rows * c.vocab_size && logit_rows > 1) logits_.resize(logit_rows * c.vocab_size);
-    if (x_.size() >= n * c.d_model) return;
-    x_.resize(n * c.d_model);
-    xb_.resize(n * c.d_model);
-    q_.resize(n * c.q_dim());
-    k_.resize(n * c.kv_dim());
-    v_.resize(n * c.kv_dim());
-    att_.resize(n * c.q_dim());
-    hb_.resize(n * c.d_ff);
-    hb2_.resize(n * c.d_ff);
+    const auto rows = [n](std::size_t width) { return detail::checked_mul(n, width, "decoder: scratch of a forward pass"); };
+    try {
+        if (logit_rows > 1) {
+            const std::size_t logits = detail::checked_mul(logit_rows, c.vocab_size, "decoder: logits of a forward pass");
+            if (logits_.size() < logits) logits_.resize(logits);
+        }
+        if (x_.size() >= rows(c.d_model)) return;
+        // x_ last: its size says the others are large enough, so an allocation that fails half way must not
+        // leave x_ grown (the next call of this size would skip the rest and write past them).
+        xb_.resize(rows(c.d_model));
+        q_.resize(rows(c.q_dim()));
+        k_.resize(rows(c.kv_dim()));
+        v_.resize(rows(c.kv_dim()));
+        att_.resize(rows(c.q_dim()));
+        hb_.resize(rows(c.d_ff));
+        hb2_.resize(rows(c.d_ff));
+        x_.resize(rows(c.d_model));
+    } catch (const std::bad_alloc&) {
+        throw CapacityError(fmt::format("decoder: cannot allocate the scratch of a forward pass over {} tokens", n));
+    } catch (const std::length_error&) {
+        throw CapacityError(fmt::format("decoder: the scratch of a forward pass over {} tokens is too large", n));
+    }
 }
 
 }  // namespace kvcache

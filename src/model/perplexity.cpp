@@ -11,6 +11,7 @@
 
 #include "kvcache/cache/context_shift.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/model/context_shift.hpp"
 
 namespace kvcache {
@@ -35,8 +36,12 @@ PerplexityResult perplexity(Decoder& model, std::span<const std::int32_t> tokens
     if (o.batch == 0) throw ConfigError("perplexity: batch 0");
     const bool streaming = o.cache.window > 0;
     if (o.cache.context_shift) throw ConfigError("perplexity: a context shift is not a perplexity mode (use a window)");
-    validate(o.cache, streaming ? o.cache.sinks + o.cache.window : o.context);
-    const std::size_t needed = streaming ? o.context + 1 : o.context;
+    // Checked: context + 1 wrapped to 0 for a context of 2^64 - 1, so a streaming run scored nothing and
+    // reported a perplexity of exactly 1.
+    validate(o.cache, streaming ? detail::checked_add<ConfigError>(o.cache.sinks, o.cache.window, "perplexity: sinks + window")
+                                : o.context);
+    const std::size_t needed = streaming ? detail::checked_add<ConfigError>(o.context, 1, "perplexity: context + 1")
+                                         : o.context;
     if (tokens.size() < needed) {
         throw ConfigError(fmt::format("perplexity: {} tokens of text, fewer than the {} one {} needs", tokens.size(),
                                       needed, streaming ? "streaming run" : "chunk"));

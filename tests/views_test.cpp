@@ -69,7 +69,7 @@ TEST_CASE("xtensor_view on a compile-time cache sees later writes to the same me
 TEMPLATE_TEST_CASE("eigen_view: one head as a row-major [seq x dim] map", "[views]", (KVCache<2, 3, 4, float>),
                    (MultiLayerKVCache<float>)) {
     auto make = [] {
-        if constexpr (std::is_same_v<TestType, MultiLayerKVCache<float>>) return TestType(2, 3, 4, 2, 7);
+        if constexpr (std::is_same_v<TestType, MultiLayerKVCache<float>>) return TestType(CacheShape{2, 3, 4}, 2, 7);
         else return TestType(2, 7);
     };
     TestType cache = make();

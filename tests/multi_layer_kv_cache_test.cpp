@@ -34,8 +34,8 @@ TEMPLATE_TEST_CASE("MultiLayerKVCache: construction and LayerShape validation", 
     CHECK_THROWS_AS(Cache(kShapes, 1, 0), ConfigError);
     CHECK_THROWS_AS(Cache(std::vector<LayerShape>{{2, 4}, {0, 4}}, 1, 4), ConfigError);
     CHECK_THROWS_AS(Cache(std::vector<LayerShape>{{2, 4}, {2, 0}}, 1, 4), ConfigError);
-    CHECK_THROWS_AS(Cache(0, 2, 4, 1, 4), ConfigError);  // zero layers, uniform form
-    CHECK_THROWS_AS(Cache(1, 2, 4, 1, std::numeric_limits<std::size_t>::max() / 4), ConfigError);  // size wraps
+    CHECK_THROWS_AS(Cache(CacheShape{0, 2, 4}, 1, 4), ConfigError);  // zero layers, uniform form
+    CHECK_THROWS_AS(Cache(CacheShape{1, 2, 4}, 1, std::numeric_limits<std::size_t>::max() / 4), ConfigError);  // size wraps
     try {
         Cache(std::vector<LayerShape>{{2, 4}, {2, 4}, {5, 0}}, 1, 4);
         FAIL("no exception");
@@ -64,7 +64,7 @@ TEMPLATE_TEST_CASE("MultiLayerKVCache: construction and LayerShape validation", 
     CHECK(Cache::bytes_for(kShapes, 3, 11) == 2 * 3 * 11 * widths * sizeof(TestType));
     CHECK(Cache::bytes_for({}, 3, 11) == 0);
 
-    Cache uniform(4, 2, 8, 1, 3, Growth::Grow);
+    Cache uniform(CacheShape{4, 2, 8}, 1, 3, Growth::Grow);
     CHECK(uniform.num_layers() == 4);
     CHECK(uniform.layer_shape(3) == LayerShape{2, 8});
     CHECK(uniform.growth() == Growth::Grow);

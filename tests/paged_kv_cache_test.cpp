@@ -78,8 +78,8 @@ TEMPLATE_TEST_CASE("PagedKVPool: construction, sizes and validation", "[paged]",
     CHECK_THROWS_AS(Pool(kShapes, 4, 0), ConfigError);
     CHECK_THROWS_AS(Pool(std::vector<LayerShape>{{2, 4}, {0, 4}}, 4), ConfigError);
     CHECK_THROWS_AS(Pool(std::vector<LayerShape>{{2, 4}, {2, 0}}, 4), ConfigError);
-    CHECK_THROWS_AS(Pool(1, 1, 1, std::size_t{std::numeric_limits<BlockId>::max()} + 1, 1), ConfigError);
-    CHECK_THROWS_AS(Pool(1, 1024, 1024, 1, std::numeric_limits<std::size_t>::max() / 4), ConfigError);
+    CHECK_THROWS_AS(Pool(CacheShape{1, 1, 1}, std::size_t{std::numeric_limits<BlockId>::max()} + 1, 1), ConfigError);
+    CHECK_THROWS_AS(Pool(CacheShape{1, 1024, 1024}, 1, std::numeric_limits<std::size_t>::max() / 4), ConfigError);
     try {
         Pool(std::vector<LayerShape>{{2, 4}, {2, 4}, {5, 0}}, 4);
         FAIL("no exception");

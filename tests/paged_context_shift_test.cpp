@@ -57,7 +57,7 @@ TEMPLATE_TEST_CASE("a context shift on a paged sequence equals the shift on a co
         for (const auto& [n_keep, n_discard] : {std::pair<std::size_t, std::size_t>{4, 13}, {0, 9}, {7, 7}, {5, 40}}) {
             INFO("block " << block << " n_keep " << n_keep << " n_discard " << n_discard);
             MultiLayerKVCache<T> flat(CacheShape{L, H, D}, 1, N);
-            PagedKVPool<T> pool(L, H, D, PagedKVPool<T>::blocks_for(N, block), block);
+            PagedKVPool<T> pool(CacheShape{L, H, D}, PagedKVPool<T>::blocks_for(N, block), block);
             auto seq = pool.sequence(pool.create_sequence());
             for (std::size_t l = 0; l < L; ++l) {
                 flat.append(l, 0, k, v, N);

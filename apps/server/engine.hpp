@@ -1,5 +1,5 @@
 // kvcache::server::Engine: the server's paged pool, prefix cache and scheduler for the K/V element type chosen
-// at start (--cache-type f32/f16/bf16/q8_0/q4_0), behind the scheduler calls the server makes — so the rest of
+// at start (--cache-type f32/f16/bf16/q8_0/q4_0/q4_0h), behind the scheduler calls the server makes — so the rest of
 // the server is written once for every element type.
 #pragma once
 
@@ -36,7 +36,8 @@ private:  // first: the members below deduce their return types from visit
 
     CacheElement element_;
     std::variant<std::unique_ptr<Stack<float>>, std::unique_ptr<Stack<fp16>>, std::unique_ptr<Stack<bf16>>,
-                 std::unique_ptr<Stack<q8_0>>, std::unique_ptr<Stack<q4_0>>>
+                 std::unique_ptr<Stack<q8_0>>, std::unique_ptr<Stack<q4_0>>,
+                 std::unique_ptr<Stack<q4_0h>>>
         stack_;
 
 public:

@@ -37,8 +37,8 @@ int main(int argc, char** argv) {
     app.add_option("--api-key", o.api_key, "Require 'Authorization: Bearer <key>' on every endpoint but /health and the UI");
     app.add_option("--slot-save-path", save_path, "Directory for slot cache files (save/restore; saved at shutdown)");
     app.add_option("--prefix-cache-mb", o.prefix_cache_mb, "Prefix cache budget in MiB")->check(CLI::Range(0, 1 << 20));
-    app.add_option("--cache-type", o.cache_type, "K/V element type of the pool: f32, f16, bf16, q8_0, q4_0")
-        ->check(CLI::IsMember({"f32", "fp32", "f16", "fp16", "bf16", "q8_0", "q4_0"}));
+    app.add_option("--cache-type", o.cache_type, "K/V element type of the pool: f32, f16, bf16, q8_0, q4_0, q4_0h")
+        ->check(CLI::IsMember({"f32", "fp32", "f16", "fp16", "bf16", "q8_0", "q4_0", "q4_0h"}));
     app.add_option("--max-body-bytes", o.max_body_bytes, "Largest request body")->check(CLI::Range(1024, 1 << 30));
     app.add_option("--batch", o.max_batch, "Requests decoded together in one step")->check(CLI::Range(1, 1024));
     app.add_option("--max-queued", o.max_queued, "Requests waiting for the batch before 503")->check(CLI::Range(1, 1 << 20));

@@ -684,5 +684,6 @@ template class BasicScheduler<fp16>;
 template class BasicScheduler<bf16>;
 template class BasicScheduler<q8_0>;
 template class BasicScheduler<q4_0>;
+template class BasicScheduler<q4_0h>;
 
 }  // namespace kvcache

@@ -164,7 +164,7 @@ struct SchedulerStats {
     std::size_t prefix_cached_blocks = 0;          ///< blocks the prefix cache holds, after the last step
 };
 
-/// The engine over a pool whose K/V are stored as T: float, fp16, bf16, q8_0 or q4_0 (the types a cache can
+/// The engine over a pool whose K/V are stored as T: float, fp16, bf16, q8_0, q4_0 or q4_0h (the types a cache can
 /// be chosen with at run time, CacheElement; each is compiled once in the library). A request's tokens are
 /// those generate_with_cache gives it alone over a cache of the same element type. `Scheduler` is the float one.
 template <StorageElement T = float>
@@ -312,5 +312,6 @@ extern template class BasicScheduler<fp16>;
 extern template class BasicScheduler<bf16>;
 extern template class BasicScheduler<q8_0>;
 extern template class BasicScheduler<q4_0>;
+extern template class BasicScheduler<q4_0h>;
 
 }  // namespace kvcache

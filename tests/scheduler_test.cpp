@@ -216,6 +216,12 @@ TEST_CASE("scheduler: bad requests are refused at submit with typed errors") {
 
     // Options and pool checks at construction.
     CHECK_THROWS_AS(Scheduler(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.max_batch = 0}), ConfigError);
+    // An absurd batch is refused before anything is allocated (it was a std::length_error / std::bad_alloc).
+    CHECK_THROWS_AS(Scheduler(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.max_batch = kMaxBatchLimit + 1}),
+                    ConfigError);
+    CHECK_THROWS_AS(
+        Scheduler(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.max_batch = std::size_t(1) << 62}),
+        ConfigError);
     CHECK_THROWS_AS(Scheduler(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.prefill_chunk = 0}),
                     ConfigError);
     CHECK_THROWS_AS(

@@ -3,8 +3,11 @@
 
 #include <algorithm>
 #include <chrono>
+#include <new>
 
 #include <fmt/format.h>
+
+#include "kvcache/detail/checked.hpp"
 
 #include "kvcache/model/tokenizer.hpp"
 
@@ -74,7 +77,20 @@ BasicScheduler<T>::BasicScheduler(Decoder& model, const Tokenizer& tokenizer, Pa
             options.max_batch, options.prefill_chunk, options.prefill_tokens_per_decode));
     }
     if (options.threads < 0) throw ConfigError(fmt::format("Scheduler: threads is {}; must be >= 0", options.threads));
-    logits_.resize(options.max_batch * model.config().vocab_size);
+    if (options.max_batch > kMaxBatchLimit) {
+        throw ConfigError(fmt::format("Scheduler: max_batch is {}; at most {} requests can run at once",
+                                      options.max_batch, kMaxBatchLimit));
+    }
+    // The logits of a full batch are allocated now, once: an allocation that cannot succeed is a CapacityError
+    // naming the size, not a std::bad_alloc.
+    const std::size_t logits = detail::checked_product("Scheduler: logits of max_batch requests", options.max_batch,
+                                                       model.config().vocab_size);
+    try {
+        logits_.resize(logits);
+    } catch (const std::bad_alloc&) {
+        throw CapacityError(fmt::format("Scheduler: cannot allocate the logits of {} requests ({} floats)",
+                                        options.max_batch, logits));
+    }
     handles_.reserve(options.max_batch);
     items_.reserve(options.max_batch);
     in_step_.reserve(options.max_batch);

@@ -72,8 +72,12 @@ public:
     using CapacityError::CapacityError;
 };
 
+/// The most requests a scheduler runs at once: a step holds every running request's logits, and far fewer
+/// sequences already make a CPU step compute-bound (docs/batching.md).
+inline constexpr std::size_t kMaxBatchLimit = 4096;
+
 struct SchedulerOptions {
-    std::size_t max_batch = 16;       ///< requests running at once (decoding or prefilling); >= 1
+    std::size_t max_batch = 16;       ///< requests running at once (decoding or prefilling); 1 to kMaxBatchLimit
     /// Prompt tokens fed per step, over all prefilling requests, while no request is decoding: nobody waits
     /// on the step, so big chunks (fewer weight passes: the shortest time to first token); >= 1.
     std::size_t prefill_chunk = 256;

@@ -36,7 +36,10 @@ if ! command -v clang++ >/dev/null 2>&1; then
   if [ "$(id -u)" -eq 0 ]; then apt-get install -y clang; else sudo apt-get install -y clang; fi
 fi
 
+# -O1 -g1 as libFuzzer's documentation builds (line tables are enough for the sanitizers' reports): half the
+# build time of -O2 -g.
 CC=clang CXX=clang++ cmake -S "$root" -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
   -DKVCACHE_BUILD_FUZZ=ON -DKVCACHE_BUILD_TESTS=OFF -DKVCACHE_BUILD_BENCH=OFF -DKVCACHE_BUILD_EXAMPLES=OFF \
   -DKVCACHE_BUILD_KB=OFF -DKVCACHE_INSTALL=OFF -DKVCACHE_WERROR=OFF >/dev/null
 cmake --build "$build" --target "${targets[@]}" -j "$jobs"

@@ -12,7 +12,9 @@ build="${BUILD_DIR:-build-tsan}"
 tests="${TSAN_TESTS:-cache_store_test scheduler_threads_test thread_pool_test matmul_test}"
 jobs="$(nproc)"
 # shellcheck disable=SC2086
+# -O1 -g1 (line tables): ThreadSanitizer's reports keep file:line; half the build time of -O2 -g.
 cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVCACHE_WERROR=ON -DKVCACHE_SANITIZE=thread \
+  -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
   -DKVCACHE_BUILD_BENCH=OFF -DKVCACHE_BUILD_EXAMPLES=OFF ${CMAKE_ARGS:-}
 # shellcheck disable=SC2086
 cmake --build "$build" -j "$jobs" --target $tests

@@ -11,9 +11,10 @@ cd "$root"
 build="${BUILD_DIR:-build-tsan}"
 tests="${TSAN_TESTS:-cache_store_test scheduler_threads_test thread_pool_test matmul_test}"
 jobs="$(nproc)"
+# -O1 -g1 (line tables): ThreadSanitizer's reports keep file:line; half the build time of -O2 -g. Warnings are
+# enforced by the Release build; GCC's flow-sensitive ones differ at -O1 and under instrumentation.
 # shellcheck disable=SC2086
-# -O1 -g1 (line tables): ThreadSanitizer's reports keep file:line; half the build time of -O2 -g.
-cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVCACHE_WERROR=ON -DKVCACHE_SANITIZE=thread \
+cmake -S . -B "$build" -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DKVCACHE_WERROR=OFF -DKVCACHE_SANITIZE=thread \
   -DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" \
   -DKVCACHE_BUILD_BENCH=OFF -DKVCACHE_BUILD_EXAMPLES=OFF ${CMAKE_ARGS:-}
 # shellcheck disable=SC2086

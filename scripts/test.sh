@@ -18,7 +18,10 @@ if [ -n "${KVCACHE_SANITIZE:-}" ]; then
   # -O1 with line tables only (-g1): the sanitizers' reports keep file:line, and the build takes half the
   # time of -O2 -g (an ASan+UBSan build of the tests was ~37 of CI's 73 minutes on 2 cores).
   build_type=RelWithDebInfo
-  sanitize_flags=(-DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG")
+  # Warnings are enforced by the Release build (KVCACHE_WERROR); GCC's flow-sensitive warnings differ at -O1
+  # and under instrumentation, so here they are reported but do not stop the sanitizers' run.
+  sanitize_flags=(-DCMAKE_CXX_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG" -DCMAKE_C_FLAGS_RELWITHDEBINFO="-O1 -g1 -DNDEBUG"
+                  -DKVCACHE_WERROR=OFF)
 fi
 jobs="$(nproc)"
 # shellcheck disable=SC2086

@@ -346,10 +346,11 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
     const float* qbase = plan.scaled_q.data();
     float* states = plan.states.data();
     const auto* work = plan.work.data();
-    // Decode (one token): each thread takes one contiguous run of work items — long sequential reads of one
-    // kv head that the hardware prefetcher can follow (interleaved single items gave 47-58 % of the two-thread
-    // bandwidth, contiguous runs 78-86 %). Prefill: items differ in size under the causal mask, so one at a time.
-    const std::size_t chunk = n_tokens == 1 ? (n_work + threads - 1) / static_cast<std::size_t>(threads) : 1;
+    // One item per claim: parallel_for gives each thread one contiguous run of items first (long sequential reads
+    // of one kv head that the hardware prefetcher can follow: interleaved single items gave 47-58 % of the
+    // two-thread bandwidth, contiguous runs 78-86 %), and the items of a thread that starts late are taken from
+    // the back of its run by the others, one at a time.
+    const std::size_t chunk = 1;
     // Each item writes only its own slot's state: the result does not depend on which thread runs it.
     detail::parallel_for(n_work, chunk, threads, [&](std::size_t first, std::size_t end) {
         for (std::size_t w = first; w < end; ++w) {

@@ -3,9 +3,13 @@
 // Why not OpenMP: a parallel region ends in a barrier that waits for every thread of the team, including one
 // the OS has not scheduled yet. On a machine whose other cores are busy that barrier turns 100 tok/s into 2.
 // Here the caller works too and never waits on a helper that has not started:
-//   - tasks are claimed one chunk at a time from an atomic counter, by the caller and by any helper that joins;
-//   - the caller runs tasks until none are left unclaimed, closes the job (a helper waking later finds nothing
-//     to do), then waits only for chunks that running helpers have already claimed.
+//   - the chunks are split into one contiguous range per thread (the caller's first); each thread runs its own
+//     range front to back — one stretch of memory the prefetcher can follow — then steals chunks one at a time
+//     from the back of the others' ranges, so a helper that starts late (or never) has its range done for it;
+//   - the caller runs chunks until none are left unclaimed, closes the job (a helper arriving later finds
+//     nothing to do), then waits only for chunks that running helpers have already claimed;
+//   - an idle helper polls for the next job for a short while (yielding the core at each look) before it
+//     sleeps: a decoder step opens a job every 10-100 us, about what waking a sleeping thread costs.
 // One pool for the process, sized to the hardware (the caller + hardware_concurrency - 1 helpers), so many
 // callers share the helpers instead of multiplying threads; a parallel_for inside a task runs inline.
 //

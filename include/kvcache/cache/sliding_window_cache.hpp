@@ -17,10 +17,12 @@
 // allocation per half. Memory: layers x batch x kv_heads x slots x (bytes of a key row + a value row).
 #pragma once
 
+#include <algorithm>
 #include <array>
 #include <cstddef>
 #include <span>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>

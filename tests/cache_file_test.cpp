@@ -560,8 +560,8 @@ TEST_CASE("cache file: every malformed file is rejected and the cache is unchang
     }
     SECTION("a future version (and version 0)") {
         auto b = bytes;
-        set_u32(b, 8, 2);
-        CHECK_THAT(rejected(b), Catch::Contains("format version 2 is not one this reader knows"));
+        set_u32(b, 8, 3);
+        CHECK_THAT(rejected(b), Catch::Contains("format version 3 is not one this reader knows"));
         set_u32(b, 8, 0);
         CHECK_THAT(rejected(b), Catch::Contains("format version 0"));
     }

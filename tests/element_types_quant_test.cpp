@@ -365,17 +365,21 @@ TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for b
     std::filesystem::remove_all(dir);
 }
 
-TEST_CASE("cache files refuse keys and values of different types and types without a file code", "[persist][quantised]") {
+TEST_CASE("cache files refuse types without a file code, for keys or values alone", "[persist][quantised]") {
+    // keys and values of different types with codes save and load (tests/cache_file_mixed_test.cpp)
     const auto path = std::filesystem::temp_directory_path() / "kvcache_quant_refused.kvc";
-    MultiLayerKVCache<q8_0, fp16> mixed(CacheShape{1, 1, 32}, 1, 4);
+    MultiLayerKVCache<fp16, user::i16_block> user_values(CacheShape{1, 1, 32}, 1, 4);
     MultiLayerKVCache<user::i16_block> user_cache(CacheShape{1, 1, 32}, 1, 4);
     const auto kv = random_normal(32, 1);
-    mixed.append(0, 0, kv, kv, 1);
+    user_values.append(0, 0, kv, kv, 1);
     user_cache.append(0, 0, kv, kv, 1);
     const std::vector<std::int32_t> tokens{7};
-    CHECK_THROWS_AS(save_cache_file(path, mixed, 0, tokens, make_fingerprint("m", mixed)), ConfigError);
+    CHECK_THROWS_WITH(save_cache_file(path, user_values, 0, tokens, make_fingerprint("m", user_values)),
+                      Catch::Contains("of the values has no cache-file code"));
     CHECK_THROWS_AS(save_cache_file(path, user_cache, 0, tokens, make_fingerprint("m", user_cache)), ConfigError);
     CHECK_FALSE(std::filesystem::exists(path));
+    CHECK_THROWS_AS(load_cache_file(path, user_values, 0, make_fingerprint("m", user_values)), ConfigError);
+    MultiLayerKVCache<q8_0, fp16> mixed(CacheShape{1, 1, 32}, 1, 4);
     CHECK_THAT(make_fingerprint("m", mixed).cache, Catch::Contains("k=q8_0 v=f16"));
 }
 

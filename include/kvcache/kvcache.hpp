@@ -16,6 +16,7 @@
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
 #include "kvcache/cache/paged_kv_cache.hpp"
 #include "kvcache/cache/prefix_cache.hpp"
+#include "kvcache/cache/sliding_window_cache.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
 #include "kvcache/persist/cache_file.hpp"

@@ -20,6 +20,8 @@
 #include <limits>
 #include <optional>
 #include <system_error>
+#include <tuple>
+#include <utility>
 
 // xxHash is used header-only (inlined into this file), so the library has no link-time dependency on it.
 #define XXH_INLINE_ALL
@@ -37,7 +39,11 @@ namespace fs = std::filesystem;
 
 // ---- the format (docs/cache-file-format.md) ----
 constexpr std::array<unsigned char, 8> kMagic = {'K', 'V', 'C', 'A', 'C', 'H', 'E', 0x1a};
-constexpr std::uint32_t kVersion = 1;
+// Version 1 names one element type for keys and values; version 2 (issue 14) names each. A file whose keys and
+// values share a type is still written as version 1, byte for byte what earlier writers wrote, so every reader
+// that could read it still can; only a file that needs two types is version 2.
+constexpr std::uint32_t kVersion = 2;
+constexpr std::uint32_t kMixedElementsVersion = 2;
 constexpr std::uint64_t kHeaderBytes = 64;
 constexpr std::uint64_t kEntryBytes = 32;
 constexpr std::uint64_t kSectionAlignment = 64;
@@ -57,8 +63,10 @@ struct Header {
     std::uint32_t header_bytes = 0;
     std::uint64_t file_bytes = 0;
     std::uint64_t num_tokens = 0;
-    std::uint32_t element_code = 0;
-    std::uint32_t element_bytes = 0;
+    // Version 1: u32 code at 32 and u32 bytes at 36, for keys and values alike. Version 2: u16 key code and
+    // u16 value code at 32, u16 key bytes and u16 value bytes at 36.
+    std::uint32_t key_code = 0, value_code = 0;
+    std::uint32_t key_bytes = 0, value_bytes = 0;
     std::uint32_t num_layers = 0;
     std::uint32_t num_sections = 0;
     std::uint64_t table_checksum = 0;
@@ -74,11 +82,17 @@ struct Section {
 };
 
 // Little-endian fields, read and written byte by byte so the code is the documentation of the layout.
+void put_u16(std::byte* p, std::uint32_t v) {
+    for (int i = 0; i < 2; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xffu);
+}
 void put_u32(std::byte* p, std::uint32_t v) {
     for (int i = 0; i < 4; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xffu);
 }
 void put_u64(std::byte* p, std::uint64_t v) {
     for (int i = 0; i < 8; ++i) p[i] = static_cast<std::byte>((v >> (8 * i)) & 0xffu);
+}
+std::uint32_t get_u16(const std::byte* p) {
+    return static_cast<std::uint32_t>(p[0]) | (static_cast<std::uint32_t>(p[1]) << 8);
 }
 std::uint32_t get_u32(const std::byte* p) {
     std::uint32_t v = 0;
@@ -99,8 +113,15 @@ void encode_header(const Header& h, std::byte* out) {
     put_u32(out + 12, h.header_bytes);
     put_u64(out + 16, h.file_bytes);
     put_u64(out + 24, h.num_tokens);
-    put_u32(out + 32, h.element_code);
-    put_u32(out + 36, h.element_bytes);
+    if (h.version == 1) {
+        put_u32(out + 32, h.key_code);
+        put_u32(out + 36, h.key_bytes);
+    } else {
+        put_u16(out + 32, h.key_code);
+        put_u16(out + 34, h.value_code);
+        put_u16(out + 36, h.key_bytes);
+        put_u16(out + 38, h.value_bytes);
+    }
     put_u32(out + 40, h.num_layers);
     put_u32(out + 44, h.num_sections);
     put_u64(out + 48, h.table_checksum);
@@ -150,6 +171,13 @@ std::uint32_t element_bytes_of(std::uint32_t code) {
 /// Values one stored element holds: a q8_0/q4_0/q4_0h element is a block of 32 values along the head dimension.
 std::uint64_t block_values_of(std::uint32_t code) { return code >= 4 && code <= 6 ? 32 : 1; }
 
+/// How errors and CacheFileInfo::element name a file's storage: "q8_0", or "k=q8_0 v=q4_0" when keys and
+/// values differ (the form cache_fingerprint uses).
+std::string elements_name(std::uint32_t key_code, std::uint32_t value_code) {
+    if (key_code == value_code) return std::string(element_name_of(key_code));
+    return fmt::format("k={} v={}", element_name_of(key_code), element_name_of(value_code));
+}
+
 std::string_view kind_name(std::uint32_t kind) {
     switch (kind) {
         case kModelFingerprint: return "model fingerprint";
@@ -181,7 +209,7 @@ void check_little_endian() {
 /// The sections of a file in order and where each starts: the one layout both writer and reader use.
 std::vector<Section> plan_sections(std::uint64_t model_bytes, std::uint64_t cache_bytes,
                                    const std::vector<LayerShape>& layers, std::uint64_t num_tokens,
-                                   std::uint64_t element_bytes, std::uint64_t block_values) {
+                                   const detail::FileElement& keys, const detail::FileElement& values) {
     std::vector<Section> sections;
     sections.push_back({kModelFingerprint, 0, 0, model_bytes, 0});
     sections.push_back({kCacheFingerprint, 0, 0, cache_bytes, 0});
@@ -189,12 +217,13 @@ std::vector<Section> plan_sections(std::uint64_t model_bytes, std::uint64_t cach
     sections.push_back({kTokens, 0, 0, 4 * num_tokens, 0});
     for (std::size_t l = 0; l < layers.size(); ++l) {
         // A cache type reports its own shapes (a user's type may report anything): checked, never wrapped.
-        // q8_0/q4_0 elements are blocks of block_values values along head_dim (issue 14).
-        const std::uint64_t bytes = detail::checked_product("save_cache_file: layer payload bytes", num_tokens,
-                                                            layers[l].kv_heads, layers[l].head_dim / block_values,
-                                                            element_bytes);
-        sections.push_back({kKeys, static_cast<std::uint32_t>(l), 0, bytes, 0});
-        sections.push_back({kValues, static_cast<std::uint32_t>(l), 0, bytes, 0});
+        // q8_0/q4_0 elements are blocks of 32 values along head_dim (issue 14); keys and values may differ.
+        for (const auto& [kind, element] : {std::pair{kKeys, &keys}, std::pair{kValues, &values}}) {
+            const std::uint64_t bytes = detail::checked_product(
+                "save_cache_file: layer payload bytes", num_tokens, layers[l].kv_heads,
+                layers[l].head_dim / block_values_of(element->code), element->bytes);
+            sections.push_back({kind, static_cast<std::uint32_t>(l), 0, bytes, 0});
+        }
     }
     std::uint64_t at = kHeaderBytes + kEntryBytes * sections.size();
     for (auto& s : sections) {
@@ -368,8 +397,7 @@ struct CacheFileWriter::State {
     }
 };
 
-CacheFileWriter::CacheFileWriter(fs::path path, std::uint32_t element_code, std::size_t element_bytes,
-                                 std::vector<LayerShape> layers, std::span<const std::int32_t> tokens,
+CacheFileWriter::CacheFileWriter(fs::path path, FileElement keys, FileElement values, std::vector<LayerShape> layers, std::span<const std::int32_t> tokens,
                                  const CacheFingerprint& fingerprint, SaveOptions options)
     : state_(std::make_unique<State>()) {
     check_little_endian();
@@ -379,20 +407,30 @@ CacheFileWriter::CacheFileWriter(fs::path path, std::uint32_t element_code, std:
     if (layers.empty() || layers.size() > std::numeric_limits<std::uint32_t>::max()) {
         throw ConfigError(fmt::format("save_cache_file: {} layers; a cache file holds 1 to 2^32-1", layers.size()));
     }
-    for (const LayerShape& shape : layers) {
-        if (shape.head_dim % block_values_of(element_code) != 0) {
-            throw ConfigError(fmt::format("save_cache_file: head size {} is not a multiple of {}'s {}-value blocks",
-                                          shape.head_dim, element_name_of(element_code), block_values_of(element_code)));
+    for (const FileElement& element : {keys, values}) {
+        // The code is the element's own trait; a code this reader does not know would make an unreadable file.
+        if (element_name_of(element.code).empty() || element_bytes_of(element.code) != element.bytes) {
+            throw ConfigError(fmt::format("save_cache_file: element code {} of {} bytes is not one the cache-file "
+                                          "format defines",
+                                          element.code, element.bytes));
+        }
+        for (const LayerShape& shape : layers) {
+            if (shape.head_dim % block_values_of(element.code) != 0) {
+                throw ConfigError(fmt::format("save_cache_file: head size {} is not a multiple of {}'s {}-value blocks",
+                                              shape.head_dim, element_name_of(element.code),
+                                              block_values_of(element.code)));
+            }
         }
     }
-    s.sections = plan_sections(fingerprint.model.size(), fingerprint.cache.size(), layers, tokens.size(), element_bytes,
-                               block_values_of(element_code));
-    s.header.version = kVersion;
+    s.sections = plan_sections(fingerprint.model.size(), fingerprint.cache.size(), layers, tokens.size(), keys, values);
+    s.header.version = keys.code == values.code ? 1 : kMixedElementsVersion;
     s.header.header_bytes = kHeaderBytes;
     s.header.file_bytes = s.sections.back().offset + s.sections.back().bytes;
     s.header.num_tokens = tokens.size();
-    s.header.element_code = element_code;
-    s.header.element_bytes = static_cast<std::uint32_t>(element_bytes);
+    s.header.key_code = keys.code;
+    s.header.value_code = values.code;
+    s.header.key_bytes = static_cast<std::uint32_t>(keys.bytes);
+    s.header.value_bytes = static_cast<std::uint32_t>(values.bytes);
     s.header.num_layers = static_cast<std::uint32_t>(layers.size());
     s.header.num_sections = static_cast<std::uint32_t>(s.sections.size());
 
@@ -546,20 +584,32 @@ struct CacheFileReader::State {
         h.header_bytes = get_u32(data + 12);
         h.file_bytes = get_u64(data + 16);
         h.num_tokens = get_u64(data + 24);
-        h.element_code = get_u32(data + 32);
-        h.element_bytes = get_u32(data + 36);
+        if (h.version == 1) {
+            h.key_code = h.value_code = get_u32(data + 32);
+            h.key_bytes = h.value_bytes = get_u32(data + 36);
+        } else {
+            h.key_code = get_u16(data + 32);
+            h.value_code = get_u16(data + 34);
+            h.key_bytes = get_u16(data + 36);
+            h.value_bytes = get_u16(data + 38);
+        }
         h.num_layers = get_u32(data + 40);
         h.num_sections = get_u32(data + 44);
         h.table_checksum = get_u64(data + 48);
         h.header_checksum = get_u64(data + 56);
         if (checksum(data, 56) != h.header_checksum) fail("corrupted: header checksum does not match");
-        if (h.header_bytes != kHeaderBytes) fail(fmt::format("header size {} (version 1 has {})", h.header_bytes, kHeaderBytes));
+        if (h.header_bytes != kHeaderBytes) {
+            fail(fmt::format("header size {} (version {} has {})", h.header_bytes, h.version, kHeaderBytes));
+        }
         if (size < h.file_bytes) fail(fmt::format("truncated: {} bytes, the header says {}", size, h.file_bytes));
         if (size > h.file_bytes) {
             fail(fmt::format("{} unexpected bytes after the end the header gives ({})", size - h.file_bytes, h.file_bytes));
         }
-        if (element_name_of(h.element_code).empty() || element_bytes_of(h.element_code) != h.element_bytes) {
-            fail(fmt::format("unknown element type {} of {} bytes", h.element_code, h.element_bytes));
+        for (const auto& [what, code, bytes] : {std::tuple{"keys", h.key_code, h.key_bytes},
+                                                 std::tuple{"values", h.value_code, h.value_bytes}}) {
+            if (element_name_of(code).empty() || element_bytes_of(code) != bytes) {
+                fail(fmt::format("unknown element type {} of {} bytes for the {}", code, bytes, what));
+            }
         }
         if (h.num_layers == 0) fail("0 layers");
         const std::uint64_t required = kMetadataSections + 2 * static_cast<std::uint64_t>(h.num_layers);
@@ -619,7 +669,9 @@ struct CacheFileReader::State {
             fail(fmt::format("tokens section has {} bytes for {} tokens", sections[3].bytes, h.num_tokens));
         }
         info.version = h.version;
-        info.element = element_name_of(h.element_code);
+        info.element = elements_name(h.key_code, h.value_code);
+        info.key_element = element_name_of(h.key_code);
+        info.value_element = element_name_of(h.value_code);
         info.file_bytes = h.file_bytes;
         info.fingerprint.model = text(0);
         info.fingerprint.cache = text(1);
@@ -627,21 +679,24 @@ struct CacheFileReader::State {
         for (std::size_t l = 0; l < info.layers.size(); ++l) {
             const std::byte* p = data + sections[2].offset + 8 * l;
             info.layers[l] = LayerShape{get_u32(p), get_u32(p + 4)};
-            if (info.layers[l].head_dim % block_values_of(h.element_code) != 0) {
-                fail(fmt::format("layer {} head size {} is not a multiple of {}'s {}-value blocks", l,
-                                 info.layers[l].head_dim, info.element, block_values_of(h.element_code)));
-            }
-            const auto bytes = mul(h.num_tokens, info.layers[l].token_width() / block_values_of(h.element_code));
-            const auto payload = bytes ? mul(*bytes, h.element_bytes) : std::nullopt;
             if (info.layers[l].kv_heads == 0 || info.layers[l].head_dim == 0) {
                 fail(fmt::format("layer {} has {} kv heads of size {}", l, info.layers[l].kv_heads, info.layers[l].head_dim));
             }
             for (std::size_t kind = 0; kind < 2; ++kind) {
+                const std::uint32_t code = kind == 0 ? h.key_code : h.value_code;
+                const std::uint32_t element_bytes = kind == 0 ? h.key_bytes : h.value_bytes;
+                if (info.layers[l].head_dim % block_values_of(code) != 0) {
+                    fail(fmt::format("layer {} head size {} is not a multiple of {}'s {}-value blocks", l,
+                                     info.layers[l].head_dim, element_name_of(code), block_values_of(code)));
+                }
+                const auto units = mul(h.num_tokens, info.layers[l].token_width() / block_values_of(code));
+                const auto payload = units ? mul(*units, element_bytes) : std::nullopt;
                 const Section& sec = sections[kMetadataSections + 2 * l + kind];
                 if (!payload || sec.bytes != *payload) {
                     fail(fmt::format("{} section has {} bytes; {} tokens of {}x{} {} need {}", section_label(sec),
                                      sec.bytes, h.num_tokens, info.layers[l].kv_heads, info.layers[l].head_dim,
-                                     info.element, payload ? fmt::format("{}", *payload) : std::string("more than 2^64")));
+                                     element_name_of(code),
+                                     payload ? fmt::format("{}", *payload) : std::string("more than 2^64")));
                 }
             }
         }
@@ -671,7 +726,8 @@ CacheFileReader::CacheFileReader(fs::path path) : state_(std::make_unique<State>
 CacheFileReader::~CacheFileReader() = default;
 
 const CacheFileInfo& CacheFileReader::info() const { return state_->info; }
-std::uint32_t CacheFileReader::element_code() const { return state_->header.element_code; }
+std::uint32_t CacheFileReader::key_element_code() const { return state_->header.key_code; }
+std::uint32_t CacheFileReader::value_element_code() const { return state_->header.value_code; }
 const fs::path& CacheFileReader::path() const { return state_->path; }
 void CacheFileReader::check_unchanged() const { state_->mapping.check_unchanged(); }
 

@@ -3,7 +3,8 @@
 // the input, with bytes then overwritten at input-chosen offsets (the checksums make raw fuzzing shallow;
 // this reaches every check behind them). Each file is read with read_cache_file_info (payload verified) and
 // loaded into an empty cache: a kvcache::Error is fine, but a failed load must leave the cache empty, and a
-// file that loads must give back exactly what was saved when it was not damaged.
+// file that loads must give back exactly what was saved when it was not damaged. Bit 1 of the first byte picks
+// the cache: f32 keys and values (a version-1 file) or f32 keys with f16 values (version 2, two element types).
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -38,30 +39,24 @@ struct MemFile {
     }
 };
 
-std::size_t total_positions(const kvcache::MultiLayerKVCache<float>& cache) {
+template <class Cache>
+std::size_t total_positions(const Cache& cache) {
     std::size_t n = 0;
     for (std::size_t l = 0; l < cache.num_layers(); ++l) n += cache.seq_len(l, 0);
     return n;
 }
 
-}  // namespace
-
-extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
-    static MemFile file;
-    static const std::string save_dir = [] {
-        char tmpl[] = "/tmp/cache_file_fuzz.XXXXXX";
-        if (::mkdtemp(tmpl) == nullptr) std::abort();
-        return std::string(tmpl);
-    }();
-    kvcache::fuzz::Input in(data, size);
-    const std::uint8_t mode = in.byte();
+template <class Cache>
+int run(kvcache::fuzz::Input& in, std::uint8_t mode, MemFile& file, const std::string& save_dir) {
+    using K = kvcache::key_element_t<Cache>;
+    using V = kvcache::value_element_t<Cache>;
     const kvcache::CacheFingerprint fingerprint{"fuzz-model", "fuzz-cache"};
     std::vector<kvcache::LayerShape> shapes;
     std::vector<std::int32_t> tokens;
     bool pristine = false;  // the file is exactly what save_cache_file wrote
     std::vector<char> saved_bytes;
-    kvcache::MultiLayerKVCache<float>* source = nullptr;
-    std::unique_ptr<kvcache::MultiLayerKVCache<float>> source_cache;
+    Cache* source = nullptr;
+    std::unique_ptr<Cache> source_cache;
 
     if (mode % 2 == 1) {
         const std::string_view rest = in.rest();
@@ -73,7 +68,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             const std::size_t heads = 1 + in.byte() % 3u, dim = 1 + in.byte() % 8u;
             shapes.push_back({heads, dim});
         }
-        source_cache = std::make_unique<kvcache::MultiLayerKVCache<float>>(shapes, 1, 8);
+        source_cache = std::make_unique<Cache>(shapes, 1, 8);
         source = source_cache.get();
         for (std::size_t t = 0; t < n; ++t) tokens.push_back(static_cast<std::int32_t>(in.byte()));
         for (std::size_t l = 0; l < layers; ++l) {
@@ -111,7 +106,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         (void)kvcache::read_cache_file_info(file.path, true);
     } catch (const kvcache::Error&) {
     }
-    kvcache::MultiLayerKVCache<float> target(shapes, 1, 8);
+    Cache target(shapes, 1, 8);
     try {
         const auto info = kvcache::load_cache_file(file.path, target, 0, fingerprint);
         if (info.tokens.size() != target.seq_len(0, 0)) kvcache::fuzz::broken(kTarget, "token count vs positions", "");
@@ -121,8 +116,9 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
                 for (std::size_t h = 0; h < shapes[l].kv_heads; ++h) {
                     const auto a = source->keys(l, 0, h), b = target.keys(l, 0, h);
                     const auto c = source->values(l, 0, h), d = target.values(l, 0, h);
-                    const std::size_t bytes = tokens.size() * shapes[l].head_dim * sizeof(float);
-                    if (std::memcmp(a.data(), b.data(), bytes) != 0 || std::memcmp(c.data(), d.data(), bytes) != 0)
+                    const std::size_t key_bytes = tokens.size() * shapes[l].head_dim * sizeof(K);
+                    const std::size_t value_bytes = tokens.size() * shapes[l].head_dim * sizeof(V);
+                    if (std::memcmp(a.data(), b.data(), key_bytes) != 0 || std::memcmp(c.data(), d.data(), value_bytes) != 0)
                         kvcache::fuzz::broken(kTarget, "keys or values changed in a round trip", std::to_string(l));
                 }
             }
@@ -132,4 +128,19 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
         if (source && pristine) kvcache::fuzz::broken(kTarget, "a pristine file was refused", "");
     }
     return 0;
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
+    static MemFile file;
+    static const std::string save_dir = [] {
+        char tmpl[] = "/tmp/cache_file_fuzz.XXXXXX";
+        if (::mkdtemp(tmpl) == nullptr) std::abort();
+        return std::string(tmpl);
+    }();
+    kvcache::fuzz::Input in(data, size);
+    const std::uint8_t mode = in.byte();
+    if ((mode >> 1) & 1) return run<kvcache::MultiLayerKVCache<float, kvcache::fp16>>(in, mode, file, save_dir);
+    return run<kvcache::MultiLayerKVCache<float>>(in, mode, file, save_dir);
 }

@@ -85,6 +85,19 @@ AttentionShape check_attention(const C& cache, std::size_t layer, std::size_t ro
         throw ConfigError(fmt::format("attention: scale must be finite and >= 0, got {}", opts.scale));
     }
     s.scale = opts.scale > 0.0f ? opts.scale : 1.0f / std::sqrt(static_cast<float>(s.head_dim));
+    if constexpr (WindowedKVCache<C>) {
+        // The first query sees the most of the past; positions the cache no longer holds would silently drop out.
+        std::size_t lo = 0, hi = 0;
+        if (n_tokens > 0) s.visible(opts, 0, lo, hi);
+        const std::size_t first = cache.first_position(layer, row);
+        if (n_tokens > 0 && lo < first) {
+            throw ConfigError(fmt::format("attention: layer {} row {} holds positions [{}, {}) only (a window of {}); "
+                                          "a query at {} with window {} needs position {}: attend with "
+                                          "AttentionOptions::window <= {} and at most {} queries per step",
+                                          layer, row, first, s.keys, cache.window(), s.query_position(0),
+                                          opts.window, lo, cache.window(), cache.max_step()));
+        }
+    }
     return s;
 }
 

@@ -125,6 +125,16 @@ concept ElementAppendableKVCache =
         cache.append_elements(layer, row, keys, values, n);
     };
 
+/// A cache that holds only the newest positions of a row (SlidingWindowCache): positions
+/// [first_position(layer, row), seq_len(layer, row)) are readable, older ones are gone. Attention refuses a query
+/// whose visible range reaches before first_position (ConfigError) rather than read a shorter context.
+template <class C>
+concept WindowedKVCache = KVCacheReadable<C> && requires(const C& cache, std::size_t layer, std::size_t row) {
+    { cache.first_position(layer, row) } -> std::convertible_to<std::size_t>;
+    { cache.window() } -> std::convertible_to<std::size_t>;
+    { cache.max_step() } -> std::convertible_to<std::size_t>;
+};
+
 /// One sequence of a block pool shared with other sequences (PagedSequence): pool() and id(). Two such caches
 /// of one pool draw on the same free blocks, and two views of one (pool, id) are the same sequence — the
 /// decoder counts blocks per pool and refuses such a pair in one batch.

@@ -313,6 +313,20 @@ std::pair<std::size_t, std::size_t> Decoder::check_batch(std::span<const Forward
                                                 it.row, pos, static_cast<std::size_t>(cache.capacity()), n));
             }
         }
+        if constexpr (WindowedKVCache<Cache>) {
+            // Every layer attends over c.sliding_window positions: a ring that holds fewer would give another model.
+            if (c.sliding_window == 0 || c.sliding_window > cache.window()) {
+                throw ConfigError(fmt::format("decoder: a sliding-window cache of window {} needs a model whose "
+                                              "attention window is at most that; this model's sliding_window is {} "
+                                              "(0: full attention)",
+                                              cache.window(), c.sliding_window));
+            }
+            if (n > cache.max_step()) {
+                throw CapacityError(fmt::format("decoder: {} tokens in one step; the sliding-window cache of row {} "
+                                                "takes at most max_step = {} (feed a longer prompt in chunks)",
+                                                n, it.row, cache.max_step()));
+            }
+        }
         for (std::size_t j = 0; j < i; ++j) {
             bool same = items[j].cache == it.cache && items[j].row == it.row;
             if constexpr (PooledKVCache<Cache>) {

@@ -10,6 +10,7 @@
 #include <span>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include <fmt/format.h>
@@ -76,7 +77,9 @@ public:
 /// What a cache file holds besides the keys and values.
 struct CacheFileInfo {
     std::uint32_t version = 0;
-    std::string element;              ///< "f32", "f16", "bf16", "q8_0", "q4_0" or "q4_0h"
+    std::string element;              ///< "f32", "f16", "bf16", "q8_0", "q4_0" or "q4_0h"; "k=q8_0 v=q4_0" when they differ
+    std::string key_element;          ///< the keys' element type ("q8_0")
+    std::string value_element;        ///< the values' element type (the same as key_element in a version-1 file)
     std::vector<LayerShape> layers;   ///< kv heads and head size of each layer
     std::vector<std::int32_t> tokens; ///< the sequence's token ids; one cached position per token
     CacheFingerprint fingerprint;
@@ -100,19 +103,28 @@ constexpr std::uint32_t element_code() {
     return ElementTraits<T>::file_code;
 }
 
-/// The storage type of a cache that a file can hold: keys and values of one type with a cache-file code.
-/// ConfigError otherwise (a file's header names one element type).
+/// An element type as a file's header records it: its code and the bytes of one storage object.
+struct FileElement {
+    std::uint32_t code = 0;
+    std::size_t bytes = 0;
+};
+
+template <StorageElement T>
+constexpr FileElement file_element() {
+    return FileElement{element_code<T>(), sizeof(T)};
+}
+
+/// The storage types of a cache that a file can hold: keys and values each of a type with a cache-file code
+/// (they may differ: a version-2 file records both). ConfigError naming the type otherwise.
 template <class C>
 void check_file_elements(std::string_view what) {
     using K = key_element_t<C>;
     using V = value_element_t<C>;
-    if constexpr (!std::same_as<K, V>) {
-        throw ConfigError(fmt::format("{}: cache files hold keys and values of one element type; this cache stores "
-                                      "keys as {} and values as {}",
-                                      what, element_name<K>(), element_name<V>()));
-    } else if (ElementTraits<K>::file_code == 0) {
-        throw ConfigError(fmt::format("{}: element type {} has no cache-file code (ElementTraits::file_code is 0)",
-                                      what, element_name<K>()));
+    if (ElementTraits<K>::file_code == 0 || ElementTraits<V>::file_code == 0) {
+        const bool keys = ElementTraits<K>::file_code == 0;
+        throw ConfigError(fmt::format("{}: element type {} of the {} has no cache-file code (ElementTraits::file_code "
+                                      "is 0)",
+                                      what, keys ? element_name<K>() : element_name<V>(), keys ? "keys" : "values"));
     }
 }
 
@@ -121,8 +133,8 @@ void check_file_elements(std::string_view what) {
 /// Payload sections come in file order: layer 0 keys, layer 0 values, layer 1 keys, ...
 class CacheFileWriter {
 public:
-    CacheFileWriter(std::filesystem::path path, std::uint32_t element_code, std::size_t element_bytes,
-                    std::vector<LayerShape> layers, std::span<const std::int32_t> tokens,
+    /// Writes a version-1 file when keys and values share an element type, else version 2.
+    CacheFileWriter(std::filesystem::path path, FileElement keys, FileElement values, std::vector<LayerShape> layers, std::span<const std::int32_t> tokens,
                     const CacheFingerprint& fingerprint, SaveOptions options);
     ~CacheFileWriter();
     CacheFileWriter(const CacheFileWriter&) = delete;
@@ -149,7 +161,8 @@ public:
     CacheFileReader& operator=(const CacheFileReader&) = delete;
 
     const CacheFileInfo& info() const;
-    std::uint32_t element_code() const;
+    std::uint32_t key_element_code() const;
+    std::uint32_t value_element_code() const;
     /// Throws FingerprintMismatch naming both sides unless the file's fingerprint equals `expected`.
     void check_fingerprint(const CacheFingerprint& expected) const;
     /// Checks the checksum of every payload section and that the padding between sections is zero.
@@ -166,22 +179,32 @@ private:
     std::unique_ptr<State> state_;
 };
 
+/// The storage type of a cache's keys (kind Keys) or values (kind Values).
+template <class C, KV kind>
+using kv_element_t = std::conditional_t<kind == KV::Keys, key_element_t<C>, value_element_t<C>>;
+
 /// Copies positions [t0, t1) of one (layer, row) of the keys or values out of the cache's chunks into
 /// `out` as [t1 - t0][heads][row] storage objects (row = storage_units<T>(dim)); throws if the chunks do not
-/// cover every position exactly once. Keys and values must share the type T.
-template <KVCacheReadable C>
-void gather_positions(const C& cache, std::size_t layer, std::size_t row, KV kind, std::size_t t0,
-                      std::size_t t1, key_element_t<C>* out) {
-    using T = key_element_t<C>;
-    static_assert(std::same_as<T, value_element_t<C>>, "gather_positions: keys and values of one type");
+/// cover every position exactly once.
+template <KV kind, KVCacheReadable C>
+void gather_positions(const C& cache, std::size_t layer, std::size_t row, std::size_t t0, std::size_t t1,
+                      kv_element_t<C, kind>* out) {
+    using T = kv_element_t<C, kind>;
     const std::size_t heads = cache.num_kv_heads(layer), dim = cache.head_dim(layer);
     const std::size_t units = storage_units<T>(dim);
     for (std::size_t h = 0; h < heads; ++h) {
         std::size_t covered = 0;
-        for (const KVChunk<T>& chunk : cache.chunks(layer, row, h)) {
+        for (const auto& chunk : cache.chunks(layer, row, h)) {
             const std::size_t from = std::max(chunk.start, t0), to = std::min(chunk.start + chunk.length, t1);
-            const std::size_t stride = chunk.row_stride(dim);
-            const T* base = kind == KV::Keys ? chunk.keys : chunk.values;
+            std::size_t stride = 0;
+            const T* base = nullptr;
+            if constexpr (kind == KV::Keys) {
+                stride = chunk.key_row_stride(dim);
+                base = chunk.keys;
+            } else {
+                stride = chunk.value_row_stride(dim);
+                base = chunk.values;
+            }
             for (std::size_t p = from; p < to; ++p) {
                 std::copy_n(base + (p - chunk.start) * stride, units, out + ((p - t0) * heads + h) * units);
             }
@@ -197,20 +220,29 @@ void gather_positions(const C& cache, std::size_t layer, std::size_t row, KV kin
 }  // namespace detail
 
 namespace detail {
-template <KVCacheReadable C>
-void save_uniform_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
-                             std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,
-                             SaveOptions options);
-template <KVCacheLike C>
-CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cache, std::size_t row,
-                                      const CacheFingerprint& expected);
+/// Writes positions [0, n) of one (layer, row) half — keys or values — through a staging block of ~256 KiB
+/// (it stays in cache between gathering, hashing and writing).
+template <KV kind, KVCacheReadable C>
+void write_layer_half(CacheFileWriter& writer, const C& cache, std::size_t layer, std::size_t row, std::size_t n,
+                      std::vector<kv_element_t<C, kind>>& staging) {
+    using T = kv_element_t<C, kind>;
+    const std::size_t width = cache.num_kv_heads(layer) * storage_units<T>(cache.head_dim(layer));  // objects
+    const std::size_t block_tokens = std::max<std::size_t>(1, (256u << 10) / (width * sizeof(T)));
+    staging.resize(std::max(staging.size(), std::min(block_tokens, std::max<std::size_t>(n, 1)) * width));
+    for (std::size_t t0 = 0; t0 < n; t0 += block_tokens) {
+        const std::size_t t1 = std::min(n, t0 + block_tokens);
+        gather_positions<kind>(cache, layer, row, t0, t1, staging.data());
+        writer.write(staging.data(), (t1 - t0) * width * sizeof(T));
+    }
+}
 }  // namespace detail
 
 /// Saves batch row `row` of `cache` — every layer's keys and values for the positions of `tokens` — with the
 /// token ids and fingerprint to `path`, atomically (a temporary file in the same directory, fsync, rename):
 /// an existing file is replaced only by a complete new one. Every layer of the row must hold exactly
-/// tokens.size() positions (ShapeError otherwise, and no file is written). Keys and values must share one
-/// element type that has a cache-file code (ConfigError otherwise).
+/// tokens.size() positions (ShapeError otherwise, and no file is written). Keys and values may have different
+/// element types (a version-2 file records both; one type gives a version-1 file), each with a cache-file code
+/// (ConfigError otherwise).
 /// The path: a symbolic link there is refused (IoError), neither followed nor replaced by a regular file; so is
 /// anything else that is not a regular file (directory, FIFO, device), before anything is written. Permissions:
 /// see SaveOptions::new_file_mode. Temporary files are named "<file>.tmp.<pid>.<hex>"; those of a save whose
@@ -221,47 +253,29 @@ template <KVCacheReadable C>
 void save_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
                      std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,
                      SaveOptions options = {}) {
+    using K = key_element_t<C>;
+    using V = value_element_t<C>;
     detail::check_file_elements<C>("save_cache_file");
-    if constexpr (std::same_as<key_element_t<C>, value_element_t<C>>) {
-        detail::save_uniform_cache_file(path, cache, row, tokens, fingerprint, options);
-    }
-}
-
-namespace detail {
-/// save_cache_file for a cache whose keys and values share one type.
-template <KVCacheReadable C>
-void save_uniform_cache_file(const std::filesystem::path& path, const C& cache, std::size_t row,
-                             std::span<const std::int32_t> tokens, const CacheFingerprint& fingerprint,
-                             SaveOptions options) {
-    using T = key_element_t<C>;
     detail::check_index("batch row", row, cache.batch_size());
     const std::size_t layers = cache.num_layers(), n = tokens.size();
     std::vector<LayerShape> shapes(layers);
-    std::size_t max_width = 1;
     for (std::size_t l = 0; l < layers; ++l) {
         if (cache.seq_len(l, row) != n) {
             throw ShapeError(fmt::format("save_cache_file: layer {} row {} holds {} positions but {} token ids were given",
                                          l, row, cache.seq_len(l, row), n));
         }
         shapes[l] = LayerShape{cache.num_kv_heads(l), cache.head_dim(l)};
-        max_width = std::max(max_width, shapes[l].kv_heads * storage_units<T>(shapes[l].head_dim));  // objects
     }
-    detail::CacheFileWriter writer(path, detail::element_code<T>(), sizeof(T), shapes, tokens, fingerprint, options);
-    // Gather through a staging block of ~256 KiB: it stays in cache between gathering, hashing and writing.
-    const std::size_t block_tokens = std::max<std::size_t>(1, (256u << 10) / (max_width * sizeof(T)));
-    std::vector<T> staging(std::min(block_tokens, std::max<std::size_t>(n, 1)) * max_width);
-    for (std::size_t l = 0; l < layers; ++l) {
-        for (const KV kind : {KV::Keys, KV::Values}) {
-            for (std::size_t t0 = 0; t0 < n; t0 += block_tokens) {
-                const std::size_t t1 = std::min(n, t0 + block_tokens);
-                detail::gather_positions(cache, l, row, kind, t0, t1, staging.data());
-                writer.write(staging.data(), (t1 - t0) * shapes[l].kv_heads * storage_units<T>(shapes[l].head_dim) * sizeof(T));
-            }
-        }
+    detail::CacheFileWriter writer(path, detail::file_element<K>(), detail::file_element<V>(), shapes, tokens,
+                                   fingerprint, options);
+    std::vector<K> key_staging;
+    std::vector<V> value_staging;
+    for (std::size_t l = 0; l < layers; ++l) {  // file order: layer 0 keys, layer 0 values, layer 1 keys, ...
+        detail::write_layer_half<KV::Keys>(writer, cache, l, row, n, key_staging);
+        detail::write_layer_half<KV::Values>(writer, cache, l, row, n, value_staging);
     }
     writer.commit();
 }
-}  // namespace detail
 
 /// Reads a cache file's header, fingerprint and token ids, checking everything but the payload's
 /// checksums (or those too, with verify_payload). Nothing is loaded.
@@ -270,32 +284,29 @@ CacheFileInfo read_cache_file_info(const std::filesystem::path& path, bool verif
 /// Loads a file written by save_cache_file into batch row `row` of `cache`, which must be empty in every
 /// layer, and returns what the file holds (its token ids above all). The file is memory-mapped and all of it
 /// is validated before the cache is touched: a file that is not a cache file, truncated or corrupted
-/// (FormatError), for another model or cache configuration (FingerprintMismatch), or larger than the
-/// cache's capacity (CapacityError) leaves the cache unchanged. Copies storage elements bit for bit through
-/// the cache's append_elements when it has one, else converts through append(floats).
+/// (FormatError), for another model or cache configuration — element types of keys or values, layer count
+/// or shapes (FingerprintMismatch) —, or larger than the cache's capacity (CapacityError) leaves the cache
+/// unchanged. Copies storage elements bit for bit through the cache's append_elements when it has one, else
+/// converts through append(floats).
 template <KVCacheLike C>
 CacheFileInfo load_cache_file(const std::filesystem::path& path, C& cache, std::size_t row,
                               const CacheFingerprint& expected) {
+    using K = key_element_t<C>;
+    using V = value_element_t<C>;
     detail::check_file_elements<C>("load_cache_file");
-    if constexpr (std::same_as<key_element_t<C>, value_element_t<C>>) {
-        return detail::load_uniform_cache_file(path, cache, row, expected);
-    } else {
-        return {};  // not reached: check_file_elements threw
-    }
-}
-
-namespace detail {
-/// load_cache_file for a cache whose keys and values share one type.
-template <KVCacheLike C>
-CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cache, std::size_t row,
-                                      const CacheFingerprint& expected) {
-    using T = key_element_t<C>;
     detail::CacheFileReader file(path);
     const CacheFileInfo& info = file.info();
     file.check_fingerprint(expected);
-    // The caller's fingerprint says which configuration to expect; the target cache must have it too.
+    // The caller's fingerprint says which configuration to expect; the target cache must have it too. The
+    // element types are compared by code, not through the fingerprint text, which is the caller's to choose.
+    if (file.key_element_code() != detail::element_code<K>() || file.value_element_code() != detail::element_code<V>()) {
+        throw FingerprintMismatch(fmt::format("{}: file is for another cache configuration: it stores keys as {} and "
+                                              "values as {}, the cache stores keys as {} and values as {}",
+                                              path.string(), info.key_element, info.value_element, element_name<K>(),
+                                              element_name<V>()));
+    }
     const std::size_t layers = cache.num_layers(), n = info.tokens.size();
-    bool same_shape = file.element_code() == detail::element_code<T>() && info.layers.size() == layers;
+    bool same_shape = info.layers.size() == layers;
     for (std::size_t l = 0; same_shape && l < layers; ++l) {
         same_shape = info.layers[l] == LayerShape{cache.num_kv_heads(l), cache.head_dim(l)};
     }
@@ -325,8 +336,8 @@ CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cach
     try {
         std::vector<float> keys, values;  // only for caches without append_elements
         for (std::size_t l = 0; l < layers; ++l) {
-            const T* k = reinterpret_cast<const T*>(file.payload(l, KV::Keys));
-            const T* v = reinterpret_cast<const T*>(file.payload(l, KV::Values));
+            const K* k = reinterpret_cast<const K*>(file.payload(l, KV::Keys));
+            const V* v = reinterpret_cast<const V*>(file.payload(l, KV::Values));
             if constexpr (ElementAppendableKVCache<C>) {
                 cache.append_elements(l, row, k, v, n);
             } else {
@@ -352,6 +363,5 @@ CacheFileInfo load_uniform_cache_file(const std::filesystem::path& path, C& cach
     }
     return info;
 }
-}  // namespace detail
 
 }  // namespace kvcache

@@ -127,7 +127,7 @@ int run_ingest(const Settings& s, const std::vector<std::string>& paths) {
 }
 
 int run_remove(const Settings& s, const std::vector<std::string>& sources) {
-    auto kb = KnowledgeBase::open(s.db, false);
+    auto kb = KnowledgeBase::open(s.db, {.create = false});
     int missing = 0;
     for (const auto& src : sources) {
         if (kb.remove_document(src)) {
@@ -141,7 +141,7 @@ int run_remove(const Settings& s, const std::vector<std::string>& sources) {
 }
 
 int run_list(const Settings& s) {
-    auto kb = KnowledgeBase::open(s.db, false);
+    auto kb = KnowledgeBase::open(s.db, {.create = false});
     const auto docs = kb.documents();
     for (const auto& d : docs) {
         fmt::print("{:8} {:4} chunks {:6} tokens {:8} bytes  {}\n", document_format_name(d.format), d.chunks, d.tokens,
@@ -159,7 +159,7 @@ int run_list(const Settings& s) {
 }
 
 int run_search(const Settings& s, const std::string& query, std::size_t k) {
-    auto kb = KnowledgeBase::open(s.db, false);
+    auto kb = KnowledgeBase::open(s.db, {.create = false});
     const auto hits = kb.search(query, k);
     if (hits.empty()) fmt::print("no chunk matches the words of \"{}\"\n", query);
     for (std::size_t i = 0; i < hits.size(); ++i) {
@@ -181,7 +181,7 @@ struct Engine {
 };
 
 Engine make_engine(const Settings& s, bool need_knowledge, bool build_cache) {
-    Engine e{load_model(s, true), KnowledgeBase::open(s.db, false), cache_directory(s), nullptr, {}};
+    Engine e{load_model(s, true), KnowledgeBase::open(s.db, {.create = false}), cache_directory(s), nullptr, {}};
     e.answerer = std::make_unique<KnowledgeAnswerer>(*e.model.decoder, e.model.tokenizer, e.model.fingerprint, s.answer);
     e.answerer->set_knowledge_base(&e.kb);
     if (need_knowledge) {
@@ -216,7 +216,7 @@ int run_chat(const Settings& s, const std::string& message, const std::string& s
     std::vector<ChatMessage> messages;
     if (!system.empty()) messages.push_back(ChatMessage{"system", system});
     messages.push_back(ChatMessage{"user", message});
-    const std::vector<std::int32_t> prompt = encode_chat(m.tokenizer, messages, true);
+    const std::vector<std::int32_t> prompt = encode_chat(m.tokenizer, messages, {.add_generation_prompt = true});
     GenerateOptions g;
     g.max_new_tokens = s.answer.max_new_tokens;
     g.threads = s.threads;

@@ -298,7 +298,7 @@ struct Server::Impl {
             plan.target = r.slot_id ? Target::InPlace : Target::Auto;
             plan.slot = r.slot_id.value_or(-1);
             plan.messages = r.messages;
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));
@@ -336,7 +336,7 @@ struct Server::Impl {
             }
             plan.slot = r.parent_slot_id;
             plan.messages.push_back({"user", message});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages);
             plan.params = r.params;
             plan.report_parent = true;
             generate(std::move(plan), res);
@@ -352,7 +352,7 @@ struct Server::Impl {
                 plan.target = Target::New;
             }
             plan.messages.push_back({"user", r.prompt});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));
@@ -364,7 +364,7 @@ struct Server::Impl {
             plan.messages = conversation_of(r.slot_id, "slot_id");
             plan.messages.push_back(
                 {"user", follow_up_message(*tokenizer, plan.messages, r.text_excerpt, r.context_window, r.prompt)});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));
@@ -384,7 +384,7 @@ struct Server::Impl {
             plan.slot = r.slot_id;
             plan.messages = std::move(conversation);
             plan.messages.push_back({"user", r.prompt});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
+            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages);
             plan.params = r.params;
             generate(std::move(plan), res);
         }));

@@ -24,7 +24,7 @@ nlohmann::json generate_one(kvcache::Decoder& model, const kvcache::Tokenizer& t
         std::vector<kvcache::ChatMessage> messages;
         for (const auto& m : request["messages"]) messages.push_back({m["role"], m["content"]});
         prompt = kvcache::server::chat_prompt_tokens(tokenizer, kvcache::server::server_chat_template(tokenizer),
-                                                     messages, true);
+                                                     messages);
     } else {
         prompt = kvcache::server::completion_prompt_tokens(tokenizer, request["prompt"]);
     }

@@ -28,6 +28,7 @@
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/gguf.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "kvcache/model/scheduler.hpp"
 #include "kvcache/model/tokenizer.hpp"
 #include "kvcache/persist/cache_file.hpp"
@@ -149,11 +150,11 @@ struct Server::Impl {
     explicit Impl(ServerOptions o) : options(std::move(o)), slots(options.slots) {
         if (options.slots == 0) throw ConfigError("--slots must be at least 1");
         if (options.ctx < 8) throw ConfigError(fmt::format("--ctx {} is too small (at least 8 positions)", options.ctx));
-        const auto file = gguf::File::open(options.model_path);
-        tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(file));
+        LoadedModel loaded = load_model(options.model_path, {.threads = options.threads, .fingerprint = true});
+        tokenizer = std::make_unique<Tokenizer>(std::move(loaded.tokenizer));
         chat_template = server_chat_template(*tokenizer, options.chat_template);
-        model = std::make_unique<Decoder>(DecoderWeights::from_gguf(file), options.threads);
-        model_fingerprint = kvcache::model_fingerprint(file);
+        model = std::make_unique<Decoder>(std::move(loaded.decoder));
+        model_fingerprint = std::move(loaded.fingerprint);
         model_name = options.model_path.stem().string();
         const auto layers = model->cache_layers();
         const CacheElement element = parse_cache_element(options.cache_type);

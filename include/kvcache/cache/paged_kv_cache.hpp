@@ -165,7 +165,8 @@ public:
                           value_offsets_);
         }
         block_bytes_ = place(bytes, std::max(alignof(K), alignof(V)), 0, value_offsets_, false);
-        storage_ = detail::AlignedBuffer<std::byte>(detail::checked_product<ConfigError>("PagedKVPool", num_blocks, block_bytes_));
+        storage_ = detail::AlignedBuffer<std::byte>(
+            detail::checked_product<ConfigError>("PagedKVPool", num_blocks, block_bytes_));
         refs_.assign(num_blocks, 0);
         free_.reserve(num_blocks);
         for (std::size_t b = num_blocks; b-- > 0;) free_.push_back(static_cast<BlockId>(b));  // block 0 first

@@ -33,7 +33,7 @@
 
 #include "kvcache/cache/paged_kv_cache.hpp"
 #include "kvcache/model/decoder.hpp"
-#include "kvcache/model/gguf.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "kvcache/model/scheduler.hpp"
 #include "kvcache/model/tokenizer.hpp"
 
@@ -63,7 +63,6 @@ std::vector<std::int32_t> some_tokens(std::size_t n, std::size_t vocab, std::siz
 
 /// The model, its tokenizer, and one prompt of kContext tokens prefilled into a pool (the source of copies).
 struct World {
-    kvcache::gguf::File file;
     kvcache::Tokenizer tokenizer;
     kvcache::Decoder decoder;
     std::vector<std::int32_t> prompt;
@@ -71,10 +70,8 @@ struct World {
 
     static World& get() {
         static World w = [] {
-            auto file = kvcache::gguf::File::open(model_path());
-            auto tokenizer = kvcache::Tokenizer::from_gguf(file);
-            kvcache::Decoder decoder(kvcache::DecoderWeights::from_gguf(file), g_threads);
-            World world{std::move(file), std::move(tokenizer), std::move(decoder), {}, {}, {}};
+            auto model = kvcache::load_model(model_path(), {.threads = g_threads});
+            World world{std::move(model.tokenizer), std::move(model.decoder), {}, {}, {}};
             world.prefill();
             return world;
         }();

@@ -107,7 +107,7 @@ int main(int argc, char** argv) {
         const std::vector<kvcache::ChatMessage> messages{{"user", prompt}};
         const auto format = chat_format == "auto" ? kvcache::detect_chat_template(tokenizer.chat_template())
                                                   : kvcache::chat_template_for(*kvcache::chat_template_family_from_name(chat_format));
-        const auto prompt_tokens = kvcache::encode_chat(tokenizer, format, messages, true);
+        const auto prompt_tokens = kvcache::encode_chat(tokenizer, format, messages, {.add_generation_prompt = true});
 
         kvcache::GenerateOptions options;
         options.max_new_tokens = max_tokens;

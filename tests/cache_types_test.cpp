@@ -18,6 +18,7 @@
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/persist/cache_file.hpp"
 #include "kvcache/testing/random.hpp"
+#include "decoder_test_support.hpp"
 
 using namespace kvcache;
 
@@ -112,11 +113,7 @@ bool same_bits(std::span<const float> a, std::span<const float> b) {
 }
 
 Decoder& tiny_decoder() {  // the random test model, two layers
-    static Decoder d = [] {
-        DecoderConfig c = DecoderConfig::small_test_model();
-        c.n_layers = 2;
-        return Decoder(DecoderWeights::random(c, 2024), 1);
-    }();
+    static Decoder d = test::small_random_decoder(2, 2024);
     return d;
 }
 

@@ -4,8 +4,10 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string>
 
+#include "kvcache/detail/aligned_buffer.hpp"
 #include "kvcache/detail/checked.hpp"
 
 using kvcache::detail::check_range;
@@ -50,6 +52,22 @@ TEST_CASE("checked_mul and checked_add throw CapacityError naming the operands o
     CHECK_THROWS_AS(checked_product("p", 1 << 20, 1 << 20, 1 << 20, 1 << 20), kvcache::CapacityError);
     // A zero later in the product does not hide an overflow earlier in it.
     CHECK_THROWS_AS(checked_product("p", kMax, 2, 0), kvcache::CapacityError);
+}
+
+TEST_CASE("try_mul answers nothing instead of a wrapped product", "[checked]") {
+    using kvcache::detail::try_mul;
+    CHECK(try_mul<std::uint64_t>(3, 7) == std::optional<std::uint64_t>(21));
+    CHECK(try_mul<std::uint64_t>(0, std::numeric_limits<std::uint64_t>::max()) == std::optional<std::uint64_t>(0));
+    CHECK_FALSE(try_mul<std::uint64_t>(std::uint64_t{1} << 32, std::uint64_t{1} << 32).has_value());  // 2^64 wraps to 0
+    CHECK_FALSE(try_mul<std::uint32_t>(65536, 65536).has_value());  // the width is the caller's type
+    static_assert(try_mul<std::uint8_t>(16, 15) == std::uint8_t{240});
+}
+
+TEST_CASE("AlignedBuffer sizes go through checked_mul and stay a ConfigError (what cache constructors throw)",
+          "[checked]") {
+    const auto msg = message_of<kvcache::ConfigError>([] { (void)kvcache::detail::AlignedBuffer<std::uint64_t>(kMax / 4); });
+    CHECK(msg.find("AlignedBuffer") != std::string::npos);
+    CHECK(msg.find(std::to_string(kMax / 4)) != std::string::npos);
 }
 
 TEST_CASE("checked helpers throw the error type a file reader asks for", "[checked]") {

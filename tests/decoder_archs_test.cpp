@@ -216,7 +216,7 @@ TEST_CASE("arch fixtures: configs read from the GGUF metadata") {
         CHECK(file.tensor("blk.0.attn_k.weight").type == gguf::TensorType::Q6_K);
         CHECK(file.tensor("blk.0.ffn_up.weight").type == gguf::TensorType::Q5_0);
         CHECK(file.tensor("blk.0.ffn_down.weight").type == gguf::TensorType::Q8_0);
-        const auto kept = DecoderWeights::from_gguf(file, true);
+        const auto kept = DecoderWeights::from_gguf(file, {.keep_quantized = true});
         const auto& c = kept.config;
         CHECK(c.architecture == "llama");
         CHECK(c.head_dim == 32);
@@ -230,7 +230,7 @@ TEST_CASE("arch fixtures: configs read from the GGUF metadata") {
         CHECK(kept.layers[0].w_down.format() == WeightFormat::Q8_0);
         CHECK(kept.layers[0].wq.format() == WeightFormat::F32);       // Q4_K: dequantised at load
         CHECK(kept.token_embedding.format() == WeightFormat::F32);    // Q6_K
-        const auto floats = DecoderWeights::from_gguf(file, false);
+        const auto floats = DecoderWeights::from_gguf(file, {.keep_quantized = false});
         CHECK(floats.layers[0].wv.format() == WeightFormat::F32);
         CHECK(floats.bytes() > kept.bytes());
     }

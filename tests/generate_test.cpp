@@ -41,7 +41,7 @@ Model& model() {
 
 std::vector<std::int32_t> chat_prompt(const std::string& user) {
     const std::vector<ChatMessage> messages{{"user", user}};
-    return model().tokenizer.encode(apply_chat_template(model().tokenizer.chat_template(), messages, true), {.add_special = true, .parse_special = true});
+    return model().tokenizer.encode(apply_chat_template(model().tokenizer.chat_template(), messages, {.add_generation_prompt = true}), {.add_special = true, .parse_special = true});
 }
 
 }  // namespace

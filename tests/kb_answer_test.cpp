@@ -48,7 +48,7 @@ TEST_CASE("QAPromptFormat: knowledge part + question part = the whole chat promp
     const Tokenizer& tok = kb_test::tokenizer();
     const QAPromptFormat format(tok);
     const std::string knowledge = "Notes with a fake marker <|im_start|>assistant\nand more.";
-    const auto whole = encode_chat(tok, format.messages(knowledge, "Who?"), true);
+    const auto whole = encode_chat(tok, format.messages(knowledge, "Who?"), {.add_generation_prompt = true});
     CHECK(format.prompt_tokens(knowledge, "Who?") == whole);
     const auto k = format.knowledge_tokens(knowledge);
     REQUIRE(k.size() < whole.size());

@@ -108,7 +108,7 @@ TEST_CASE("Re-ingesting a changed file replaces its chunks; removing a document 
     CHECK_THROWS_AS(kb.ingest_text("", "x", DocumentFormat::PlainText, tokenizer()), ConfigError);
 
     // The changes are in the file: another connection sees them.
-    auto again = KnowledgeBase::open(dir / "kb.sqlite", false);
+    auto again = KnowledgeBase::open(dir / "kb.sqlite", {.create = false});
     CHECK(again.documents().size() == 2);
 }
 
@@ -142,7 +142,7 @@ TEST_CASE("An empty knowledge base is a typed error for search and knowledge", "
     CHECK_THROWS_AS(kb.search("anything", 3), EmptyKnowledgeBase);
     CHECK_THROWS_AS(kb.knowledge_text(), EmptyKnowledgeBase);
     CHECK(kb.documents().empty());
-    CHECK_THROWS_AS(KnowledgeBase::open(dir / "missing.sqlite", false), IoError);
+    CHECK_THROWS_AS(KnowledgeBase::open(dir / "missing.sqlite", {.create = false}), IoError);
     CHECK_FALSE(std::filesystem::exists(dir / "missing.sqlite"));
 }
 
@@ -187,7 +187,7 @@ TEST_CASE("Corrupt, truncated and foreign database files are FormatErrors and ar
         CHECK(kvcache::read_file_bytes(dir / "other.sqlite") == before);
     }
     // The good one still opens and answers.
-    auto kb = KnowledgeBase::open(dir / "kb.sqlite", false);
+    auto kb = KnowledgeBase::open(dir / "kb.sqlite", {.create = false});
     CHECK_FALSE(kb.search("Quillon", 1).empty());
 }
 

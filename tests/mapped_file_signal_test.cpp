@@ -25,24 +25,53 @@ using kvcache::detail::MappedFile;
 
 namespace {
 
-std::filesystem::path write_temp(const std::string& name, std::size_t bytes) {
-    const auto path = std::filesystem::temp_directory_path() /
-                      ("kvcache_mapped_file_signal_" + name + "_" + std::to_string(::getpid()));
-    std::ofstream(path, std::ios::binary) << std::string(bytes, 'x');
-    return path;
-}
-
 std::size_t page_size() { return static_cast<std::size_t>(::sysconf(_SC_PAGESIZE)); }
+
+/// A file of four pages in the temp directory, removed when the test ends (the child never removes it: it
+/// leaves by _exit, which runs no destructors).
+struct TempFile {
+    std::filesystem::path path;
+    explicit TempFile(const std::string& name)
+        : path(std::filesystem::temp_directory_path() /
+               ("kvcache_mapped_file_signal_" + name + "_" + std::to_string(::getpid()))) {
+        std::ofstream(path, std::ios::binary) << std::string(4 * page_size(), 'x');
+    }
+    ~TempFile() {
+        std::error_code ec;
+        std::filesystem::remove(path, ec);
+    }
+    TempFile(const TempFile&) = delete;
+    TempFile& operator=(const TempFile&) = delete;
+};
 
 // Which step the child has reached; the child's own SIGBUS handler exits with it.
 volatile sig_atomic_t g_stage = 0;
 extern "C" void exit_with_stage(int, siginfo_t*, void*) { ::_exit(100 + g_stage); }
 
-/// Runs `body` in a child process and returns its wait status.
-int in_child(const std::function<void()>& body) {
+/// The SIGBUS action a child sets before its first MappedFile::open, i.e. the one the MappedFile handler
+/// finds and chains to.
+enum class Earlier {
+    ExitWithStage,  ///< exit_with_stage: the exit status says which step faulted
+    Default,        ///< SIG_DFL: the process ends with SIGBUS
+    Inherited,      ///< whatever this process has (under ASan: ASan's handler)
+};
+
+/// Runs `body` in a child process that first sets `earlier` as its SIGBUS action; returns its wait status.
+int in_child(Earlier earlier, const std::function<void()>& body) {
     const pid_t pid = ::fork();
     REQUIRE(pid >= 0);
     if (pid == 0) {
+        if (earlier != Earlier::Inherited) {
+            struct sigaction action {};
+            if (earlier == Earlier::ExitWithStage) {
+                action.sa_sigaction = exit_with_stage;
+                action.sa_flags = SA_SIGINFO;
+            } else {
+                action.sa_handler = SIG_DFL;
+            }
+            sigemptyset(&action.sa_mask);
+            ::sigaction(SIGBUS, &action, nullptr);
+        }
         try {
             body();
         } catch (...) {
@@ -85,72 +114,51 @@ void guarded_fault(const std::filesystem::path& path) {
 }  // namespace
 
 TEST_CASE("MappedFile's SIGBUS handler chains to the handler installed before it", "[mapped_file][issue9]") {
-    const auto ours = write_temp("ours", 4 * page_size());
-    const auto theirs = write_temp("theirs", 4 * page_size());
-    const int status = in_child([&] {
-        struct sigaction earlier {};
-        earlier.sa_sigaction = exit_with_stage;
-        earlier.sa_flags = SA_SIGINFO;
-        sigemptyset(&earlier.sa_mask);
-        ::sigaction(SIGBUS, &earlier, nullptr);
+    const TempFile ours("ours"), theirs("theirs");
+    const int status = in_child(Earlier::ExitWithStage, [&] {
         g_stage = 1;
-        guarded_fault(ours);  // ours: handled, the earlier handler never sees it
+        guarded_fault(ours.path);  // ours: handled, the earlier handler never sees it
         g_stage = 2;
-        foreign_fault(theirs);  // not ours: the earlier handler gets it
+        foreign_fault(theirs.path);  // not ours: the earlier handler gets it
         g_stage = 3;
     });
     REQUIRE(WIFEXITED(status));
     CHECK(WEXITSTATUS(status) == 102);
-    std::filesystem::remove(ours);
-    std::filesystem::remove(theirs);
 }
 
 TEST_CASE("MappedFile's SIGBUS handler: a fault that is not ours still ends the process with SIGBUS",
           "[mapped_file][issue9]") {
-    const auto ours = write_temp("ours_default", 4 * page_size());
-    const auto theirs = write_temp("theirs_default", 4 * page_size());
-    const int status = in_child([&] {
-        struct sigaction default_action {};
-        default_action.sa_handler = SIG_DFL;
-        sigemptyset(&default_action.sa_mask);
-        ::sigaction(SIGBUS, &default_action, nullptr);
-        guarded_fault(ours);
-        foreign_fault(theirs);
+    const TempFile ours("ours_default"), theirs("theirs_default");
+    const int status = in_child(Earlier::Default, [&] {
+        guarded_fault(ours.path);
+        foreign_fault(theirs.path);
         ::_exit(95);  // survived a fault that should have ended it
     });
     REQUIRE(WIFSIGNALED(status));
     CHECK(WTERMSIG(status) == SIGBUS);
-    std::filesystem::remove(ours);
-    std::filesystem::remove(theirs);
 }
 
 TEST_CASE("MappedFile's SIGBUS handler: a SIGBUS sent by kill is not swallowed", "[mapped_file][issue9]") {
-    const auto ours = write_temp("ours_kill", 4 * page_size());
-    const int status = in_child([&] {
-        struct sigaction default_action {};
-        default_action.sa_handler = SIG_DFL;
-        sigemptyset(&default_action.sa_mask);
-        ::sigaction(SIGBUS, &default_action, nullptr);
-        guarded_fault(ours);
+    const TempFile ours("ours_kill");
+    const int status = in_child(Earlier::Default, [&] {
+        guarded_fault(ours.path);
         ::kill(::getpid(), SIGBUS);
         ::_exit(95);
     });
     REQUIRE(WIFSIGNALED(status));
     CHECK(WTERMSIG(status) == SIGBUS);
-    std::filesystem::remove(ours);
 }
 
 TEST_CASE("MappedFile's SIGBUS handler: with the handler a sanitizer installed, foreign faults still reach it",
           "[mapped_file][issue9]") {
     // No handler of our own in the child: under ASan the earlier one is ASan's (it reports the fault and exits
     // non-zero); otherwise it is the default action.
-    const auto ours = write_temp("ours_inherited", 4 * page_size());
-    const auto theirs = write_temp("theirs_inherited", 4 * page_size());
-    const int status = in_child([&] {
-        guarded_fault(ours);
+    const TempFile ours("ours_inherited"), theirs("theirs_inherited");
+    const int status = in_child(Earlier::Inherited, [&] {
+        guarded_fault(ours.path);
         const int null = ::open("/dev/null", O_WRONLY);  // ASan's report of the fault is expected: keep it out of the log
         if (null >= 0) ::dup2(null, STDERR_FILENO);
-        foreign_fault(theirs);
+        foreign_fault(theirs.path);
         ::_exit(95);
     });
 #if defined(__SANITIZE_ADDRESS__)
@@ -161,6 +169,4 @@ TEST_CASE("MappedFile's SIGBUS handler: with the handler a sanitizer installed, 
     REQUIRE(WIFSIGNALED(status));
     CHECK(WTERMSIG(status) == SIGBUS);
 #endif
-    std::filesystem::remove(ours);
-    std::filesystem::remove(theirs);
 }

@@ -11,17 +11,14 @@
 
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/perplexity.hpp"
+#include "decoder_test_support.hpp"
 
 using namespace kvcache;
 
 namespace {
 
 Decoder& model() {
-    static Decoder d = [] {
-        DecoderConfig c = DecoderConfig::small_test_model();
-        c.n_layers = 2;
-        return Decoder(DecoderWeights::random(c, 31), 1);
-    }();
+    static Decoder d = test::small_random_decoder(2, 31);
     return d;
 }
 

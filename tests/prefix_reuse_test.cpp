@@ -262,7 +262,7 @@ TEST_CASE("SmolLM2: prefix hit, fork, branch and token-by-token logits are bitwi
     if (!m) return;
     const std::vector<ChatMessage> chat{{"user", "Explain in two sentences why caching the keys and values of a "
                                                  "transformer makes generation faster."}};
-    auto tokens = m->tokenizer.encode(apply_chat_template(m->tokenizer.chat_template(), chat, true), {.add_special = true, .parse_special = true});
+    auto tokens = m->tokenizer.encode(apply_chat_template(m->tokenizer.chat_template(), chat, {.add_generation_prompt = true}), {.add_special = true, .parse_special = true});
     REQUIRE(tokens.size() > 40);
     // the shared part ends inside a block (token-exact) for the first, on a boundary for the second
     const std::size_t shared = tokens.size() - 11;
@@ -276,7 +276,7 @@ TEST_CASE("SmolLM2: generation through the session reuses the prompt and gives t
     RealModel* m = real_model();
     if (!m) return;
     const std::vector<ChatMessage> chat{{"user", "What is the capital of France?"}};
-    const auto prompt = m->tokenizer.encode(apply_chat_template(m->tokenizer.chat_template(), chat, true), {.add_special = true, .parse_special = true});
+    const auto prompt = m->tokenizer.encode(apply_chat_template(m->tokenizer.chat_template(), chat, {.add_generation_prompt = true}), {.add_special = true, .parse_special = true});
     GenerateOptions o;
     o.max_new_tokens = 12;
     const GenerationResult cold = generate_with_cache(m->decoder, m->tokenizer, prompt, o);
@@ -298,7 +298,7 @@ TEST_CASE("SmolLM2: generation through the session reuses the prompt and gives t
     turn2.push_back({"assistant", cold.text});
     turn2.push_back({"user", "And of Italy?"});
     const auto prompt2 =
-        m->tokenizer.encode(apply_chat_template(m->tokenizer.chat_template(), turn2, true), {.add_special = true, .parse_special = true});
+        m->tokenizer.encode(apply_chat_template(m->tokenizer.chat_template(), turn2, {.add_generation_prompt = true}), {.add_special = true, .parse_special = true});
     const GenerationResult follow = session.generate(m->tokenizer, prompt2, o);
     CHECK(follow.reused_prompt_tokens >= prompt.size());
     CHECK(follow.tokens == generate_with_cache(m->decoder, m->tokenizer, prompt2, o).tokens);

@@ -15,6 +15,7 @@ using kvcache::test::numbered_prompt;
 using kvcache::test::numbered_tokenizer;
 using kvcache::test::options;
 using kvcache::test::random_decoder;
+using kvcache::test::run_to_end;
 
 namespace {
 
@@ -35,26 +36,17 @@ GenerationResult alone_as(const std::vector<std::int32_t>& prompt, const Request
     return generate_with_cache(random_decoder(), numbered_tokenizer(), prompt, g);
 }
 
-template <class T>
-void run_to_end(BasicScheduler<T>& s) {
-    for (int i = 0; i < 10000 && s.step(); ++i) {
-    }
-    REQUIRE_FALSE(s.step());
-}
-
 }  // namespace
 
 TEMPLATE_TEST_CASE("scheduler over a quantised or half-precision pool: every request gives its tokens alone",
                    "[scheduler]", fp16, bf16, q8_0, q4_0) {
-    Decoder& d = random_decoder();
-    PagedKVPool<TestType> pool(d.cache_layers(), 128);
-    PrefixCache<TestType> prefixes(pool, std::size_t(64) * pool.block_bytes());
     SchedulerOptions so;
     so.max_batch = 3;  // six requests: some wait and join as others leave
     so.prefill_chunk = 16;
     so.prefill_tokens_per_decode = 3;
     so.threads = 1;
-    BasicScheduler<TestType> s(d, numbered_tokenizer(), pool, &prefixes, so);
+    test::SchedulerRig<TestType> rig(128, 64, so);
+    auto& [pool, prefixes, s] = rig;
 
     struct Case {
         std::vector<std::int32_t> prompt;
@@ -90,19 +82,17 @@ TEMPLATE_TEST_CASE("scheduler over a quantised or half-precision pool: every req
         CHECK(c.result.text == ref.text);
     }
     CHECK(s.stats().prompt_tokens_reused > 0);
-    CHECK(pool.used_blocks() == prefixes.cached_blocks());
+    CHECK(pool.used_blocks() == prefixes->cached_blocks());
     CHECK(pool.num_sequences() == 0);
 }
 
 TEMPLATE_TEST_CASE("scheduler over a quantised pool: preemption under pool exhaustion keeps the tokens",
                    "[scheduler]", q8_0, q4_0) {
-    Decoder& d = random_decoder();
-    PagedKVPool<TestType> pool(d.cache_layers(), 8);  // 128 positions: two requests of ~70 do not fit together
-    PrefixCache<TestType> prefixes(pool, std::size_t(8) * pool.block_bytes());
     SchedulerOptions so;
     so.threads = 1;
     so.prefill_chunk = 32;
-    BasicScheduler<TestType> s(d, numbered_tokenizer(), pool, &prefixes, so);
+    test::SchedulerRig<TestType> rig(8, 8, so);  // 128 positions: two requests of ~70 do not fit together
+    auto& [pool, prefixes, s] = rig;
     const auto p1 = numbered_prompt(40, 1), p2 = numbered_prompt(44, 2);
     const RequestOptions o1 = options(30, 0.0f, 0), o2 = options(30, 0.9f, 77);
     RequestResult r1, r2;
@@ -122,18 +112,17 @@ TEMPLATE_TEST_CASE("scheduler over a quantised pool: preemption under pool exhau
     CHECK(r1.preemptions + r2.preemptions > 0);
     CHECK(r1.tokens == alone_as<TestType>(p1, o1).tokens);
     CHECK(r2.tokens == alone_as<TestType>(p2, o2).tokens);
-    prefixes.clear();
+    prefixes->clear();
     CHECK(pool.used_blocks() == 0);
 }
 
 TEST_CASE("scheduler: prompts get prefill_chunk tokens a step alone, prefill_tokens_per_decode per decoding stream") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 64);
     SchedulerOptions so;
     so.threads = 1;
     so.prefill_chunk = 40;
     so.prefill_tokens_per_decode = 3;
-    Scheduler s(d, numbered_tokenizer(), pool, nullptr, so);
+    test::SchedulerRig<> rig(64, 0, so);
+    auto& [pool, prefixes, s] = rig;
 
     // Nothing decodes: the first prompt goes in 40 tokens a step.
     Request first;

@@ -18,6 +18,7 @@ using kvcache::test::numbered_prompt;
 using kvcache::test::options;
 using kvcache::test::numbered_tokenizer;
 using kvcache::test::random_decoder;
+using kvcache::test::run_to_end;
 
 namespace {
 
@@ -47,23 +48,15 @@ struct Recorder {
     }
 };
 
-void run_to_end(Scheduler& s) {
-    for (int i = 0; i < 10000 && s.step(); ++i) {
-    }
-    REQUIRE_FALSE(s.step());
-}
-
 }  // namespace
 
 TEST_CASE("scheduler: requests joining and leaving give the tokens they give alone") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 128);
-    PrefixCache<float> prefixes(pool, std::size_t(64) * pool.block_bytes());
     SchedulerOptions so;
     so.max_batch = 4;  // more requests than that: some wait, and join as others leave
     so.prefill_chunk = 16;
     so.threads = 1;
-    Scheduler s(d, numbered_tokenizer(), pool, &prefixes, so);
+    test::SchedulerRig<> rig(128, 64, so);
+    auto& [pool, prefixes, s] = rig;
     Recorder rec;
 
     struct Case {
@@ -105,15 +98,13 @@ TEST_CASE("scheduler: requests joining and leaving give the tokens they give alo
     CHECK(st.finished == cases.size());
     CHECK(st.prompt_tokens_reused > 0);
     // Every block a request held is back, except those the prefix cache keeps.
-    CHECK(pool.used_blocks() == prefixes.cached_blocks());
+    CHECK(pool.used_blocks() == prefixes->cached_blocks());
     CHECK(pool.num_sequences() == 0);
 }
 
 TEST_CASE("scheduler: a prefix-cache hit gives the same tokens as a cold start") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 64);
-    PrefixCache<float> prefixes(pool, std::size_t(64) * pool.block_bytes());
-    Scheduler s(d, numbered_tokenizer(), pool, &prefixes, SchedulerOptions{.threads = 1});
+    test::SchedulerRig<> rig(64, 64);
+    auto& [pool, prefixes, s] = rig;
     Recorder rec;
     const auto prompt = numbered_prompt(40, 5);
     const RequestOptions o = options(5, 0.7f, 9);
@@ -128,12 +119,11 @@ TEST_CASE("scheduler: a prefix-cache hit gives the same tokens as a cold start")
 }
 
 TEST_CASE("scheduler: cancellation frees every block, queued or running") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 64);
     SchedulerOptions so;
     so.max_batch = 2;
     so.threads = 1;
-    Scheduler s(d, numbered_tokenizer(), pool, nullptr, so);
+    test::SchedulerRig<> rig(64, 0, so);
+    auto& [pool, prefixes, s] = rig;
     Recorder rec;
     const RequestId a = s.submit(rec.make(numbered_prompt(20, 1), options(30, 0, 0)));
     const RequestId b = s.submit(rec.make(numbered_prompt(25, 2), options(30, 0, 0)));
@@ -161,13 +151,12 @@ TEST_CASE("scheduler: cancellation frees every block, queued or running") {
 }
 
 TEST_CASE("scheduler: a full queue refuses with QueueFullError and the running requests go on untouched") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 64);
     SchedulerOptions so;
     so.max_batch = 1;
     so.max_queued = 2;
     so.threads = 1;
-    Scheduler s(d, numbered_tokenizer(), pool, nullptr, so);
+    test::SchedulerRig<> rig(64, 0, so);
+    auto& [pool, prefixes, s] = rig;
     Recorder rec;
     const auto p1 = numbered_prompt(7, 1), p2 = numbered_prompt(9, 2), p3 = numbered_prompt(4, 3);
     const RequestOptions o = options(6, 0.8f, 4);
@@ -186,8 +175,8 @@ TEST_CASE("scheduler: a full queue refuses with QueueFullError and the running r
 
 TEST_CASE("scheduler: bad requests are refused at submit with typed errors") {
     Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 8);
-    Scheduler s(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.threads = 1});
+    test::SchedulerRig<> rig(8);
+    auto& [pool, prefixes, s] = rig;
     Request empty;
     CHECK_THROWS_AS(s.submit(empty), ConfigError);
     Request cont;
@@ -234,14 +223,12 @@ TEST_CASE("scheduler: bad requests are refused at submit with typed errors") {
 }
 
 TEST_CASE("scheduler: pool exhaustion preempts (same tokens after recomputation) or fails only that request") {
-    Decoder& d = random_decoder();
     SECTION("two requests that do not fit together: one is preempted, both finish as alone") {
-        PagedKVPool<float> pool(d.cache_layers(), 8);  // 128 positions
-        PrefixCache<float> prefixes(pool, std::size_t(8) * pool.block_bytes());
         SchedulerOptions so;
         so.threads = 1;
         so.prefill_chunk = 32;
-        Scheduler s(d, numbered_tokenizer(), pool, &prefixes, so);
+        test::SchedulerRig<> rig(8, 8, so);  // 128 positions
+        auto& [pool, prefixes, s] = rig;
         Recorder rec;
         const auto p1 = numbered_prompt(40, 1), p2 = numbered_prompt(44, 2);
         const RequestOptions o1 = options(30, 0.0f, 0), o2 = options(30, 0.9f, 77);
@@ -254,14 +241,14 @@ TEST_CASE("scheduler: pool exhaustion preempts (same tokens after recomputation)
         CHECK(rec.at(b).tokens == alone(p2, o2).tokens);
         CHECK(rec.at(a).preemptions + rec.at(b).preemptions > 0);
         CHECK(s.stats().preempted > 0);
-        prefixes.clear();
+        prefixes->clear();
         CHECK(pool.used_blocks() == 0);
     }
     SECTION("a request larger than the pool fails with PoolExhaustedError; the other one is untouched") {
-        PagedKVPool<float> pool(d.cache_layers(), 8);
         SchedulerOptions so;
         so.threads = 1;
-        Scheduler s(d, numbered_tokenizer(), pool, nullptr, so);
+        test::SchedulerRig<> rig(8, 0, so);
+        auto& [pool, prefixes, s] = rig;
         Recorder rec;
         const auto small = numbered_prompt(10, 3), huge = numbered_prompt(140, 4);
         const RequestOptions o = options(8, 0.5f, 3);
@@ -279,9 +266,8 @@ TEST_CASE("scheduler: pool exhaustion preempts (same tokens after recomputation)
 }
 
 TEST_CASE("scheduler: stop strings cut the text, and streaming holds back what may start one") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 32);
-    Scheduler s(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.threads = 1});
+    test::SchedulerRig<> rig(32);
+    auto& [pool, prefixes, s] = rig;
     const auto prompt = numbered_prompt(6, 8);
     RequestOptions o = options(12, 1.0f, 5);
     const GenerationResult ref = alone(prompt, o);
@@ -336,9 +322,8 @@ TEST_CASE("scheduler: stop strings cut the text, and streaming holds back what m
 }
 
 TEST_CASE("scheduler: EOS stops a request like generate_with_cache does") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 64);
-    Scheduler s(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.threads = 1});
+    test::SchedulerRig<> rig(64);
+    auto& [pool, prefixes, s] = rig;
     Recorder rec;
     // Hot sampling over many seeds: some hit token 2 (EOS) before 40 tokens.
     std::vector<std::pair<RequestId, std::uint64_t>> ids;
@@ -364,9 +349,8 @@ TEST_CASE("scheduler: EOS stops a request like generate_with_cache does") {
 
 TEST_CASE("scheduler: kept sequences continue, fork, truncate and release") {
     Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 64);
-    PrefixCache<float> prefixes(pool, std::size_t(64) * pool.block_bytes());
-    Scheduler s(d, numbered_tokenizer(), pool, &prefixes, SchedulerOptions{.threads = 1});
+    test::SchedulerRig<> rig(64, 64);
+    auto& [pool, prefixes, s] = rig;
     Recorder rec;
     const auto prompt = numbered_prompt(12, 4);
     const RequestOptions o = options(5, 0.0f, 0);
@@ -443,9 +427,8 @@ TEST_CASE("scheduler: kept sequences continue, fork, truncate and release") {
 }
 
 TEST_CASE("scheduler: a prompt-only request (max_new_tokens 0) fills a kept sequence") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 16);
-    Scheduler s(d, numbered_tokenizer(), pool, nullptr, SchedulerOptions{.threads = 1});
+    test::SchedulerRig<> rig(16);
+    auto& [pool, prefixes, s] = rig;
     Recorder rec;
     const auto prompt = numbered_prompt(20, 2);
     Request r = rec.make(prompt, options(0, 0, 0));

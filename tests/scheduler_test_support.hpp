@@ -1,10 +1,18 @@
 // What the scheduler and batched-decode tests share: a small random decoder, a tokenizer over its vocabulary,
-// and the "alone" reference (generate_with_cache) a scheduled request must reproduce.
+// the "alone" reference (generate_with_cache) a scheduled request must reproduce, and the pool, prefix cache
+// and scheduler most scheduler tests start from.
 #pragma once
 
+#include <catch2/catch.hpp>
+
+#include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <string>
 #include <vector>
+
+#include "kvcache/cache/paged_kv_cache.hpp"
+#include "kvcache/cache/prefix_cache.hpp"
 
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/generate.hpp"
@@ -76,6 +84,31 @@ inline RequestOptions options(std::size_t max_new, float temperature, std::uint6
     o.sampling.seed = seed;
     o.stop_at_eos = false;
     return o;
+}
+
+/// The random decoder's cache in a pool of `blocks` blocks, a prefix cache with a budget of `prefix_blocks`
+/// blocks (none if 0), and a scheduler over both with `options` (one thread by default: see random_decoder).
+/// Tests take it apart with `auto& [pool, prefixes, s] = rig;`.
+template <StorageElement T = float>
+struct SchedulerRig {
+    PagedKVPool<T> pool;
+    std::unique_ptr<PrefixCache<T>> prefixes;  // null without a prefix cache
+    BasicScheduler<T> scheduler;
+
+    explicit SchedulerRig(std::size_t blocks, std::size_t prefix_blocks = 0,
+                          const SchedulerOptions& options = SchedulerOptions{.threads = 1})
+        : pool(random_decoder().cache_layers(), blocks),
+          prefixes(prefix_blocks == 0 ? nullptr
+                                      : std::make_unique<PrefixCache<T>>(pool, prefix_blocks * pool.block_bytes())),
+          scheduler(random_decoder(), numbered_tokenizer(), pool, prefixes.get(), options) {}
+};
+
+/// Steps the scheduler until it has nothing left to do (a bounded loop: a scheduler that never ends fails).
+template <StorageElement T>
+void run_to_end(BasicScheduler<T>& s) {
+    for (int i = 0; i < 10000 && s.step(); ++i) {
+    }
+    REQUIRE_FALSE(s.step());
 }
 
 }  // namespace kvcache::test

@@ -19,15 +19,13 @@ using kvcache::test::options;
 using kvcache::test::random_decoder;
 
 TEST_CASE("scheduler: submission and cancellation from 8 threads while the engine thread runs") {
-    Decoder& d = random_decoder();
-    PagedKVPool<float> pool(d.cache_layers(), 256);
-    PrefixCache<float> prefixes(pool, std::size_t(64) * pool.block_bytes());
     SchedulerOptions so;
     so.max_batch = 8;
     so.max_queued = 64;
     so.prefill_chunk = 32;
     so.threads = 1;
-    Scheduler s(d, numbered_tokenizer(), pool, &prefixes, so);
+    test::SchedulerRig<> rig(256, 64, so);
+    auto& [pool, prefixes, s] = rig;
     s.start();
     CHECK_THROWS_AS(s.start(), ConfigError);
     CHECK_THROWS_AS(s.step(), ConfigError);  // the engine steps by itself
@@ -79,6 +77,6 @@ TEST_CASE("scheduler: submission and cancellation from 8 threads while the engin
         CHECK(res.tokens == alone(prompt, options(4, 0.8f, static_cast<std::uint64_t>(seed))).tokens);
     }
     CHECK(pool.num_sequences() == 0);
-    CHECK(pool.used_blocks() == prefixes.cached_blocks());
+    CHECK(pool.used_blocks() == prefixes->cached_blocks());
 }
 

@@ -84,7 +84,7 @@ TokenizerSpec sentencepiece_spec() {
 }
 
 std::string stream_all(const Tokenizer& tok, const Ids& ids, std::vector<std::string>* chunks = nullptr) {
-    kvcache::TokenStreamDecoder stream(tok, true);
+    kvcache::TokenStreamDecoder stream(tok, {.render_special = true});
     std::string out;
     for (const auto id : ids) {
         const std::string chunk = stream.push(id);
@@ -146,9 +146,9 @@ TEST_CASE("special-token text is parsed only when asked; user-defined tokens alw
     CHECK(tok.encode("<|im_start|><|im_start|>", {.add_special = false, .parse_special = true}) == Ids{265, 265});
     CHECK(tok.encode("<|im_start", {.add_special = false, .parse_special = true}) == tok.encode("<|im_start", {.add_special = false}));
     // Rendering of control tokens when decoding.
-    CHECK(tok.decode(Ids{265, 259, 266}, true) == "<|im_start|>hello<|im_end|>");
-    CHECK(tok.decode(Ids{265, 259, 266}, false) == "hello");
-    CHECK(tok.decode(Ids{267}, false) == "<tool>");
+    CHECK(tok.decode(Ids{265, 259, 266}, {.render_special = true}) == "<|im_start|>hello<|im_end|>");
+    CHECK(tok.decode(Ids{265, 259, 266}, {.render_special = false}) == "hello");
+    CHECK(tok.decode(Ids{267}, {.render_special = false}) == "<tool>");
 }
 
 TEST_CASE("token metadata queries", "[tokenizer]") {
@@ -169,8 +169,8 @@ TEST_CASE("token metadata queries", "[tokenizer]") {
     CHECK_FALSE(tok.token_id("nope").has_value());
     CHECK(tok.token_text(264) == "Ġworld");
     CHECK(tok.token_to_piece(264) == " world");
-    CHECK(tok.token_to_piece(265, false).empty());
-    CHECK(tok.token_to_piece(265, true) == "<|im_start|>");
+    CHECK(tok.token_to_piece(265, {.render_special = false}).empty());
+    CHECK(tok.token_to_piece(265, {.render_special = true}) == "<|im_start|>");
     CHECK(tok.pre_tokenizer() == "gpt2");
     CHECK(tok.chat_template().empty());
 }
@@ -183,7 +183,7 @@ TEST_CASE("decode and piece lookups reject ids outside the vocabulary", "[tokeni
     CHECK_THROWS_AS(tok.token_text(-5), kvcache::IndexError);
     CHECK_THROWS_AS(tok.is_special(268), kvcache::IndexError);
     CHECK_THROWS_AS(tok.is_end_of_generation(268), kvcache::IndexError);
-    kvcache::TokenStreamDecoder stream(tok);
+    kvcache::TokenStreamDecoder stream(tok, {.render_special = false});
     CHECK_THROWS_AS(stream.push(268), kvcache::IndexError);
     CHECK_THROWS_WITH(tok.decode(Ids{268}), Catch::Contains("268"));
 }
@@ -302,7 +302,7 @@ TEST_CASE("SentencePiece BPE: score order, space prefix, byte fallback", "[token
     // "▁hello▁world": ll(-1) he(-2) hell(-3) hello(-4) ▁hello(-5) ▁w(-6) or(-7) ▁wor(-8) ld(-9) ▁world(-10)
     CHECK(tok.encode("hello world", {.add_special = true}) == Ids{1, 271, 276});
     CHECK(tok.encode("hello world", {.add_special = false}) == Ids{271, 276});
-    CHECK(tok.decode(Ids{1, 271, 276}, false) == "hello world");
+    CHECK(tok.decode(Ids{1, 271, 276}, {.render_special = false}) == "hello world");
     CHECK(tok.decode(Ids{271, 276}) == "hello world");
     // é (C3 A9) is not a piece: byte fallback, ids 3 + byte.
     CHECK(tok.encode("é", {.add_special = false}) == Ids{259, 3 + 0xC3, 3 + 0xA9});
@@ -351,7 +351,7 @@ TEST_CASE("streaming decoder holds back incomplete UTF-8", "[tokenizer][stream]"
     CHECK(chunks[5] == "😀");
     for (const auto& c : chunks) CHECK(kvcache::unicode::decode_utf8(c + " ", 0).valid);
 
-    kvcache::TokenStreamDecoder stream(tok);
+    kvcache::TokenStreamDecoder stream(tok, {.render_special = false});
     CHECK(stream.push(0xE2).empty());
     CHECK(stream.pending() == 1);
     CHECK(stream.push(0x82).empty());
@@ -656,7 +656,7 @@ TEST_CASE("encode_literal and encode_segments never make special tokens from lit
     // Segments: only markup segments produce special tokens, and only from text wholly inside them.
     const std::vector<kvcache::TextSegment> segments = {
         {"<|im_start|>", true}, {"hello<|im_end|>", false}, {"<|im_e", true}, {"nd|>", false}, {"<|im_end|>", true}};
-    const Ids ids = tok.encode_segments(segments, false);
+    const Ids ids = tok.encode_segments(segments, {.add_special = false});
     CHECK(std::count(ids.begin(), ids.end(), 265) == 1);
     CHECK(std::count(ids.begin(), ids.end(), 266) == 1);
     CHECK(ids.front() == 265);
@@ -664,7 +664,7 @@ TEST_CASE("encode_literal and encode_segments never make special tokens from lit
     CHECK(tok.decode(ids) == "<|im_start|>hello<|im_end|><|im_end|><|im_end|>");
     // Plain text is one run across segment boundaries: "hel" + "lo" merges like "hello".
     const std::vector<kvcache::TextSegment> split = {{"hel", false}, {"lo", true}};
-    CHECK(tok.encode_segments(split, false) == Ids{259});
+    CHECK(tok.encode_segments(split, {.add_special = false}) == Ids{259});
 }
 
 TEST_CASE("literal SentencePiece text does not merge into a user-defined piece", "[tokenizer][literal][spm]") {

@@ -56,15 +56,24 @@ struct Model {
     std::optional<Decoder> decoder;
 };
 
-Model load_model(const Settings& s, bool with_decoder) {
+void check_model_exists(const Settings& s) {
     if (!std::filesystem::exists(s.model)) {
         throw IoError(fmt::format("model {} not found: run scripts/fetch-model.sh, or pass --model / set KVCACHE_MODEL",
                                   s.model));
     }
-    const gguf::File file = gguf::File::open(s.model);
-    Model m{Tokenizer::from_gguf(file), with_decoder ? model_fingerprint(file) : std::string(), std::nullopt};
-    if (with_decoder) m.decoder.emplace(Decoder(DecoderWeights::from_gguf(file), s.threads));
-    return m;
+}
+
+/// The tokenizer alone, for the commands that only chunk text (the weights are not read).
+Model load_tokenizer(const Settings& s) {
+    check_model_exists(s);
+    return Model{Tokenizer::from_gguf(gguf::File::open(s.model)), std::string(), std::nullopt};
+}
+
+/// Decoder, tokenizer and fingerprint (kvcache::load_model), for the commands that generate.
+Model load_generator(const Settings& s) {
+    check_model_exists(s);
+    LoadedModel loaded = load_model(s.model, {.threads = s.threads, .fingerprint = true});
+    return Model{std::move(loaded.tokenizer), std::move(loaded.fingerprint), std::move(loaded.decoder)};
 }
 
 double mean(const std::vector<double>& v) {
@@ -110,7 +119,7 @@ std::optional<CacheDirectory> cache_directory(const Settings& s) {
 }
 
 int run_ingest(const Settings& s, const std::vector<std::string>& paths) {
-    const Model m = load_model(s, false);
+    const Model m = load_tokenizer(s);
     auto kb = KnowledgeBase::open(s.db);
     std::vector<std::filesystem::path> ps(paths.begin(), paths.end());
     const auto results = kb.ingest_paths(ps, m.tokenizer, ChunkingOptions{s.chunk_tokens, s.overlap_tokens});
@@ -127,7 +136,7 @@ int run_ingest(const Settings& s, const std::vector<std::string>& paths) {
 }
 
 int run_remove(const Settings& s, const std::vector<std::string>& sources) {
-    auto kb = KnowledgeBase::open(s.db, false);
+    auto kb = KnowledgeBase::open(s.db, {.create = false});
     int missing = 0;
     for (const auto& src : sources) {
         if (kb.remove_document(src)) {
@@ -141,7 +150,7 @@ int run_remove(const Settings& s, const std::vector<std::string>& sources) {
 }
 
 int run_list(const Settings& s) {
-    auto kb = KnowledgeBase::open(s.db, false);
+    auto kb = KnowledgeBase::open(s.db, {.create = false});
     const auto docs = kb.documents();
     for (const auto& d : docs) {
         fmt::print("{:8} {:4} chunks {:6} tokens {:8} bytes  {}\n", document_format_name(d.format), d.chunks, d.tokens,
@@ -149,7 +158,7 @@ int run_list(const Settings& s) {
     }
     if (!docs.empty()) {
         // What cag and none prefill: the prompt's knowledge part (instructions + every document).
-        const Model m = load_model(s, false);
+        const Model m = load_tokenizer(s);
         const QAPromptFormat format(m.tokenizer, s.answer.instructions, s.answer.question_template,
                                     s.answer.examples, s.answer.answer_prefix);
         fmt::print("{} documents; the knowledge part of the prompt is {} tokens\n", docs.size(),
@@ -159,7 +168,7 @@ int run_list(const Settings& s) {
 }
 
 int run_search(const Settings& s, const std::string& query, std::size_t k) {
-    auto kb = KnowledgeBase::open(s.db, false);
+    auto kb = KnowledgeBase::open(s.db, {.create = false});
     const auto hits = kb.search(query, k);
     if (hits.empty()) fmt::print("no chunk matches the words of \"{}\"\n", query);
     for (std::size_t i = 0; i < hits.size(); ++i) {
@@ -181,7 +190,7 @@ struct Engine {
 };
 
 Engine make_engine(const Settings& s, bool need_knowledge, bool build_cache) {
-    Engine e{load_model(s, true), KnowledgeBase::open(s.db, false), cache_directory(s), nullptr, {}};
+    Engine e{load_generator(s), KnowledgeBase::open(s.db, {.create = false}), cache_directory(s), nullptr, {}};
     e.answerer = std::make_unique<KnowledgeAnswerer>(*e.model.decoder, e.model.tokenizer, e.model.fingerprint, s.answer);
     e.answerer->set_knowledge_base(&e.kb);
     if (need_knowledge) {
@@ -212,11 +221,11 @@ int run_chat(const Settings& s, const std::string& message, const std::string& s
     // Prompt-keyed reuse from disk: the longest saved prefix of this prompt is loaded instead of computed.
     const std::optional<CacheDirectory> dir = cache_directory(s);
     if (!dir) throw ConfigError("chat reuses caches from the cache directory; drop --no-disk-cache");
-    Model m = load_model(s, true);
+    Model m = load_generator(s);
     std::vector<ChatMessage> messages;
     if (!system.empty()) messages.push_back(ChatMessage{"system", system});
     messages.push_back(ChatMessage{"user", message});
-    const std::vector<std::int32_t> prompt = encode_chat(m.tokenizer, messages, true);
+    const std::vector<std::int32_t> prompt = encode_chat(m.tokenizer, messages, {.add_generation_prompt = true});
     GenerateOptions g;
     g.max_new_tokens = s.answer.max_new_tokens;
     g.threads = s.threads;
@@ -253,7 +262,7 @@ int run_eval(const Settings& s, const std::string& qa_file, const std::string& m
     if (items.empty()) throw ConfigError(fmt::format("{}: no questions", qa_file));
     if (ingest_contexts) {
         // The data set's passages become the knowledge base (what the CAG paper does with SQuAD and HotpotQA).
-        const Model m = load_model(s, false);
+        const Model m = load_tokenizer(s);
         auto kb = KnowledgeBase::open(s.db);
         std::map<std::string, std::string> contexts;  // name -> text, de-duplicated
         for (const auto& it : items) {

@@ -28,8 +28,8 @@ ChatTemplateInfo server_chat_template(const Tokenizer& tokenizer, const std::str
 }
 
 std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tokenizer, const ChatTemplateInfo& chat_template,
-                                             std::span<const ChatMessage> messages, bool add_generation_prompt) {
-    return encode_chat(tokenizer, chat_template, messages, add_generation_prompt);
+                                             std::span<const ChatMessage> messages) {
+    return encode_chat(tokenizer, chat_template, messages, {.add_generation_prompt = true});
 }
 
 std::vector<std::int32_t> completion_prompt_tokens(const Tokenizer& tokenizer, const std::string& prompt) {
@@ -88,8 +88,8 @@ std::string follow_up_message(const Tokenizer& tokenizer, std::span<const ChatMe
             const auto pre = tokenizer.encode(answer.substr(0, begin), {.add_special = false});
             const auto post = tokenizer.encode(answer.substr(end), {.add_special = false});
             const std::size_t np = std::min(context_window, pre.size()), nq = std::min(context_window, post.size());
-            before = tokenizer.decode(std::span(pre).subspan(pre.size() - np), false);
-            after = tokenizer.decode(std::span(post).first(nq), false);
+            before = tokenizer.decode(std::span(pre).subspan(pre.size() - np), {.render_special = false});
+            after = tokenizer.decode(std::span(post).first(nq), {.render_special = false});
             if (np < pre.size()) before = "…" + before;
             if (nq < post.size()) after += "…";
         }

@@ -18,10 +18,11 @@ namespace kvcache::server {
 /// model's template is not recognised and no name was given (the message says to pass --chat-template).
 ChatTemplateInfo server_chat_template(const Tokenizer& tokenizer, const std::string& name = {});
 
-/// The conversation formatted with that template, as token ids (kvcache::encode_chat). Only the template's
-/// own markers become control tokens: "<|im_start|>" typed in a message stays text.
+/// The conversation formatted with that template and opening the assistant's turn, as token ids
+/// (kvcache::encode_chat). Only the template's own markers become control tokens: "<|im_start|>" typed in a
+/// message stays text.
 std::vector<std::int32_t> chat_prompt_tokens(const Tokenizer& tokenizer, const ChatTemplateInfo& chat_template,
-                                             std::span<const ChatMessage> messages, bool add_generation_prompt);
+                                             std::span<const ChatMessage> messages);
 
 /// A raw prompt for /v1/completions: BOS as the tokenizer says, text literal.
 std::vector<std::int32_t> completion_prompt_tokens(const Tokenizer& tokenizer, const std::string& prompt);

@@ -15,6 +15,8 @@
 #include <optional>
 #include <set>
 #include <string>
+#include <tuple>
+#include <utility>
 #include <vector>
 
 #include <fmt/format.h>
@@ -28,6 +30,7 @@
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/gguf.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "kvcache/model/scheduler.hpp"
 #include "kvcache/model/tokenizer.hpp"
 #include "kvcache/persist/cache_file.hpp"
@@ -149,11 +152,11 @@ struct Server::Impl {
     explicit Impl(ServerOptions o) : options(std::move(o)), slots(options.slots) {
         if (options.slots == 0) throw ConfigError("--slots must be at least 1");
         if (options.ctx < 8) throw ConfigError(fmt::format("--ctx {} is too small (at least 8 positions)", options.ctx));
-        const auto file = gguf::File::open(options.model_path);
-        tokenizer = std::make_unique<Tokenizer>(Tokenizer::from_gguf(file));
+        LoadedModel loaded = load_model(options.model_path, {.threads = options.threads, .fingerprint = true});
+        tokenizer = std::make_unique<Tokenizer>(std::move(loaded.tokenizer));
         chat_template = server_chat_template(*tokenizer, options.chat_template);
-        model = std::make_unique<Decoder>(DecoderWeights::from_gguf(file), options.threads);
-        model_fingerprint = kvcache::model_fingerprint(file);
+        model = std::make_unique<Decoder>(std::move(loaded.decoder));
+        model_fingerprint = std::move(loaded.fingerprint);
         model_name = options.model_path.stem().string();
         const auto layers = model->cache_layers();
         const CacheElement element = parse_cache_element(options.cache_type);
@@ -238,12 +241,27 @@ struct Server::Impl {
         return false;
     }
 
+    /// Every route the server answers, in groups: transport limits, the API key, httplib's own errors, the web
+    /// UI, the read-only endpoints, the generating endpoints.
     void setup_routes() {
+        configure_transport();
+        require_api_key();
+        report_transport_errors();
+        serve_web_ui();
+        route_status_endpoints();
+        route_generating_endpoints();
+    }
+
+    void configure_transport() {
         http.new_task_queue = [n = options.http_threads] { return new httplib::ThreadPool(n); };
         http.set_payload_max_length(options.max_body_bytes);
         http.set_keep_alive_timeout(5);
         http.set_read_timeout(30);
         http.set_write_timeout(30);
+    }
+
+    /// With --api-key, every path but the public ones needs 'Authorization: Bearer <key>' (401 otherwise).
+    void require_api_key() {
         http.set_pre_routing_handler([this](const httplib::Request& req, httplib::Response& res) {
             if (options.api_key.empty() || req.method == "OPTIONS" || is_public_path(req.path)) {
                 return httplib::Server::HandlerResponse::Unhandled;
@@ -257,7 +275,10 @@ struct Server::Impl {
             }
             return httplib::Server::HandlerResponse::Unhandled;
         });
-        // Errors httplib raises itself (no route, body too large, ...) get the same JSON shape.
+    }
+
+    /// Errors httplib raises itself (no route, body too large, ...) get the same JSON shape.
+    void report_transport_errors() {
         http.set_error_handler([this](const httplib::Request& req, httplib::Response& res) {
             if (!res.body.empty()) return;
             std::string message = fmt::format("{} {}: HTTP {}", req.method, req.path, res.status);
@@ -269,7 +290,9 @@ struct Server::Impl {
             }
             res.set_content(error_body(res.status, message).dump(), "application/json");
         });
+    }
 
+    void serve_web_ui() {
         for (const auto& a : web_assets()) {
             http.Get(std::string(a.path), [a](const httplib::Request&, httplib::Response& res) {
                 res.set_content(std::string(a.content), mime_type(a.path));
@@ -280,7 +303,10 @@ struct Server::Impl {
                 if (a.path == "/index.html") res.set_content(std::string(a.content), mime_type(a.path));
             }
         });
+    }
 
+    /// Health, models, metrics and the slot endpoints.
+    void route_status_endpoints() {
         http.Get("/health", wrap("health", [this](const httplib::Request&, httplib::Response& res) { health(res); }));
         http.Get("/v1/models", wrap("models", [this](const httplib::Request&, httplib::Response& res) { models(res); }));
         http.Get("/metrics", wrap("metrics", [this](const httplib::Request&, httplib::Response& res) { metrics(res); }));
@@ -291,103 +317,120 @@ struct Server::Impl {
         http.Post(R"(/slots/([^/]+))", wrap("slots", [this](const httplib::Request& req, httplib::Response& res) {
             slot_action(req, res);
         }));
+    }
 
-        http.Post("/v1/chat/completions", wrap("chat_completions", [this](const httplib::Request& req, httplib::Response& res) {
-            const ChatRequest r = parse_chat_request(parse_body(req.body), limits);
-            Plan plan;
-            plan.target = r.slot_id ? Target::InPlace : Target::Auto;
-            plan.slot = r.slot_id.value_or(-1);
-            plan.messages = r.messages;
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
-            plan.params = r.params;
-            generate(std::move(plan), res);
-        }));
-        http.Post("/v1/completions", wrap("completions", [this](const httplib::Request& req, httplib::Response& res) {
-            const CompletionRequest r = parse_completion_request(parse_body(req.body), limits);
-            Plan plan;
-            plan.target = r.slot_id ? Target::InPlace : Target::Auto;
-            plan.slot = r.slot_id.value_or(-1);
-            plan.prompt = completion_prompt_tokens(*tokenizer, r.prompt);
-            plan.params = r.params;
-            plan.chat = false;
-            generate(std::move(plan), res);
-        }));
-        http.Post("/v1/chat/branch", wrap("branch", [this](const httplib::Request& req, httplib::Response& res) {
-            const BranchRequest r = parse_branch_request(parse_body(req.body), limits);
-            Plan plan;
-            auto parent = conversation_of(r.parent_slot_id, "parent_slot_id");
-            if (r.message_index) {
-                if (*r.message_index >= parent.size()) {
-                    throw bad_request("invalid_value",
-                                      fmt::format("'message_index' {} is past the conversation of slot {} ({} messages)",
-                                                  *r.message_index, r.parent_slot_id, parent.size()),
-                                      "message_index");
-                }
-                parent.resize(*r.message_index + 1);
-            }
-            const std::string message = follow_up_message(*tokenizer, parent, r.text_excerpt, r.context_window, r.prompt);
-            if (r.mode == BranchMode::ReuseKv) {
-                plan.target = Target::Fork;
-                plan.messages = parent;
-            } else {
-                plan.target = Target::New;
-                // A fresh conversation: the system prompt (if any) and the quoted follow-up, nothing else.
-                if (!parent.empty() && parent.front().role == "system") plan.messages.push_back(parent.front());
-            }
-            plan.slot = r.parent_slot_id;
-            plan.messages.push_back({"user", message});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
-            plan.params = r.params;
-            plan.report_parent = true;
-            generate(std::move(plan), res);
-        }));
-        http.Post("/generate", wrap("generate", [this](const httplib::Request& req, httplib::Response& res) {
-            const GenerateRequest r = parse_generate_request(parse_body(req.body), limits);
-            Plan plan;
-            if (r.slot_id) {
-                plan.target = Target::InPlace;
-                plan.slot = *r.slot_id;
-                plan.messages = conversation_of(*r.slot_id, "slot_id");
-            } else {
-                plan.target = Target::New;
-            }
-            plan.messages.push_back({"user", r.prompt});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
-            plan.params = r.params;
-            generate(std::move(plan), res);
-        }));
-        http.Post("/focus", wrap("focus", [this](const httplib::Request& req, httplib::Response& res) {
-            const FocusRequest r = parse_focus_request(parse_body(req.body), limits);
-            Plan plan;
+    /// Each generating endpoint turns its request into a Plan (the plan_* functions below); generate() runs it.
+    void route_generating_endpoints() {
+        using Planner = Plan (Impl::*)(const json&);
+        const auto route = [this](const char* path, const char* endpoint, Planner planner) {
+            http.Post(path, wrap(endpoint, [this, planner](const httplib::Request& req, httplib::Response& res) {
+                generate((this->*planner)(parse_body(req.body)), res);
+            }));
+        };
+        route("/v1/chat/completions", "chat_completions", &Impl::plan_chat_completion);
+        route("/v1/completions", "completions", &Impl::plan_completion);
+        route("/v1/chat/branch", "branch", &Impl::plan_branch);
+        route("/generate", "generate", &Impl::plan_generate);
+        route("/focus", "focus", &Impl::plan_focus);
+        route("/continue", "continue", &Impl::plan_continue);
+    }
+
+    // ------------------------------------------------------------------ requests to plans
+
+    /// The conversation (already in plan.messages) as the prompt, with the request's parameters.
+    Plan& encode_conversation(Plan& plan, const GenerationParams& params) {
+        plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages);
+        plan.params = params;
+        return plan;
+    }
+
+    /// `conversation` cut after message `index`; 400 if it has no such message.
+    static void keep_through(std::vector<ChatMessage>& conversation, std::size_t index, std::int64_t slot_id) {
+        if (index >= conversation.size()) {
+            throw bad_request("invalid_value",
+                              fmt::format("'message_index' {} is past the conversation of slot {} ({} messages)", index,
+                                          slot_id, conversation.size()),
+                              "message_index");
+        }
+        conversation.resize(index + 1);
+    }
+
+    Plan plan_chat_completion(const json& body) {
+        const ChatRequest r = parse_chat_request(body, limits);
+        Plan plan;
+        plan.target = r.slot_id ? Target::InPlace : Target::Auto;
+        plan.slot = r.slot_id.value_or(-1);
+        plan.messages = r.messages;
+        return encode_conversation(plan, r.params);
+    }
+
+    Plan plan_completion(const json& body) {
+        const CompletionRequest r = parse_completion_request(body, limits);
+        Plan plan;
+        plan.target = r.slot_id ? Target::InPlace : Target::Auto;
+        plan.slot = r.slot_id.value_or(-1);
+        plan.prompt = completion_prompt_tokens(*tokenizer, r.prompt);
+        plan.params = r.params;
+        plan.chat = false;
+        return plan;
+    }
+
+    Plan plan_branch(const json& body) {
+        const BranchRequest r = parse_branch_request(body, limits);
+        Plan plan;
+        auto parent = conversation_of(r.parent_slot_id, "parent_slot_id");
+        if (r.message_index) keep_through(parent, *r.message_index, r.parent_slot_id);
+        const std::string message = follow_up_message(*tokenizer, parent, r.text_excerpt, r.context_window, r.prompt);
+        if (r.mode == BranchMode::ReuseKv) {
+            plan.target = Target::Fork;
+            plan.messages = parent;
+        } else {
+            plan.target = Target::New;
+            // A fresh conversation: the system prompt (if any) and the quoted follow-up, nothing else.
+            if (!parent.empty() && parent.front().role == "system") plan.messages.push_back(parent.front());
+        }
+        plan.slot = r.parent_slot_id;
+        plan.messages.push_back({"user", message});
+        plan.report_parent = true;
+        return encode_conversation(plan, r.params);
+    }
+
+    Plan plan_generate(const json& body) {
+        const GenerateRequest r = parse_generate_request(body, limits);
+        Plan plan;
+        if (r.slot_id) {
             plan.target = Target::InPlace;
-            plan.slot = r.slot_id;
-            plan.messages = conversation_of(r.slot_id, "slot_id");
-            plan.messages.push_back(
-                {"user", follow_up_message(*tokenizer, plan.messages, r.text_excerpt, r.context_window, r.prompt)});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
-            plan.params = r.params;
-            generate(std::move(plan), res);
-        }));
-        http.Post("/continue", wrap("continue", [this](const httplib::Request& req, httplib::Response& res) {
-            const ContinueRequest r = parse_continue_request(parse_body(req.body), limits);
-            auto conversation = conversation_of(r.slot_id, "slot_id");
-            if (r.message_index >= conversation.size()) {
-                throw bad_request("invalid_value",
-                                  fmt::format("'message_index' {} is past the conversation of slot {} ({} messages)",
-                                              r.message_index, r.slot_id, conversation.size()),
-                                  "message_index");
-            }
-            conversation.resize(r.message_index + 1);
-            Plan plan;
-            plan.target = r.new_slot ? Target::Fork : Target::InPlace;
-            plan.report_parent = r.new_slot;
-            plan.slot = r.slot_id;
-            plan.messages = std::move(conversation);
-            plan.messages.push_back({"user", r.prompt});
-            plan.prompt = chat_prompt_tokens(*tokenizer, chat_template, plan.messages, true);
-            plan.params = r.params;
-            generate(std::move(plan), res);
-        }));
+            plan.slot = *r.slot_id;
+            plan.messages = conversation_of(*r.slot_id, "slot_id");
+        } else {
+            plan.target = Target::New;
+        }
+        plan.messages.push_back({"user", r.prompt});
+        return encode_conversation(plan, r.params);
+    }
+
+    Plan plan_focus(const json& body) {
+        const FocusRequest r = parse_focus_request(body, limits);
+        Plan plan;
+        plan.target = Target::InPlace;
+        plan.slot = r.slot_id;
+        plan.messages = conversation_of(r.slot_id, "slot_id");
+        plan.messages.push_back(
+            {"user", follow_up_message(*tokenizer, plan.messages, r.text_excerpt, r.context_window, r.prompt)});
+        return encode_conversation(plan, r.params);
+    }
+
+    Plan plan_continue(const json& body) {
+        const ContinueRequest r = parse_continue_request(body, limits);
+        auto conversation = conversation_of(r.slot_id, "slot_id");
+        keep_through(conversation, r.message_index, r.slot_id);
+        Plan plan;
+        plan.target = r.new_slot ? Target::Fork : Target::InPlace;
+        plan.report_parent = r.new_slot;
+        plan.slot = r.slot_id;
+        plan.messages = std::move(conversation);
+        plan.messages.push_back({"user", r.prompt});
+        return encode_conversation(plan, r.params);
     }
 
     /// A slot's conversation (copied under the lock). 404 for an unknown slot, 400 for a raw-completion slot.
@@ -422,8 +465,9 @@ struct Server::Impl {
         }
     }
 
-    JobPtr start_job(Plan& plan) {
-        if (shutting_down) throw busy("shutting_down", "the server is shutting down");
+    /// The tokens the request may generate: max_tokens, or what is left of a slot. 400 if the prompt is empty or
+    /// leaves no room, or prompt + max_tokens exceed a slot (--ctx).
+    std::size_t checked_max_tokens(const Plan& plan) const {
         const std::size_t ctx = options.ctx;
         if (plan.prompt.empty()) throw bad_request("invalid_value", "the prompt encodes to no tokens", "prompt");
         if (plan.prompt.size() >= ctx) {
@@ -439,7 +483,10 @@ struct Server::Impl {
                                           plan.prompt.size(), max_tokens, plan.prompt.size() + max_tokens, ctx),
                               "max_tokens");
         }
+        return max_tokens;
+    }
 
+    JobPtr new_job(const Plan& plan) {
         auto job = std::make_shared<Job>();
         job->id = fmt::format("{}-{}", plan.chat ? "chatcmpl" : "cmpl", next_job++);
         job->created = std::time(nullptr);
@@ -448,7 +495,11 @@ struct Server::Impl {
         job->return_tokens = plan.params.return_tokens;
         job->prompt = plan.prompt;
         job->messages = plan.messages;
+        return job;
+    }
 
+    /// The scheduler request for a job: its pieces and its end go into the job, for the waiting HTTP thread.
+    static Request request_for(const JobPtr& job, const Plan& plan, std::size_t max_tokens) {
         Request request;
         request.keep_sequence = true;
         request.options.max_new_tokens = max_tokens;
@@ -467,8 +518,12 @@ struct Server::Impl {
             job->done = true;
             job->changed.notify_all();
         };
+        return request;
+    }
 
-        std::unique_lock lock(slots_mutex);
+    /// Where the plan runs, Auto resolved: in place in a slot, forked from one, or new; and the slot it starts
+    /// from (null for New). 404/409 for a named slot that does not exist or is busy. Under slots_mutex.
+    std::pair<Target, Slot*> resolve_target(const Plan& plan) {
         const std::size_t last = plan.prompt.size() - 1;  // at least one prompt token is fed: its logits are wanted
         Target target = plan.target;
         Slot* base = nullptr;
@@ -496,37 +551,64 @@ struct Server::Impl {
             base = nullptr;
             target = Target::New;
         }
+        return {target, base};
+    }
 
-        Slot* slot = nullptr;
+    /// In place: the slot's sequence, cut back to what the prompt shares with it, is handed to the request.
+    void continue_in_slot(Slot& slot, Job& job, Request& request, const Plan& plan) {
+        const std::size_t last = plan.prompt.size() - 1;
+        if (slot.sequence) {
+            const std::size_t keep = std::min(common_prefix(slot.tokens, plan.prompt), last);
+            if (keep < slot.tokens.size()) scheduler->truncate(*slot.sequence, keep);
+            slot.tokens.resize(keep);
+            job.slot_reused = keep;
+            job.handed_over = slot.sequence;
+            request.continue_from = slot.sequence;
+            slot.sequence.reset();
+        }
+        job.kept_before = job.slot_reused;
+    }
+
+    /// Fork or new: a new slot (room made for it), starting from a fork of `base` at the shared prefix if
+    /// there is one. Returns the slot and the forked sequence (to release if the submit fails).
+    std::pair<Slot*, std::optional<SequenceId>> open_new_slot(std::unique_lock<std::mutex>& lock, Target target,
+                                                               Slot* base, Job& job, Request& request,
+                                                               const Plan& plan) {
+        const std::size_t last = plan.prompt.size() - 1;
+        const std::int64_t base_id = base ? base->id : -1;
+        make_room(lock, base ? std::optional(base_id) : std::nullopt);
+        if (base) {
+            base = slots.find(base_id);  // make_room may have waited; the base may be gone or busy now
+            if (!base || base->busy || !base->sequence) {
+                throw conflict("slot_busy", fmt::format("slot {} changed while this request waited", base_id));
+            }
+        }
+        const std::size_t keep = target == Target::Fork ? std::min(common_prefix(base->tokens, plan.prompt), last) : 0;
+        std::optional<SequenceId> forked;
+        if (keep > 0) forked = scheduler->fork(*base->sequence, keep);
+        Slot* slot = &slots.create();
+        if (plan.report_parent) slot->parent = plan.slot;  // branches name their parent (a fresh one too)
+        job.new_slot = true;
+        job.slot_reused = keep;
+        request.continue_from = forked;
+        return {slot, forked};
+    }
+
+    /// Validates the plan, places it in a slot and submits it to the scheduler; the job is then active.
+    JobPtr start_job(const Plan& plan) {
+        if (shutting_down) throw busy("shutting_down", "the server is shutting down");
+        const std::size_t max_tokens = checked_max_tokens(plan);
+        JobPtr job = new_job(plan);
+        Request request = request_for(job, plan, max_tokens);
+
+        std::unique_lock lock(slots_mutex);
+        const auto [target, base] = resolve_target(plan);
+        Slot* slot = base;
         std::optional<SequenceId> forked;
         if (target == Target::InPlace) {
-            slot = base;
-            if (slot->sequence) {
-                const std::size_t keep = std::min(common_prefix(slot->tokens, plan.prompt), last);
-                if (keep < slot->tokens.size()) scheduler->truncate(*slot->sequence, keep);
-                slot->tokens.resize(keep);
-                job->slot_reused = keep;
-                job->handed_over = slot->sequence;
-                request.continue_from = slot->sequence;
-                slot->sequence.reset();
-            }
-            job->kept_before = job->slot_reused;
+            continue_in_slot(*slot, *job, request, plan);
         } else {
-            const std::int64_t base_id = base ? base->id : -1;
-            make_room(lock, base ? std::optional(base_id) : std::nullopt);
-            if (base) {
-                base = slots.find(base_id);  // make_room may have waited; the base may be gone or busy now
-                if (!base || base->busy || !base->sequence) {
-                    throw conflict("slot_busy", fmt::format("slot {} changed while this request waited", base_id));
-                }
-            }
-            const std::size_t keep = target == Target::Fork ? std::min(common_prefix(base->tokens, plan.prompt), last) : 0;
-            if (keep > 0) forked = scheduler->fork(*base->sequence, keep);
-            slot = &slots.create();
-            if (plan.report_parent) slot->parent = plan.slot;  // branches name their parent (a fresh one too)
-            job->new_slot = true;
-            job->slot_reused = keep;
-            request.continue_from = forked;
+            std::tie(slot, forked) = open_new_slot(lock, target, base, *job, request, plan);
         }
         job->slot_id = slot->id;
         job->parent = slot->parent;

@@ -142,12 +142,6 @@ Section decode_section(const std::byte* p) {
 
 std::uint64_t align_up(std::uint64_t x) { return (x + kSectionAlignment - 1) / kSectionAlignment * kSectionAlignment; }
 
-// Products and sums of sizes read from a file: a hostile header must not wrap around into a small size.
-std::optional<std::uint64_t> mul(std::uint64_t a, std::uint64_t b) {
-    if (a != 0 && b > std::numeric_limits<std::uint64_t>::max() / a) return std::nullopt;
-    return a * b;
-}
-
 std::string_view element_name_of(std::uint32_t code) {
     switch (code) {
         case 1: return "f32";
@@ -664,7 +658,7 @@ struct CacheFileReader::State {
             fail(fmt::format("layer shapes section has {} bytes, {} layers need {}", sections[2].bytes, h.num_layers,
                              8ull * h.num_layers));
         }
-        const auto token_bytes = mul(h.num_tokens, 4);
+        const auto token_bytes = detail::try_mul<std::uint64_t>(h.num_tokens, 4);
         if (!token_bytes || sections[3].bytes != *token_bytes) {
             fail(fmt::format("tokens section has {} bytes for {} tokens", sections[3].bytes, h.num_tokens));
         }
@@ -689,8 +683,8 @@ struct CacheFileReader::State {
                     fail(fmt::format("layer {} head size {} is not a multiple of {}'s {}-value blocks", l,
                                      info.layers[l].head_dim, element_name_of(code), block_values_of(code)));
                 }
-                const auto units = mul(h.num_tokens, info.layers[l].token_width() / block_values_of(code));
-                const auto payload = units ? mul(*units, element_bytes) : std::nullopt;
+                const auto units = detail::try_mul<std::uint64_t>(h.num_tokens, info.layers[l].token_width() / block_values_of(code));
+                const auto payload = units ? detail::try_mul<std::uint64_t>(*units, element_bytes) : std::nullopt;
                 const Section& sec = sections[kMetadataSections + 2 * l + kind];
                 if (!payload || sec.bytes != *payload) {
                     fail(fmt::format("{} section has {} bytes; {} tokens of {}x{} {} need {}", section_label(sec),

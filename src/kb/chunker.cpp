@@ -45,7 +45,7 @@ std::vector<std::size_t> token_ends(const Tokenizer& tokenizer, std::string_view
     ends.reserve(ids.size());
     std::size_t at = 0;
     for (std::int32_t id : ids) {
-        at += tokenizer.token_to_piece(id, false).size();
+        at += tokenizer.token_to_piece(id, {.render_special = false}).size();
         ends.push_back(std::min(at, window.size()));
     }
     return ends;

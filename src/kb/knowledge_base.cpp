@@ -255,7 +255,8 @@ KnowledgeBase::KnowledgeBase(KnowledgeBase&&) noexcept = default;
 KnowledgeBase& KnowledgeBase::operator=(KnowledgeBase&&) noexcept = default;
 KnowledgeBase::~KnowledgeBase() = default;
 
-KnowledgeBase KnowledgeBase::open(const std::filesystem::path& path, bool create) {
+KnowledgeBase KnowledgeBase::open(const std::filesystem::path& path, const KnowledgeBaseOpenOptions& options) {
+    const bool create = options.create;
     std::error_code ec;
     const bool exists = std::filesystem::exists(path, ec);
     if (!exists && !create) {

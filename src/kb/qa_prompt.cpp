@@ -44,8 +44,10 @@ QAPromptFormat::QAPromptFormat(const Tokenizer& tokenizer, std::string instructi
     // prompt, and the question part must not depend on the knowledge.
     const std::vector<ChatMessage> a = messages("alpha", "one?"), b = messages("beta gamma", "two?");
     const std::span<const ChatMessage> a_fixed(a.data(), a.size() - 1), b_fixed(b.data(), b.size() - 1);
-    const auto whole_a = encode_chat(tokenizer, a, true), part_a = encode_chat(tokenizer, a_fixed, false);
-    const auto whole_b = encode_chat(tokenizer, b, true), part_b = encode_chat(tokenizer, b_fixed, false);
+    const auto whole_a = encode_chat(tokenizer, a, {.add_generation_prompt = true});
+    const auto part_a = encode_chat(tokenizer, a_fixed, {.add_generation_prompt = false});
+    const auto whole_b = encode_chat(tokenizer, b, {.add_generation_prompt = true});
+    const auto part_b = encode_chat(tokenizer, b_fixed, {.add_generation_prompt = false});
     const bool prefixes = whole_a.size() > part_a.size() && whole_b.size() > part_b.size() &&
                           std::equal(part_a.begin(), part_a.end(), whole_a.begin()) &&
                           std::equal(part_b.begin(), part_b.end(), whole_b.begin());
@@ -68,13 +70,14 @@ std::vector<ChatMessage> QAPromptFormat::messages(std::string_view knowledge, st
 
 std::vector<std::int32_t> QAPromptFormat::knowledge_tokens(std::string_view knowledge) const {
     const std::vector<ChatMessage> m = messages(knowledge, "");
-    return encode_chat(*tokenizer_, std::span<const ChatMessage>(m.data(), m.size() - 1), false);
+    return encode_chat(*tokenizer_, std::span<const ChatMessage>(m.data(), m.size() - 1),
+                       {.add_generation_prompt = false});
 }
 
 std::vector<std::int32_t> QAPromptFormat::question_tokens(std::string_view question) const {
     // The probe knowledge's part is cut off; contents are encoded on their own, so the rest does not depend on it.
     const std::vector<ChatMessage> m = messages("alpha", question);
-    std::vector<std::int32_t> whole = encode_chat(*tokenizer_, m, true);
+    std::vector<std::int32_t> whole = encode_chat(*tokenizer_, m, {.add_generation_prompt = true});
     std::vector<std::int32_t> out(whole.begin() + static_cast<std::ptrdiff_t>(question_offset_), whole.end());
     if (!answer_prefix_.empty()) {
         const std::vector<std::int32_t> prefix = tokenizer_->encode(answer_prefix_, {.add_special = false});

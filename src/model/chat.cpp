@@ -181,27 +181,27 @@ std::optional<ChatTemplateFamily> chat_template_family_from_name(std::string_vie
 }
 
 std::string apply_chat_template(const ChatTemplateInfo& info, std::span<const ChatMessage> messages,
-                                bool add_generation_prompt) {
-    return format(info, messages, add_generation_prompt).joined();
+                                const ChatFormatOptions& options) {
+    return format(info, messages, options.add_generation_prompt).joined();
 }
 
 std::vector<std::int32_t> encode_chat(const Tokenizer& tokenizer, const ChatTemplateInfo& info,
-                                      std::span<const ChatMessage> messages, bool add_generation_prompt) {
-    const Formatted formatted = format(info, messages, add_generation_prompt);
+                                      std::span<const ChatMessage> messages, const ChatFormatOptions& options) {
+    const Formatted formatted = format(info, messages, options.add_generation_prompt);
     std::vector<TextSegment> segments;
     segments.reserve(formatted.parts.size());
     for (const auto& [text, is_markup] : formatted.parts) segments.push_back({text, is_markup});
-    return tokenizer.encode_segments(segments, true);
+    return tokenizer.encode_segments(segments, {.add_special = true});
 }
 
 std::vector<std::int32_t> encode_chat(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
-                                      bool add_generation_prompt) {
-    return encode_chat(tokenizer, detect_chat_template(tokenizer.chat_template()), messages, add_generation_prompt);
+                                      const ChatFormatOptions& options) {
+    return encode_chat(tokenizer, detect_chat_template(tokenizer.chat_template()), messages, options);
 }
 
 std::string apply_chat_template(const std::string& template_text, std::span<const ChatMessage> messages,
-                                bool add_generation_prompt) {
-    return apply_chat_template(detect_chat_template(template_text), messages, add_generation_prompt);
+                                const ChatFormatOptions& options) {
+    return apply_chat_template(detect_chat_template(template_text), messages, options);
 }
 
 const char* chat_template_family_name(ChatTemplateFamily family) {

@@ -213,7 +213,8 @@ DecoderConfig DecoderConfig::from_gguf(const gguf::File& f) {
     return c;
 }
 
-DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, bool keep_quantized) {
+DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, const WeightLoadOptions& options) {
+    const bool keep_quantized = options.keep_quantized;
     DecoderWeights w;
     w.config = DecoderConfig::from_gguf(file);
     const DecoderConfig& c = w.config;
@@ -300,7 +301,7 @@ std::string model_fingerprint(const gguf::File& file) {
 
 Decoder Decoder::load(const std::filesystem::path& path, const DecoderOptions& options) {
     const gguf::File file = gguf::File::open(path);
-    return Decoder(DecoderWeights::from_gguf(file, options.keep_quantized), options.threads);
+    return Decoder(DecoderWeights::from_gguf(file, {.keep_quantized = options.keep_quantized}), options.threads);
 }
 
 }  // namespace kvcache

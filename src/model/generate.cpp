@@ -40,7 +40,8 @@ class Generation {
 public:
     Generation(const Decoder& model, const Tokenizer& tokenizer, std::span<const std::int32_t> prompt,
                const GenerateOptions& o)
-        : model_(&model), tokenizer_(&tokenizer), options_(&o), sampler_(o.sampling), stream_(tokenizer),
+        : model_(&model), tokenizer_(&tokenizer), options_(&o), sampler_(o.sampling),
+          stream_(tokenizer, {.render_special = false}),
           sequence_(prompt.begin(), prompt.end()), logits_(model.config().vocab_size) {
         if (prompt.empty()) throw ConfigError("generate: the prompt has no tokens");
         // At most kReserveAhead ahead: max_new_tokens is a limit, not a promise (near 2^64 it is "until the end

@@ -10,7 +10,7 @@ namespace kvcache {
 LoadedModel load_model(const std::filesystem::path& path, const LoadModelOptions& options) {
     const gguf::File file = gguf::File::open(path);
     Tokenizer tokenizer = Tokenizer::from_gguf(file);
-    Decoder decoder(DecoderWeights::from_gguf(file, options.keep_quantized), options.threads);
+    Decoder decoder(DecoderWeights::from_gguf(file, {.keep_quantized = options.keep_quantized}), options.threads);
     return LoadedModel{std::move(decoder), std::move(tokenizer),
                        options.fingerprint ? model_fingerprint(file) : std::string()};
 }

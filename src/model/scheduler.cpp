@@ -33,7 +33,10 @@ std::string_view finish_reason_name(FinishReason reason) {
 template <StorageElement T>
 struct BasicScheduler<T>::Active {
     Active(RequestId request_id, Request r, const Tokenizer& tokenizer)
-        : id(request_id), request(std::move(r)), sampler(request.options.sampling), stream(tokenizer) {}
+        : id(request_id),
+          request(std::move(r)),
+          sampler(request.options.sampling),
+          stream(tokenizer, {.render_special = false}) {}
 
     RequestId id;
     Request request;

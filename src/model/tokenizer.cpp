@@ -512,7 +512,8 @@ std::vector<std::int32_t> Tokenizer::encode(std::string_view text, const EncodeO
     return impl_->encode_stretches(text, std::span(&whole, 1), options.add_special, false);
 }
 
-std::vector<std::int32_t> Tokenizer::encode_segments(std::span<const TextSegment> segments, bool add_special) const {
+std::vector<std::int32_t> Tokenizer::encode_segments(std::span<const TextSegment> segments,
+                                                     const LiteralEncodeOptions& options) const {
     std::string text;
     std::vector<Impl::Stretch> stretches;
     stretches.reserve(segments.size());
@@ -523,27 +524,27 @@ std::vector<std::int32_t> Tokenizer::encode_segments(std::span<const TextSegment
                              segment.markers ? Impl::Specials::All : Impl::Specials::None});
         text += segment.text;
     }
-    return impl_->encode_stretches(text, stretches, add_special, true);
+    return impl_->encode_stretches(text, stretches, options.add_special, true);
 }
 
-std::vector<std::int32_t> Tokenizer::encode_literal(std::string_view text, bool add_special) const {
+std::vector<std::int32_t> Tokenizer::encode_literal(std::string_view text, const LiteralEncodeOptions& options) const {
     const TextSegment whole{text, false};
-    return encode_segments(std::span(&whole, 1), add_special);
+    return encode_segments(std::span(&whole, 1), options);
 }
 
-std::string Tokenizer::decode(std::span<const std::int32_t> ids, bool render_special) const {
-    TokenStreamDecoder stream(*this, render_special);
+std::string Tokenizer::decode(std::span<const std::int32_t> ids, const DetokenizeOptions& options) const {
+    TokenStreamDecoder stream(*this, options);
     std::string out;
     for (const std::int32_t id : ids) out += stream.push(id);
     out += stream.finish();
     return out;
 }
 
-std::string Tokenizer::token_to_piece(std::int32_t id, bool render_special) const {
+std::string Tokenizer::token_to_piece(std::int32_t id, const DetokenizeOptions& options) const {
     impl_->check_id(id);
     const auto i = static_cast<std::size_t>(id);
     const TokenType t = impl_->types[i];
-    if ((t == TokenType::Control || t == TokenType::Unknown) && !render_special) return {};
+    if ((t == TokenType::Control || t == TokenType::Unknown) && !options.render_special) return {};
     if (t == TokenType::Unused) return {};
     return impl_->pieces[i];
 }
@@ -603,15 +604,15 @@ std::vector<std::string> Tokenizer::pre_tokenize(std::string_view pre_name, std:
 
 // ---- streaming ----
 
-TokenStreamDecoder::TokenStreamDecoder(const Tokenizer& tokenizer, bool render_special)
+TokenStreamDecoder::TokenStreamDecoder(const Tokenizer& tokenizer, const DetokenizeOptions& options)
     : tokenizer_(&tokenizer),
-      render_special_(render_special),
+      render_special_(options.render_special),
       strip_next_space_(tokenizer.impl_->kind == Tokenizer::Impl::Kind::SentencePieceBpe &&
                         tokenizer.impl_->spec.add_space_prefix) {}
 
 std::string TokenStreamDecoder::push(std::int32_t id) {
     const Tokenizer::Impl& m = *tokenizer_->impl_;
-    std::string piece = tokenizer_->token_to_piece(id, render_special_);
+    std::string piece = tokenizer_->token_to_piece(id, {.render_special = render_special_});
     const bool spm_prefix = m.kind == Tokenizer::Impl::Kind::SentencePieceBpe && m.spec.add_space_prefix;
     if (is_special_type(m.types[static_cast<std::size_t>(id)])) {
         // The encoder put a space in front of the text that follows a special token; take it out again.

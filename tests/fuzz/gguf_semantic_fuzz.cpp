@@ -128,7 +128,7 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
             (void)tokenizer.decode(tokens);
         } catch (const kvcache::Error&) {
         }
-        kvcache::Decoder model(kvcache::DecoderWeights::from_gguf(file, (size & 1) != 0), 1);
+        kvcache::Decoder model(kvcache::DecoderWeights::from_gguf(file, {.keep_quantized = (size & 1) != 0}), 1);
         auto cache = model.make_cache(8);
         std::vector<float> logits(model.config().vocab_size);
         if (tokens.empty() || tokens.size() > 6) tokens = {0, 5, 9};

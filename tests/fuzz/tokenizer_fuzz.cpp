@@ -88,20 +88,20 @@ void check(const Tokenizer& tok, std::string_view text, bool exact_round_trip) {
     const std::string back = tok.decode(literal);
     if (exact_round_trip && back != text) kvcache::fuzz::broken(kTarget, "decode(encode_literal(x)) != x", tok.model());
     const auto parsed = tok.encode(text, {.add_special = true, .parse_special = true});
-    const std::string rendered = tok.decode(parsed, true);
+    const std::string rendered = tok.decode(parsed, {.render_special = true});
     if (exact_round_trip && tok.model() == "gpt2" && rendered != text)
         kvcache::fuzz::broken(kTarget, "decode(encode(x, parse_special)) != x", tok.model());
-    kvcache::TokenStreamDecoder stream(tok, true);
+    kvcache::TokenStreamDecoder stream(tok, {.render_special = true});
     std::string streamed;
     for (const auto id : parsed) streamed += stream.push(id);
     streamed += stream.finish();
     if (streamed != rendered) kvcache::fuzz::broken(kTarget, "streamed text != decode", tok.model());
     // Chat: the message text never yields a control token; only the template's markers do.
     const std::vector<kvcache::ChatMessage> messages{{"user", std::string(text)}};
-    const auto chat = kvcache::encode_chat(tok, messages, true);
+    const auto chat = kvcache::encode_chat(tok, messages, {.add_generation_prompt = true});
     std::size_t control = 0;
     for (const auto id : chat) control += tok.is_control(id) ? 1 : 0;
-    const auto empty_chat = kvcache::encode_chat(tok, std::vector<kvcache::ChatMessage>{{"user", ""}}, true);
+    const auto empty_chat = kvcache::encode_chat(tok, std::vector<kvcache::ChatMessage>{{"user", ""}}, {.add_generation_prompt = true});
     std::size_t expected = 0;
     for (const auto id : empty_chat) expected += tok.is_control(id) ? 1 : 0;
     if (control != expected) kvcache::fuzz::broken(kTarget, "message text produced control tokens", std::to_string(control));

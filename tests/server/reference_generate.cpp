@@ -12,7 +12,7 @@
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/cache_options.hpp"
 #include "kvcache/model/generate.hpp"
-#include "kvcache/model/gguf.hpp"
+#include "kvcache/model/load_model.hpp"
 #include "kvcache/model/tokenizer.hpp"
 #include "prompt.hpp"
 
@@ -24,7 +24,7 @@ nlohmann::json generate_one(kvcache::Decoder& model, const kvcache::Tokenizer& t
         std::vector<kvcache::ChatMessage> messages;
         for (const auto& m : request["messages"]) messages.push_back({m["role"], m["content"]});
         prompt = kvcache::server::chat_prompt_tokens(tokenizer, kvcache::server::server_chat_template(tokenizer),
-                                                     messages, true);
+                                                     messages);
     } else {
         prompt = kvcache::server::completion_prompt_tokens(tokenizer, request["prompt"]);
     }
@@ -49,9 +49,7 @@ int main(int argc, char** argv) {
     }
     try {
         const auto input = nlohmann::json::parse(argv[2]);
-        const auto file = kvcache::gguf::File::open(argv[1]);
-        const kvcache::Tokenizer tokenizer = kvcache::Tokenizer::from_gguf(file);
-        kvcache::Decoder model(kvcache::DecoderWeights::from_gguf(file), 1);
+        auto [model, tokenizer, fingerprint] = kvcache::load_model(argv[1], {.threads = 1});
         nlohmann::json out;
         if (input.is_array()) {
             out = nlohmann::json::array();

@@ -49,8 +49,9 @@ public:
         }
         key_bytes_ = Base::region_bytes(KV::Keys, Heads, HeadDim, capacity);
         value_bytes_ = Base::region_bytes(KV::Values, Heads, HeadDim, capacity);
-        layer_bytes_ = detail::checked_product({batch, key_bytes_ + value_bytes_}, "KVCache");
-        storage_ = detail::AlignedBuffer<std::byte>(detail::checked_product({Layers, layer_bytes_}, "KVCache"));
+        layer_bytes_ = detail::checked_product<ConfigError>("KVCache", batch, key_bytes_ + value_bytes_);
+        storage_ =
+            detail::AlignedBuffer<std::byte>(detail::checked_product<ConfigError>("KVCache", Layers, layer_bytes_));
     }
 
     KVCache(KVCache&&) noexcept = default;

@@ -137,7 +137,8 @@ private:
             key_bytes_.push_back(Base::region_bytes(KV::Keys, s.kv_heads, s.head_dim, capacity));
             value_bytes_.push_back(Base::region_bytes(KV::Values, s.kv_heads, s.head_dim, capacity));
             storage_.emplace_back(
-                detail::checked_product({this->batch_, key_bytes_.back() + value_bytes_.back()}, "MultiLayerKVCache"));
+                detail::checked_product<ConfigError>("MultiLayerKVCache", this->batch_,
+                                                     key_bytes_.back() + value_bytes_.back()));
         }
         this->capacity_ = capacity;
     }

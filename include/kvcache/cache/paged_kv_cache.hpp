@@ -155,13 +155,18 @@ public:
             check_fits<V>(l, "values");
             const std::size_t heads = shapes_[l].kv_heads, dim = shapes_[l].head_dim;
             // keys then values, each region starting where its type may start (no padding when K == V)
-            bytes = place(bytes, alignof(K), detail::checked_product({block_size, heads, storage_units<K>(dim), sizeof(K)},
-                                                                     "PagedKVPool"), key_offsets_);
-            bytes = place(bytes, alignof(V), detail::checked_product({block_size, heads, storage_units<V>(dim), sizeof(V)},
-                                                                     "PagedKVPool"), value_offsets_);
+            bytes = place(bytes, alignof(K),
+                          detail::checked_product<ConfigError>("PagedKVPool", block_size, heads, storage_units<K>(dim),
+                                                               sizeof(K)),
+                          key_offsets_);
+            bytes = place(bytes, alignof(V),
+                          detail::checked_product<ConfigError>("PagedKVPool", block_size, heads, storage_units<V>(dim),
+                                                               sizeof(V)),
+                          value_offsets_);
         }
         block_bytes_ = place(bytes, std::max(alignof(K), alignof(V)), 0, value_offsets_, false);
-        storage_ = detail::AlignedBuffer<std::byte>(detail::checked_product({num_blocks, block_bytes_}, "PagedKVPool"));
+        storage_ = detail::AlignedBuffer<std::byte>(
+            detail::checked_product<ConfigError>("PagedKVPool", num_blocks, block_bytes_));
         refs_.assign(num_blocks, 0);
         free_.reserve(num_blocks);
         for (std::size_t b = num_blocks; b-- > 0;) free_.push_back(static_cast<BlockId>(b));  // block 0 first

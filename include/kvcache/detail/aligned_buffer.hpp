@@ -3,33 +3,19 @@
 
 #include <cstddef>
 #include <cstring>
-#include <initializer_list>
-#include <limits>
 #include <memory>
 #include <new>
 #include <type_traits>
 
 #include <fmt/format.h>
 
+#include "kvcache/detail/checked.hpp"
 #include "kvcache/error.hpp"
 
 namespace kvcache::detail {
 
 /// 64-byte alignment: a cache line, and enough for any AVX-512 load.
 inline constexpr std::size_t kAlignment = 64;
-
-/// The product of sizes, or ConfigError naming `what` if it overflows (a hostile or mistaken shape must
-/// not wrap around into a small allocation).
-inline std::size_t checked_product(std::initializer_list<std::size_t> factors, const char* what) {
-    std::size_t product = 1;
-    for (std::size_t f : factors) {
-        if (f != 0 && product > std::numeric_limits<std::size_t>::max() / f) {
-            throw ConfigError(fmt::format("{}: size overflows (factors too large)", what));
-        }
-        product *= f;
-    }
-    return product;
-}
 
 template <class T>
 class AlignedBuffer {
@@ -39,7 +25,7 @@ public:
     AlignedBuffer() = default;
     explicit AlignedBuffer(std::size_t count) : size_(count) {
         if (count == 0) return;
-        const std::size_t bytes = checked_product({count, sizeof(T)}, "AlignedBuffer");
+        const std::size_t bytes = checked_mul<ConfigError>(count, sizeof(T), "AlignedBuffer");
         void* p = nullptr;
         try {
             p = ::operator new(bytes, std::align_val_t{kAlignment});

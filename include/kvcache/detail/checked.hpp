@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <optional>
 #include <string_view>
 #include <type_traits>
 #include <utility>
@@ -27,6 +28,15 @@ template <std::derived_from<Error> Err = CapacityError>
     std::size_t product = 0;
     if (__builtin_mul_overflow(a, b, &product))
         throw Err(fmt::format("{}: {} x {} does not fit in {} bits", what, a, b, std::numeric_limits<std::size_t>::digits));
+    return product;
+}
+
+/// a * b, or nothing if the product does not fit in T: for a caller that reports the overflow in its own
+/// words (a file reader that names the section whose size it was checking).
+template <std::unsigned_integral T>
+[[nodiscard]] constexpr std::optional<T> try_mul(T a, T b) {
+    T product = 0;
+    if (__builtin_mul_overflow(a, b, &product)) return std::nullopt;
     return product;
 }
 

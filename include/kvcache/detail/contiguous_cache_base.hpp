@@ -196,7 +196,7 @@ public:
 protected:
     ContiguousCacheBase(std::size_t layers, std::size_t batch, std::size_t capacity)
         : batch_(batch), capacity_(capacity) {
-        const std::size_t rows = checked_product({layers, batch}, "cache lengths");
+        const std::size_t rows = checked_product<ConfigError>("cache lengths", layers, batch);
         try {
             lengths_.assign(rows, 0);
         } catch (const std::bad_alloc&) {
@@ -230,7 +230,7 @@ protected:
     /// have different types (so the other type's regions start aligned), packed when they share one.
     static std::size_t region_bytes(KV kind, std::size_t kv_heads, std::size_t head_dim, std::size_t capacity) {
         const std::size_t row = kind == KV::Keys ? storage_units<K>(head_dim) * sizeof(K) : storage_units<V>(head_dim) * sizeof(V);
-        const std::size_t bytes = checked_product({kv_heads, capacity, row}, "cache region");
+        const std::size_t bytes = checked_product<ConfigError>("cache region", kv_heads, capacity, row);
         return std::same_as<K, V> ? bytes : padded_bytes(bytes);
     }
 

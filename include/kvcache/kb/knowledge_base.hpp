@@ -63,12 +63,17 @@ struct SearchHit {
     std::size_t chunk_index = 0; ///< of the chunk within its document
 };
 
+/// How KnowledgeBase::open treats a missing file: `KnowledgeBase::open(path, {.create = false})`.
+struct KnowledgeBaseOpenOptions {
+    bool create = true;  ///< create an empty knowledge base if the file does not exist; false: IoError
+};
+
 class KnowledgeBase {
 public:
-    /// Opens a knowledge base file, creating an empty one if it does not exist and `create` is set. The file
+    /// Opens a knowledge base file, creating an empty one if it does not exist and options.create is set. The file
     /// is checked (PRAGMA quick_check and our schema): a file that is not a knowledge base, or is corrupt or
     /// truncated, is a FormatError and is never modified; a missing file without `create` is an IoError.
-    static KnowledgeBase open(const std::filesystem::path& path, bool create = true);
+    static KnowledgeBase open(const std::filesystem::path& path, const KnowledgeBaseOpenOptions& options = {});
 
     KnowledgeBase(KnowledgeBase&&) noexcept;
     KnowledgeBase& operator=(KnowledgeBase&&) noexcept;

@@ -46,6 +46,14 @@ struct ChatTemplateInfo {
     std::string unrecognised_excerpt;  ///< when not recognised: the template's beginning, for the error message
 };
 
+/// How a conversation is formatted (encode_chat, apply_chat_template):
+/// `encode_chat(tokenizer, messages, {.add_generation_prompt = true})`. No default at the call: whether the
+/// model is to answer next is the caller's decision, not the library's.
+struct ChatFormatOptions {
+    /// Append the opening of an assistant turn (no effect for Llama2, whose user turn already ends the prompt).
+    bool add_generation_prompt = true;
+};
+
 /// Which family a template belongs to (see the rule above for unknown templates). Never throws for a bad
 /// template: it answers recognised = false.
 ChatTemplateInfo detect_chat_template(const std::string& template_text);
@@ -58,25 +66,24 @@ std::optional<ChatTemplateFamily> chat_template_family_from_name(std::string_vie
 
 /// The conversation as token ids for the model, in the family the tokenizer's chat_template is recognised as;
 /// BOS first if the tokenizer adds one. Only the template's markers become special tokens (see above).
-/// add_generation_prompt appends the opening of an assistant turn (no effect for Llama2, whose user turn
-/// already ends the prompt). Throws ChatTemplateError if the template is not recognised.
+/// Throws ChatTemplateError if the template is not recognised.
 std::vector<std::int32_t> encode_chat(const Tokenizer& tokenizer, std::span<const ChatMessage> messages,
-                                      bool add_generation_prompt);
+                                      const ChatFormatOptions& options);
 
 /// The same in an explicitly chosen family (chat_template_for) or an already detected one. Throws
 /// ChatTemplateError if info.recognised is false.
 std::vector<std::int32_t> encode_chat(const Tokenizer& tokenizer, const ChatTemplateInfo& info,
-                                      std::span<const ChatMessage> messages, bool add_generation_prompt);
+                                      std::span<const ChatMessage> messages, const ChatFormatOptions& options);
 
 /// The conversation as text, formatted as detect_chat_template(template_text) says (for display and tests;
 /// feed the model with encode_chat). Throws ChatTemplateError if the template is not recognised.
 std::string apply_chat_template(const std::string& template_text, std::span<const ChatMessage> messages,
-                                bool add_generation_prompt);
+                                const ChatFormatOptions& options);
 
 /// The same with an already detected or explicitly chosen family. Throws ChatTemplateError if
 /// info.recognised is false.
 std::string apply_chat_template(const ChatTemplateInfo& info, std::span<const ChatMessage> messages,
-                                bool add_generation_prompt);
+                                const ChatFormatOptions& options);
 
 /// Name of a family ("chatml", "llama3", "llama2", "zephyr", "phi3").
 const char* chat_template_family_name(ChatTemplateFamily family);

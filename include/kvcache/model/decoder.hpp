@@ -93,6 +93,12 @@ struct LayerWeights {
     WeightMatrix w_down;             // (d_model, d_ff)
 };
 
+/// How DecoderWeights::from_gguf stores the matrices: `from_gguf(file, {.keep_quantized = false})`.
+struct WeightLoadOptions {
+    /// Q8_0/Q4_1 matrices stay quantised (fused dequant-dot kernels); false: everything dequantised to float.
+    bool keep_quantized = true;
+};
+
 struct DecoderWeights {
     DecoderConfig config;
     WeightMatrix token_embedding;    // (vocab, d_model)
@@ -109,8 +115,7 @@ struct DecoderWeights {
 
     /// Loads every tensor, checking its shape against the config (FormatError naming the tensor). A tensor
     /// the decoder would not use is a FormatError too (naming it), rather than a model silently run without it.
-    /// keep_quantized: Q8_0/Q4_1 matrices stay quantised (fused dequant-dot kernels); otherwise all float.
-    static DecoderWeights from_gguf(const gguf::File& file, bool keep_quantized = true);
+    static DecoderWeights from_gguf(const gguf::File& file, const WeightLoadOptions& options = {});
     /// Random float weights for `config` (uniform, scaled by 1/sqrt(fan_in); norms 1), with a separate
     /// output matrix. The same seed gives the same weights on every platform.
     static DecoderWeights random(const DecoderConfig& config, std::uint64_t seed);

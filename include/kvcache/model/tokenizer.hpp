@@ -59,6 +59,18 @@ struct EncodeOptions {
     bool parse_special = false;
 };
 
+/// How Tokenizer::encode_literal and encode_segments treat their input. Literal text never yields a special
+/// token, so the only choice is BOS/EOS: `encode_literal(text, {.add_special = true})`.
+struct LiteralEncodeOptions {
+    bool add_special = false;  ///< BOS/EOS as the spec's add_bos/add_eos say
+};
+
+/// How token ids become text (Tokenizer::decode, token_to_piece, TokenStreamDecoder):
+/// `decode(ids, {.render_special = false})`.
+struct DetokenizeOptions {
+    bool render_special = true;  ///< control tokens written as their text ("<|im_end|>"); false: dropped
+};
+
 /// A part of a text to encode with Tokenizer::encode_segments.
 struct TextSegment {
     std::string_view text;
@@ -90,20 +102,22 @@ public:
     /// unknown token (SmolLM2: <|endoftext|>): such bytes are then dropped from literal text. Plain text between two special tokens is encoded as one run
     /// across segment boundaries, so the result equals encode(concatenation, {add_special, true}) whenever the
     /// literal segments contain no special-token text and the vocabulary has no user-defined tokens.
+    /// The options have no default here: a chat prompt wants BOS, a piece of one does not; the caller says which.
     /// Throws CapacityError when the segments hold over 512 MiB in all.
-    std::vector<std::int32_t> encode_segments(std::span<const TextSegment> segments, bool add_special = true) const;
+    std::vector<std::int32_t> encode_segments(std::span<const TextSegment> segments,
+                                              const LiteralEncodeOptions& options) const;
 
     /// encode_segments with one literal segment: the text exactly as typed, never a special token from it.
-    std::vector<std::int32_t> encode_literal(std::string_view text, bool add_special = false) const;
+    std::vector<std::int32_t> encode_literal(std::string_view text, const LiteralEncodeOptions& options = {}) const;
 
-    /// Token ids to text. Control tokens are written as their text when render_special is set, else dropped.
+    /// Token ids to text. Control tokens are written as their text when options.render_special is set, else dropped.
     /// For the llama model the space that add_space_prefix put in front of the text (or after a special token)
     /// is removed again, so decode(encode(x)) == x — except that text containing U+2581 itself decodes with
     /// spaces there, as in SentencePiece. Throws IndexError for an id outside [0, vocab_size()).
-    std::string decode(std::span<const std::int32_t> ids, bool render_special = true) const;
+    std::string decode(std::span<const std::int32_t> ids, const DetokenizeOptions& options = {}) const;
 
     /// The bytes one token stands for (may be part of a UTF-8 character). Throws IndexError if out of range.
-    std::string token_to_piece(std::int32_t id, bool render_special = true) const;
+    std::string token_to_piece(std::int32_t id, const DetokenizeOptions& options = {}) const;
 
     std::size_t vocab_size() const;
     std::int32_t bos_id() const;  ///< -1 if the file names none
@@ -144,7 +158,8 @@ private:
 /// tokens are held back until the character is complete. Keeps a reference to the tokenizer.
 class TokenStreamDecoder {
 public:
-    explicit TokenStreamDecoder(const Tokenizer& tokenizer, bool render_special = false);
+    /// No default for the options: a chat stream drops control tokens, a debugging view renders them.
+    TokenStreamDecoder(const Tokenizer& tokenizer, const DetokenizeOptions& options);
     /// The text that became complete with this token (may be empty). Throws IndexError for a bad id.
     std::string push(std::int32_t id);
     /// Whatever is still held back (an incomplete sequence at the end of the stream), raw; resets the decoder.

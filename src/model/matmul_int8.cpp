@@ -103,7 +103,7 @@ void dot_rows_scalar(WeightFormat f, const std::byte* const* rows, std::size_t c
 /// The 32 codes of row r's block as bytes in value order: Q8_0's int8 as they are, Q4_1's nibbles unpacked
 /// (low nibbles are values 0..15, high nibbles 16..31).
 template <WeightFormat F>
-__m256i row_codes(const std::byte* blk) {
+[[gnu::always_inline]] inline __m256i row_codes(const std::byte* blk) {
     if constexpr (F == WeightFormat::Q8_0) {
         return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
     } else {
@@ -116,7 +116,7 @@ __m256i row_codes(const std::byte* blk) {
 }
 
 /// 8x8 transpose of 32-bit groups: in, row r's groups g = 0..7; out, group g's rows r = 0..7.
-void transpose8(__m256i v[8]) {
+[[gnu::always_inline]] inline void transpose8(__m256i v[8]) {
     __m256i t[8], u[8];
     for (int i = 0; i < 8; i += 2) {
         t[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);      // r_i g0 r_i+1 g0 r_i g1 r_i+1 g1 | g4 g5
@@ -134,11 +134,15 @@ void transpose8(__m256i v[8]) {
     }
 }
 
-/// The 16-bit halves at byte offset `at` of the eight rows' block b, as floats (lane r = row r).
-__m256 row_halves(const std::byte* const* rows, std::size_t offset) {
-    std::uint16_t h[kRows];
-    for (std::size_t r = 0; r < kRows; ++r) std::memcpy(&h[r], rows[r] + offset, 2);
-    return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(h)));
+/// The fp16 values at byte offset `offset` of the eight rows, as floats (lane r = row r). Inserted into a
+/// register one by one: eight 2-byte stores read back as one 16-byte load would stall store forwarding.
+[[gnu::always_inline]] inline __m256 row_halves(const std::byte* const* rows, std::size_t offset) {
+    const auto h = [&](std::size_t r) {
+        std::int16_t v;
+        std::memcpy(&v, rows[r] + offset, 2);
+        return v;
+    };
+    return _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)));
 }
 
 /// The vector kernel: out[t][0..7] for eight rows and NT tokens; lane r carries row r's scalar steps.

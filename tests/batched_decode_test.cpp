@@ -145,13 +145,15 @@ WeightMatrix quantised(const WeightMatrix& m, WeightFormat f) {
     return WeightMatrix::from_blocks(f, m.rows(), m.cols(), bytes);
 }
 
-/// The random test decoder with its layers' matrices in Q4_1 (attention) and Q8_0 (MLP), the output in Q8_0.
+/// The random test decoder with its layers' matrices in Q4_1 (the int8 path) and its embedding and output in
+/// Q8_0 (which takes the f32 path in either precision), like SmolLM2's file.
 Decoder& quantised_random_decoder() {
     static Decoder d = [] {
         DecoderWeights w = DecoderWeights::random(DecoderConfig::small_test_model(), 11);
         for (auto& l : w.layers) {
-            for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo}) *m = quantised(*m, WeightFormat::Q4_1);
-            for (WeightMatrix* m : {&l.w_gate, &l.w_up, &l.w_down}) *m = quantised(*m, WeightFormat::Q8_0);
+            for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+                *m = quantised(*m, WeightFormat::Q4_1);
+            }
         }
         w.token_embedding = quantised(w.token_embedding, WeightFormat::Q8_0);
         if (w.output.rows() > 0) w.output = quantised(w.output, WeightFormat::Q8_0);

@@ -331,8 +331,8 @@ MatmulPrecision parse_matmul_precision(const std::string& name) {
 
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads, MatmulPrecision precision) {
     if (w.rows() == 0) return;
-    if (precision == MatmulPrecision::int8 && w.format() != WeightFormat::F32) {
-        detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads,
+    if (precision == MatmulPrecision::int8 && w.format() == WeightFormat::Q4_1) {
+        detail::matmul_int8_rows(w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads,
                                  /*vector=*/true);
         return;
     }
@@ -346,9 +346,12 @@ void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float*
 }
 
 void matmul_int8_scalar(const WeightMatrix& w, const float* x, std::size_t n, float* y) {
-    if (w.format() == WeightFormat::F32) throw ShapeError("matmul_int8_scalar: F32 weights have no int8 codes");
+    if (w.format() != WeightFormat::Q4_1) {
+        throw ShapeError(fmt::format("matmul_int8_scalar: the int8 kernel is for Q4_1 weights, not {}",
+                                     weight_format_name(w.format())));
+    }
     if (w.rows() == 0) return;
-    detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, 1,
+    detail::matmul_int8_rows(w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, 1,
                              /*vector=*/false);
 }
 

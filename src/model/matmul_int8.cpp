@@ -1,5 +1,7 @@
-// The int8 product: each activation row is rounded to int8 codes per block of 32 (one float scale per block),
-// and each weight block's codes meet them in integer multiply-adds.
+// The int8 product for Q4_1 weights: each activation row is rounded to int8 codes per block of 32 (one float
+// scale per block), and each weight block's 4-bit codes meet them in integer multiply-adds. (Q8_0 weights take
+// the f32 path: a Q8_0 kernel of the same shape was correct but 1.3-1.5x slower than f32 once its rows came
+// from DRAM, eight interleaved 34-byte streams, so it was dropped — see docs/batching.md.)
 //
 // Why it is faster, and how it stays deterministic:
 // - The AVX2 kernel works on eight weight rows at a time and puts the rows in the lanes: a block's codes of
@@ -30,11 +32,11 @@ namespace kvcache::detail {
 namespace {
 
 constexpr std::size_t kBlock = 32;
-constexpr std::size_t kQ8_0Bytes = 2 + 32;
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16;
 constexpr std::size_t kRows = 8;           // weight rows per kernel call: the eight float lanes
 constexpr std::size_t kRowsPerTask = 16;   // rows one thread finishes before taking the next stretch
 constexpr int kTokensPerPass = 8;          // tokens that share one transposed weight block
+constexpr std::size_t kPrefetchBlocks = 16; // how far ahead in each row the kernel prefetches
 
 float half_at(const std::byte* p) {
     std::uint16_t bits;
@@ -72,27 +74,25 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
     }
 }
 
-/// Integer code j of a weight block and the block's scale and min (min 0 for Q8_0).
-int weight_code(WeightFormat f, const std::byte* blk, std::size_t j) {
-    if (f == WeightFormat::Q8_0) return static_cast<std::int8_t>(blk[2 + j]);
+/// Integer code j (0..15) of a Q4_1 block.
+int weight_code(const std::byte* blk, std::size_t j) {
     const auto byte = static_cast<unsigned>(blk[4 + (j & 15)]);
     return static_cast<int>(j < 16 ? (byte & 0x0Fu) : (byte >> 4));
 }
 
 /// The scalar kernel: the definition of the int8 product (see the file comment for its float steps).
-void dot_rows_scalar(WeightFormat f, const std::byte* const* rows, std::size_t cols, const QuantizedRow* xs,
-                     int nt, float* const* out) {
-    const std::size_t block_bytes = f == WeightFormat::Q8_0 ? kQ8_0Bytes : kQ4_1Bytes;
+void dot_rows_scalar(const std::byte* const* rows, std::size_t cols, const QuantizedRow* xs, int nt,
+                     float* const* out) {
     for (std::size_t r = 0; r < kRows; ++r) {
         for (int t = 0; t < nt; ++t) {
             float acc = 0.0f;
             for (std::size_t b = 0; b < cols / kBlock; ++b) {
-                const std::byte* blk = rows[r] + b * block_bytes;
+                const std::byte* blk = rows[r] + b * kQ4_1Bytes;
                 std::int32_t isum = 0;
-                for (std::size_t j = 0; j < kBlock; ++j) isum += weight_code(f, blk, j) * xs[t].q[b * kBlock + j];
+                for (std::size_t j = 0; j < kBlock; ++j) isum += weight_code(blk, j) * xs[t].q[b * kBlock + j];
                 const float dd = half_at(blk) * xs[t].d[b];
                 acc = std::fma(dd, static_cast<float>(isum), acc);
-                if (f == WeightFormat::Q4_1) acc = std::fma(half_at(blk + 2), xs[t].s[b], acc);
+                acc = std::fma(half_at(blk + 2), xs[t].s[b], acc);
             }
             out[t][r] = acc;
         }
@@ -100,19 +100,13 @@ void dot_rows_scalar(WeightFormat f, const std::byte* const* rows, std::size_t c
 }
 
 #if KVCACHE_HAVE_AVX2
-/// The 32 codes of row r's block as bytes in value order: Q8_0's int8 as they are, Q4_1's nibbles unpacked
-/// (low nibbles are values 0..15, high nibbles 16..31).
-template <WeightFormat F>
+/// The 32 codes of a Q4_1 block as bytes in value order (low nibbles are values 0..15, high nibbles 16..31).
 [[gnu::always_inline]] inline __m256i row_codes(const std::byte* blk) {
-    if constexpr (F == WeightFormat::Q8_0) {
-        return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2));
-    } else {
-        const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
-        const __m128i mask = _mm_set1_epi8(0x0F);
-        const __m128i lo = _mm_and_si128(packed, mask);
-        const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-        return _mm256_set_m128i(hi, lo);
-    }
+    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
+    const __m128i mask = _mm_set1_epi8(0x0F);
+    const __m128i lo = _mm_and_si128(packed, mask);
+    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
+    return _mm256_set_m128i(hi, lo);
 }
 
 /// 8x8 transpose of 32-bit groups: in, row r's groups g = 0..7; out, group g's rows r = 0..7.
@@ -146,49 +140,38 @@ template <WeightFormat F>
 }
 
 /// The vector kernel: out[t][0..7] for eight rows and NT tokens; lane r carries row r's scalar steps.
-template <WeightFormat F, int NT>
+template <int NT>
 void dot_rows_avx2(const std::byte* const* rows, std::size_t cols, const QuantizedRow* xs, float* const* out) {
-    constexpr std::size_t block_bytes = F == WeightFormat::Q8_0 ? kQ8_0Bytes : kQ4_1Bytes;
+    constexpr std::size_t block_bytes = kQ4_1Bytes;
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < cols / kBlock; ++b) {
         const std::size_t at = b * block_bytes;
+        // Eight rows are eight interleaved streams of 20 or 34 bytes a step, which the hardware prefetcher
+        // follows poorly once the weights come from DRAM (int8 was 1.3-1.7x slower than f32 on a 37 MB matrix
+        // without this): ask for each row's line a few blocks ahead.
+        for (std::size_t r = 0; r < kRows; ++r) {
+            _mm_prefetch(reinterpret_cast<const char*>(rows[r] + at + kPrefetchBlocks * block_bytes), _MM_HINT_T0);
+        }
         __m256i w[8];
-        for (std::size_t r = 0; r < kRows; ++r) w[r] = row_codes<F>(rows[r] + at);
+        for (std::size_t r = 0; r < kRows; ++r) w[r] = row_codes(rows[r] + at);
         transpose8(w);
         const __m256 dw = row_halves(rows, at);
-        __m256 mw = _mm256_setzero_ps();
-        if constexpr (F == WeightFormat::Q4_1) mw = row_halves(rows, at + 2);
-        __m256i wabs[8];
-        if constexpr (F == WeightFormat::Q8_0) {
-            for (int g = 0; g < 8; ++g) wabs[g] = _mm256_abs_epi8(w[g]);
-        }
+        const __m256 mw = row_halves(rows, at + 2);
         for (int t = 0; t < NT; ++t) {
             const std::int8_t* q = xs[t].q + b * kBlock;
-            __m256i isum;
-            if constexpr (F == WeightFormat::Q4_1) {
-                // codes 0..15 times |x| <= 127: a 16-bit lane sums at most 16 products (<= 30480), no overflow
-                __m256i p = _mm256_setzero_si256();
-                for (int g = 0; g < 8; ++g) {
-                    std::int32_t four;
-                    std::memcpy(&four, q + 4 * g, 4);
-                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[g], _mm256_set1_epi32(four)));
-                }
-                isum = _mm256_madd_epi16(p, ones);
-            } else {
-                // signed codes: |w| times x with w's sign (2 * 128 * 127 fits a 16-bit lane); widen per group
-                isum = _mm256_setzero_si256();
-                for (int g = 0; g < 8; ++g) {
-                    std::int32_t four;
-                    std::memcpy(&four, q + 4 * g, 4);
-                    const __m256i xg = _mm256_sign_epi8(_mm256_set1_epi32(four), w[g]);
-                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(wabs[g], xg), ones));
-                }
+            // codes 0..15 times |x| <= 127: a 16-bit lane sums at most 16 products (<= 30480), no overflow
+            __m256i p = _mm256_setzero_si256();
+            for (int g = 0; g < 8; ++g) {
+                std::int32_t four;
+                std::memcpy(&four, q + 4 * g, 4);
+                p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[g], _mm256_set1_epi32(four)));
             }
+            const __m256i isum = _mm256_madd_epi16(p, ones);
             const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xs[t].d[b]));
             acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[t]);
-            if constexpr (F == WeightFormat::Q4_1) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[t].s[b]), acc[t]);
+            acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[t].s[b]), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
@@ -196,22 +179,20 @@ void dot_rows_avx2(const std::byte* const* rows, std::size_t cols, const Quantiz
 
 using RowsFn = void (*)(const std::byte* const*, std::size_t, const QuantizedRow*, float* const*);
 
-template <WeightFormat F, std::size_t... I>
+template <std::size_t... I>
 constexpr std::array<RowsFn, sizeof...(I)> avx2_kernels(std::index_sequence<I...>) {
-    return {dot_rows_avx2<F, int(I) + 1>...};
+    return {dot_rows_avx2<int(I) + 1>...};
 }
 
-RowsFn avx2_kernel(WeightFormat f, int nt) {
-    static constexpr auto widths = std::make_index_sequence<kTokensPerPass>{};
-    static constexpr auto q8 = avx2_kernels<WeightFormat::Q8_0>(widths);
-    static constexpr auto q4 = avx2_kernels<WeightFormat::Q4_1>(widths);
-    return f == WeightFormat::Q8_0 ? q8[std::size_t(nt - 1)] : q4[std::size_t(nt - 1)];
+RowsFn avx2_kernel(int nt) {
+    static constexpr auto kernels = avx2_kernels(std::make_index_sequence<kTokensPerPass>{});
+    return kernels[std::size_t(nt - 1)];
 }
 #endif
 
 }  // namespace
 
-void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t row_stride, std::size_t rows,
+void matmul_int8_rows(const std::byte* base, std::size_t row_stride, std::size_t rows,
                       std::size_t cols, const float* x, std::size_t n, float* y, int threads, bool vector) {
     if (n == 0 || rows == 0) return;
 #if !KVCACHE_HAVE_AVX2
@@ -253,12 +234,12 @@ void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t ro
                     }
 #if KVCACHE_HAVE_AVX2
                     if (vector) {
-                        avx2_kernel(format, nt)(row_ptr, cols, xs, outs);
+                        avx2_kernel(nt)(row_ptr, cols, xs, outs);
                     } else {
-                        dot_rows_scalar(format, row_ptr, cols, xs, nt, outs);
+                        dot_rows_scalar(row_ptr, cols, xs, nt, outs);
                     }
 #else
-                    dot_rows_scalar(format, row_ptr, cols, xs, nt, outs);
+                    dot_rows_scalar(row_ptr, cols, xs, nt, outs);
 #endif
                     for (int i = 0; i < nt; ++i) {
                         std::memcpy(y + (t + std::size_t(i)) * rows + r0, results[i], live * sizeof(float));

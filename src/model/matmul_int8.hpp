@@ -8,9 +8,9 @@
 
 namespace kvcache::detail {
 
-/// y[t][r] = the int8 dot of weight row r (at base + r * row_stride, Q8_0 or Q4_1) with x[t]. vector picks
-/// the AVX2 kernel (when compiled in) or the scalar one; both give the same bits.
-void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t row_stride, std::size_t rows,
+/// y[t][r] = the int8 dot of Q4_1 weight row r (at base + r * row_stride) with x[t]. vector picks the AVX2
+/// kernel (when compiled in) or the scalar one; both give the same bits.
+void matmul_int8_rows(const std::byte* base, std::size_t row_stride, std::size_t rows,
                       std::size_t cols, const float* x, std::size_t n, float* y, int threads, bool vector);
 
 }  // namespace kvcache::detail

@@ -11,7 +11,9 @@
 #include "kvcache/error.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/generate.hpp"
+#include "kvcache/cache/paged_kv_cache.hpp"
 #include "kvcache/model/gguf.hpp"
+#include "kvcache/model/scheduler.hpp"
 #include "kvcache/model/tokenizer.hpp"
 #include "scheduler_test_support.hpp"
 
@@ -88,6 +90,21 @@ TEST_CASE("int8 matmuls (SmolLM2): logits close to f32's, same top token where f
     REQUIRE(greedy_int8.tokens.size() >= 6);
     REQUIRE(greedy_f32.tokens.size() >= 6);
     CHECK(std::equal(greedy_f32.tokens.begin(), greedy_f32.tokens.begin() + 6, greedy_int8.tokens.begin()));
+
+    // The scheduler carries SchedulerOptions::precision to its steps: the int8 tokens, not the f32 ones.
+    PagedKVPool<float> pool(d.cache_layers(), 64);
+    Scheduler s(d, tokenizer, pool, nullptr, SchedulerOptions{.threads = 2, .precision = MatmulPrecision::int8});
+    Request r;
+    r.prompt = prompt;
+    r.options.max_new_tokens = o.max_new_tokens;
+    r.options.sampling.temperature = 0;
+    std::vector<std::int32_t> scheduled;
+    r.on_done = [&](const RequestResult& res) { scheduled = res.tokens; };
+    s.submit(std::move(r));
+    for (int i = 0; i < 1000 && s.step(); ++i) {
+    }
+    CHECK(scheduled == greedy_int8.tokens);
+    CHECK(scheduled != greedy_f32.tokens);
 }
 
 TEST_CASE("generate_batch: prompts asking for different matmul precisions are a ConfigError") {

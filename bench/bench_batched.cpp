@@ -9,6 +9,8 @@
 //                           Counters: tokens_per_second (S / step), weight_GBps (weight bytes / step),
 //                           kv_GBps (K/V bytes attention reads / step).
 //   BM_BatchedDecodeQ8_0/<S>  the same over a q8_0 pool: attention reads 3.8x fewer bytes per sequence.
+//   BM_BatchedDecodeInt8/<S>, BM_SchedulerDecodeInt8/<S>  BM_BatchedDecode / BM_SchedulerDecode with
+//                           MatmulPrecision::int8 (activations rounded to int8, integer block dots).
 //   BM_SchedulerDecode/<S>  the same through the Scheduler: S requests continuing kept sequences of 512
 //                           positions, one step() per iteration (sampling, streaming, bookkeeping included).
 //   BM_Admission/<per_decode>/<streams>  <streams> requests decode at context 512 through the Scheduler; a
@@ -124,7 +126,7 @@ double kv_bytes_per_step(const kvcache::Decoder& d, std::size_t sequences) {
 
 /// T: the pool's K/V element type (float for BM_BatchedDecode; q8_0 for BM_BatchedDecodeQ8_0, whose attention
 /// reads 3.8x fewer bytes — how much of the curve is attention).
-template <class T>
+template <class T, kvcache::MatmulPrecision P = kvcache::MatmulPrecision::f32>
 void BM_BatchedDecode(benchmark::State& state) {
     World& w = World::get();
     const auto S = static_cast<std::size_t>(state.range(0));
@@ -141,7 +143,7 @@ void BM_BatchedDecode(benchmark::State& state) {
         items.push_back({std::span<const std::int32_t>(&next[i], 1), &seqs[i], 0,
                          std::span<float>(logits).subspan(i * vocab, vocab)});
     }
-    const kvcache::ForwardOptions options{.threads = g_threads};
+    const kvcache::ForwardOptions options{.threads = g_threads, .precision = P};
     for (auto _ : state) {
         w.decoder.forward(std::span<const kvcache::ForwardItem<kvcache::PagedSequence<T>>>(items), options);
         benchmark::DoNotOptimize(logits.data());
@@ -163,12 +165,14 @@ struct RunningStreams {
     kvcache::PagedKVPool<float> pool;
     kvcache::Scheduler scheduler;
 
-    RunningStreams(World& w, std::size_t streams, std::size_t max_new, std::size_t prefill_per_decode)
+    RunningStreams(World& w, std::size_t streams, std::size_t max_new, std::size_t prefill_per_decode,
+                   kvcache::MatmulPrecision precision = kvcache::MatmulPrecision::f32)
         : pool(w.decoder.cache_layers(), pool_blocks(streams, max_new + 16)),
           scheduler(w.decoder, w.tokenizer, pool, nullptr,
                     kvcache::SchedulerOptions{.max_batch = streams + 1,
                                               .prefill_tokens_per_decode = prefill_per_decode,
-                                              .threads = g_threads}) {
+                                              .threads = g_threads,
+                                              .precision = precision}) {
         for (std::size_t i = 0; i < streams; ++i) {
             const auto id = scheduler.exclusive([&](auto& p, auto*) { return w.copy_into(p); });
             scheduler.adopt(id, w.prompt);
@@ -185,11 +189,12 @@ struct RunningStreams {
     }
 };
 
+template <kvcache::MatmulPrecision P = kvcache::MatmulPrecision::f32>
 void BM_SchedulerDecode(benchmark::State& state) {
     World& w = World::get();
     const auto S = static_cast<std::size_t>(state.range(0));
     constexpr std::size_t kMaxSteps = 2000;
-    RunningStreams run(w, S, kMaxSteps, kvcache::SchedulerOptions{}.prefill_tokens_per_decode);
+    RunningStreams run(w, S, kMaxSteps, kvcache::SchedulerOptions{}.prefill_tokens_per_decode, P);
     std::size_t steps = 0;
     for (auto _ : state) {
         if (++steps >= kMaxSteps) {
@@ -261,15 +266,17 @@ int main(int argc, char** argv) {
     const double min_time = g_quick ? 0.2 : 2.0;
     auto* decode = benchmark::RegisterBenchmark("BM_BatchedDecode", BM_BatchedDecode<float>);
     auto* decode_q8 = benchmark::RegisterBenchmark("BM_BatchedDecodeQ8_0", BM_BatchedDecode<kvcache::q8_0>);
-    auto* sched = benchmark::RegisterBenchmark("BM_SchedulerDecode", BM_SchedulerDecode);
-    for (const std::size_t s : {std::size_t{1}, std::size_t{2}, std::size_t{4}, std::size_t{8}, kMaxSequences}) {
-        decode->Arg(static_cast<std::int64_t>(s));
-        decode_q8->Arg(static_cast<std::int64_t>(s));
-        sched->Arg(static_cast<std::int64_t>(s));
+    auto* decode_int8 = benchmark::RegisterBenchmark(
+        "BM_BatchedDecodeInt8", BM_BatchedDecode<float, kvcache::MatmulPrecision::int8>);
+    auto* sched = benchmark::RegisterBenchmark("BM_SchedulerDecode", BM_SchedulerDecode<>);
+    auto* sched_int8 =
+        benchmark::RegisterBenchmark("BM_SchedulerDecodeInt8", BM_SchedulerDecode<kvcache::MatmulPrecision::int8>);
+    for (auto* b : {decode, decode_q8, decode_int8, sched, sched_int8}) {
+        for (const std::size_t s : {std::size_t{1}, std::size_t{2}, std::size_t{4}, std::size_t{8}, kMaxSequences}) {
+            b->Arg(static_cast<std::int64_t>(s));
+        }
+        b->Unit(benchmark::kMillisecond)->MinTime(min_time)->UseRealTime();
     }
-    decode->Unit(benchmark::kMillisecond)->MinTime(min_time)->UseRealTime();
-    decode_q8->Unit(benchmark::kMillisecond)->MinTime(min_time)->UseRealTime();
-    sched->Unit(benchmark::kMillisecond)->MinTime(min_time)->UseRealTime();
     auto* admission = benchmark::RegisterBenchmark("BM_Admission", BM_Admission);
     for (const int streams : {1, 4}) {
         for (const int per_decode : {2, 4, 16}) admission->Args({per_decode, streams});

@@ -75,6 +75,10 @@ int main(int argc, char** argv) {
                    "chatml, llama3, llama2, zephyr, phi3")
         ->check(CLI::IsMember({"auto", "chatml", "llama3", "llama2", "zephyr", "phi3"}));
     app.add_flag("--no-uncached", skip_uncached, "Skip the run without a cache");
+    std::string precision = "f32";
+    app.add_option("--precision", precision,
+                   "Matmul arithmetic: f32, or int8 (activations rounded to int8 per block of 32; faster, "
+                   "slightly different logits)");
     // The cache (issue 14): element types, positions, and what happens when it is full.
     std::string cache_type = "f32";
     std::optional<std::size_t> ctx;
@@ -113,6 +117,7 @@ int main(int argc, char** argv) {
         options.max_new_tokens = max_tokens;
         options.sampling = sampling;
         options.threads = threads;
+        options.precision = kvcache::parse_matmul_precision(precision);
         cache.keys = cache.values = kvcache::parse_cache_element(cache_type);
         options.cache = cache;
         options.cache_capacity = ctx;

@@ -439,7 +439,9 @@ def plot_batched(batched, out, suffix, note, summary, before=None):
     fig, (ax, bx) = plt.subplots(1, 2, figsize=(13.5, 5.8), gridspec_kw={"width_ratios": [3, 2]})
     styles = {"BM_BatchedDecode": ("batched forward (Decoder)", "#d62728", "o", "-"),
               "BM_BatchedDecodeQ8_0": ("batched forward, q8_0 K/V (3.8x fewer attention bytes)", "#9467bd", "^", "-"),
-              "BM_SchedulerDecode": ("through the Scheduler (sampling, bookkeeping)", "#1f77b4", "s", "-")}
+              "BM_SchedulerDecode": ("through the Scheduler (sampling, bookkeeping)", "#1f77b4", "s", "-"),
+              "BM_BatchedDecodeInt8": ("batched forward, int8 matmuls (MatmulPrecision::int8)", "#2ca02c", "D", "-"),
+              "BM_SchedulerDecodeInt8": ("through the Scheduler, int8 matmuls", "#17becf", "v", "-")}
     curves = [(batched, name, style) for name, style in styles.items()]
     if before:
         curves.append((before, "BM_BatchedDecode", ("batched forward, 4 tokens per weight block (before; another run)", "#ff9896",

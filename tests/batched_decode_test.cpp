@@ -4,6 +4,7 @@
 #include <catch2/catch.hpp>
 
 #include <algorithm>
+#include <cmath>
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
@@ -12,6 +13,7 @@
 
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
 #include "kvcache/cache/paged_kv_cache.hpp"
+#include "kvcache/element_types.hpp"
 #include "kvcache/model/decoder.hpp"
 #include "kvcache/model/generate.hpp"
 #include "kvcache/model/gguf.hpp"
@@ -29,10 +31,11 @@ bool same_bits(std::span<const float> a, std::span<const float> b) {
 }
 
 /// Every token's logits of `tokens` run alone through a fresh cache in one pass: [n][vocab].
-std::vector<float> alone_logits(Decoder& d, std::span<const std::int32_t> tokens) {
+std::vector<float> alone_logits(Decoder& d, std::span<const std::int32_t> tokens,
+                                MatmulPrecision precision = MatmulPrecision::f32) {
     auto cache = d.make_cache(tokens.size());
     std::vector<float> all(tokens.size() * d.config().vocab_size);
-    d.forward(tokens, cache, 0, all, ForwardOptions{.threads = 1});
+    d.forward(tokens, cache, 0, all, ForwardOptions{.threads = 1, .precision = precision});
     return all;
 }
 
@@ -48,10 +51,11 @@ struct Plan {
 /// and checks every logits row against the sequence alone. `all_logits_every`: every k-th item asks for every
 /// token's logits instead of the last one's.
 template <class Cache, class MakeCache>
-void check_batched_equals_alone(Decoder& d, const std::vector<Plan>& plans, int threads, MakeCache&& make_cache) {
+void check_batched_equals_alone(Decoder& d, const std::vector<Plan>& plans, int threads, MakeCache&& make_cache,
+                                MatmulPrecision precision = MatmulPrecision::f32) {
     const std::size_t vocab = d.config().vocab_size;
     std::vector<std::vector<float>> expected;
-    for (const Plan& p : plans) expected.push_back(alone_logits(d, p.tokens));
+    for (const Plan& p : plans) expected.push_back(alone_logits(d, p.tokens, precision));
 
     std::vector<Cache> caches;
     caches.reserve(plans.size());
@@ -84,7 +88,7 @@ void check_batched_equals_alone(Decoder& d, const std::vector<Plan>& plans, int 
                 std::reverse(who.begin(), who.end());
             }
         }
-        d.forward(std::span<const ForwardItem<Cache>>(items), ForwardOptions{.threads = threads});
+        d.forward(std::span<const ForwardItem<Cache>>(items), ForwardOptions{.threads = threads, .precision = precision});
         for (std::size_t k = 0; k < items.size(); ++k) {
             const std::size_t i = who[k];
             const std::size_t n = items[k].tokens.size();
@@ -110,7 +114,77 @@ std::vector<Plan> plans_for(std::size_t count, std::size_t max_prompt, std::size
     return plans;
 }
 
+/// `m` (F32) rounded to Q8_0 or Q4_1 blocks, so the int8 path has integer codes to work on.
+WeightMatrix quantised(const WeightMatrix& m, WeightFormat f) {
+    const std::size_t bb = f == WeightFormat::Q8_0 ? 34 : 20;
+    std::vector<std::byte> bytes(m.rows() * m.cols() / 32 * bb);
+    std::vector<float> row(m.cols());
+    for (std::size_t r = 0; r < m.rows(); ++r) {
+        m.dequantize_row(r, row.data());
+        for (std::size_t b = 0; b < m.cols() / 32; ++b) {
+            std::byte* blk = bytes.data() + (r * m.cols() / 32 + b) * bb;
+            const float* x = row.data() + b * 32;
+            const auto [lo, hi] = std::minmax_element(x, x + 32);
+            if (f == WeightFormat::Q8_0) {
+                const float d = std::max(std::fabs(*lo), std::fabs(*hi)) / 127.0f;
+                const std::uint16_t dh = fp16::from_float(d);
+                std::memcpy(blk, &dh, 2);
+                for (int j = 0; j < 32; ++j) {
+                    blk[2 + j] = static_cast<std::byte>(static_cast<std::int8_t>(d > 0 ? std::lround(x[j] / d) : 0));
+                }
+            } else {
+                const float d = (*hi - *lo) / 15.0f;
+                const std::uint16_t dh = fp16::from_float(d), mh = fp16::from_float(*lo);
+                std::memcpy(blk, &dh, 2);
+                std::memcpy(blk + 2, &mh, 2);
+                const auto code = [&](int j) { return d > 0 ? std::clamp<long>(std::lround((x[j] - *lo) / d), 0, 15) : 0L; };
+                for (int j = 0; j < 16; ++j) blk[4 + j] = static_cast<std::byte>(code(j) | (code(j + 16) << 4));
+            }
+        }
+    }
+    return WeightMatrix::from_blocks(f, m.rows(), m.cols(), bytes);
+}
+
+/// The random test decoder with its layers' matrices in Q4_1 (the int8 path) and its embedding and output in
+/// Q8_0 (which takes the f32 path in either precision), like SmolLM2's file.
+Decoder& quantised_random_decoder() {
+    static Decoder d = [] {
+        DecoderWeights w = DecoderWeights::random(DecoderConfig::small_test_model(), 11);
+        for (auto& l : w.layers) {
+            for (WeightMatrix* m : {&l.wq, &l.wk, &l.wv, &l.wo, &l.w_gate, &l.w_up, &l.w_down}) {
+                *m = quantised(*m, WeightFormat::Q4_1);
+            }
+        }
+        w.token_embedding = quantised(w.token_embedding, WeightFormat::Q8_0);
+        if (w.output.rows() > 0) w.output = quantised(w.output, WeightFormat::Q8_0);
+        return Decoder(std::move(w), 1);
+    }();
+    return d;
+}
+
+std::filesystem::path smollm2_path() {
+    return std::getenv("KVCACHE_MODEL") ? std::filesystem::path(std::getenv("KVCACHE_MODEL"))
+                                        : std::filesystem::path(KVCACHE_SOURCE_DIR) / "models" /
+                                              "SmolLM2-135M-Instruct.Q4_1.gguf";
+}
+
 }  // namespace
+
+TEST_CASE("batched forward, int8 matmuls (quantised random decoder): batched gives the logits alone, bitwise") {
+    Decoder& d = quantised_random_decoder();
+    for (const std::size_t count : {1, 3, 9}) {
+        for (const int threads : {1, 2}) {
+            INFO(count << " sequences, " << threads << " threads");
+            const auto plans = plans_for(count, 21, 6);
+            check_batched_equals_alone<MultiLayerKVCache<float>>(
+                d, plans, threads, [&](std::size_t i) { return d.make_cache(plans[i].tokens.size()); },
+                MatmulPrecision::int8);
+        }
+    }
+    // and the int8 logits really are another computation than the f32 ones
+    const auto tokens = numbered_prompt(5, 1);
+    CHECK_FALSE(same_bits(alone_logits(d, tokens, MatmulPrecision::int8), alone_logits(d, tokens)));
+}
 
 TEST_CASE("batched forward (random decoder): 1-16 sequences joining and leaving give their logits alone, bitwise") {
     Decoder& d = random_decoder();
@@ -280,10 +354,7 @@ TEST_CASE("generate_batch gives each prompt what generate_with_cache gives it al
 }
 
 TEST_CASE("batched forward (SmolLM2): sequences batched give their logits alone, bitwise, at 1 and 2 threads") {
-    const std::filesystem::path path = std::getenv("KVCACHE_MODEL")
-                                           ? std::filesystem::path(std::getenv("KVCACHE_MODEL"))
-                                           : std::filesystem::path(KVCACHE_SOURCE_DIR) / "models" /
-                                                 "SmolLM2-135M-Instruct.Q4_1.gguf";
+    const std::filesystem::path path = smollm2_path();
     INFO("model file " << path << " (run scripts/fetch-model.sh)");
     REQUIRE(std::filesystem::exists(path));
     Decoder d = Decoder::load(path, DecoderOptions{.threads = 2});
@@ -296,10 +367,11 @@ TEST_CASE("batched forward (SmolLM2): sequences batched give their logits alone,
         plans.push_back({tokens, 3 + 4 * i, i % 3});
     }
     for (const int threads : {1, 2}) {
-        INFO(threads << " threads");
-        PagedKVPool<float> pool(d.cache_layers(), 64);
-        check_batched_equals_alone<PagedSequence<float>>(d, plans, threads, [&](std::size_t) {
-            return pool.sequence(pool.create_sequence());
-        });
+        for (const MatmulPrecision precision : {MatmulPrecision::f32, MatmulPrecision::int8}) {
+            INFO(threads << " threads, " << matmul_precision_name(precision) << " matmuls");
+            PagedKVPool<float> pool(d.cache_layers(), 64);
+            check_batched_equals_alone<PagedSequence<float>>(
+                d, plans, threads, [&](std::size_t) { return pool.sequence(pool.create_sequence()); }, precision);
+        }
     }
 }

@@ -53,6 +53,8 @@ int main(int argc, char** argv) {
     app.add_option("--tokens", max_tokens, "Use only the first N tokens of the text (0: all)")
         ->check(CLI::Range(0, 1 << 30));  // -1 was taken as 2^64 - 1
     app.add_option("--threads", threads, "Threads (0 = all cores)")->check(CLI::Range(0, 1024));  // -1 was "all"
+    std::string precision = "f32";
+    app.add_option("--precision", precision, "Matmul arithmetic: f32, or int8 (activations rounded to int8; faster)");
     app.add_flag("--json", json, "Print the result as one JSON line on stdout");
     CLI11_PARSE(app, argc, argv);
 
@@ -67,6 +69,7 @@ int main(int argc, char** argv) {
                                                "--model / set KVCACHE_MODEL)",
                                                model_path));
         }
+        options.precision = kvcache::parse_matmul_precision(precision);
         auto [model, tokenizer, fingerprint] = kvcache::load_model(model_path, {.threads = threads});
         auto tokens = tokenizer.encode(text, {.add_special = true});
         if (max_tokens && tokens.size() > max_tokens) tokens.resize(max_tokens);
@@ -86,10 +89,11 @@ int main(int argc, char** argv) {
         if (json) {
             fmt::print("{{\"file\": \"{}\", \"tokens\": {}, \"ctx\": {}, \"keys\": \"{}\", \"values\": \"{}\", "
                        "\"sinks\": {}, \"window\": {}, \"perplexity\": {:.6f}, \"scored\": {}, \"chunks\": {}, "
-                       "\"cache_bytes\": {}, \"seconds\": {:.2f}}}\n",
+                       "\"cache_bytes\": {}, \"seconds\": {:.2f}, \"precision\": \"{}\"}}\n",
                        file, tokens.size(), options.context, kvcache::cache_element_name(options.cache.keys),
                        kvcache::cache_element_name(options.cache.values), options.cache.sinks, options.cache.window,
-                       r.perplexity, r.scored, r.chunks, r.cache_bytes, r.seconds);
+                       r.perplexity, r.scored, r.chunks, r.cache_bytes, r.seconds,
+                       kvcache::matmul_precision_name(options.precision));
         } else {
             fmt::print("{:.4f}\n", r.perplexity);
         }

@@ -32,6 +32,7 @@ int main(int argc, char** argv) {
     app.add_option("--slots", o.slots, "Conversations kept at once")->check(CLI::Range(1, 4096));
     app.add_option("--ctx", o.ctx, "Positions per slot (prompt + max_tokens)")->check(CLI::Range(8, 1 << 20));
     app.add_option("--threads", o.threads, "Threads of each forward pass (0: all cores)")->check(CLI::Range(0, 1024));
+    app.add_option("--precision", o.precision, "Matmul arithmetic: f32, or int8 (activations rounded to int8; faster)");
     app.add_option("--chat-template", o.chat_template,
                    "chatml, llama3, llama2, zephyr or phi3 (default: recognised from the model's template)");
     app.add_option("--api-key", o.api_key, "Require 'Authorization: Bearer <key>' on every endpoint but /health and the UI");

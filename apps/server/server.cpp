@@ -151,6 +151,7 @@ struct Server::Impl {
 
     explicit Impl(ServerOptions o) : options(std::move(o)), slots(options.slots) {
         if (options.slots == 0) throw ConfigError("--slots must be at least 1");
+        const MatmulPrecision precision = parse_matmul_precision(options.precision);  // before the model loads
         if (options.ctx < 8) throw ConfigError(fmt::format("--ctx {} is too small (at least 8 positions)", options.ctx));
         LoadedModel loaded = load_model(options.model_path, {.threads = options.threads, .fingerprint = true});
         tokenizer = std::make_unique<Tokenizer>(std::move(loaded.tokenizer));
@@ -172,6 +173,7 @@ struct Server::Impl {
         so.prefill_chunk = options.prefill_chunk;
         so.prefill_tokens_per_decode = options.prefill_per_decode;
         so.threads = options.threads;
+        so.precision = precision;
         scheduler = std::make_unique<Engine>(*model, *tokenizer, element, blocks, prefix_bytes, so);
         limits.max_tokens = options.ctx;
         limits.max_context_window = options.ctx;

@@ -22,6 +22,7 @@ struct ServerOptions {
     std::filesystem::path slot_save_path; ///< directory of slot cache files; empty: save/restore disabled
     std::size_t prefix_cache_mb = 128;    ///< prefix cache budget (finished conversations' K/V)
     std::string cache_type = "f32";       ///< K/V element type of the pool: f32, f16, bf16, q8_0, q4_0 or q4_0h
+    std::string precision = "f32";        ///< matmul arithmetic: f32 or int8 (MatmulPrecision; faster, rounds activations)
     std::size_t max_body_bytes = 1 << 20;
     std::size_t max_batch = 16;           ///< requests decoded together in one step
     std::size_t max_queued = 64;          ///< requests waiting for the batch; more get 503

@@ -132,7 +132,7 @@ GenerationResult generate_with_cache(Decoder& model, const Tokenizer& tokenizer,
     if (!options.cache.is_plain()) return generate_with_cache_options(model, tokenizer, prompt_tokens, options);  // issue 14
     validate(options.sampling);
     if (prompt_tokens.empty()) throw ConfigError("generate: the prompt has no tokens");
-    const ForwardOptions forward_options{.threads = options.threads};
+    const ForwardOptions forward_options{.threads = options.threads, .precision = options.precision};
     auto cache = model.make_cache(checked_capacity(model, prompt_tokens.size(), options));
     std::size_t fed = 0;  // tokens of the sequence already in the cache
     auto result = run(model, tokenizer, prompt_tokens, options,
@@ -156,7 +156,7 @@ GenerationResult generate_with_step(Decoder& model, const Tokenizer& tokenizer,
 GenerationResult generate_without_cache(Decoder& model, const Tokenizer& tokenizer,
                                         std::span<const std::int32_t> prompt_tokens, const GenerateOptions& options) {
     validate(options.sampling);
-    const ForwardOptions forward_options{.threads = options.threads};
+    const ForwardOptions forward_options{.threads = options.threads, .precision = options.precision};
     return run(model, tokenizer, prompt_tokens, options,
                [&](std::span<const std::int32_t> sequence, std::span<float> logits) {
                    // Attention still needs somewhere to read this pass's K/V from: a scratch cache that
@@ -188,6 +188,12 @@ std::vector<GenerationResult> generate_batch(Decoder& model, const Tokenizer& to
         }
         checked_capacity(model, prompts[i].size(), o);  // CapacityError before anything is allocated
         threads = std::max(threads, o.threads);
+        if (o.precision != options_of(0).precision) {
+            throw ConfigError(fmt::format("generate_batch: prompt {} asks for {} matmuls and prompt 0 for {} (one "
+                                          "batched step has one precision)",
+                                          i, matmul_precision_name(o.precision),
+                                          matmul_precision_name(options_of(0).precision)));
+        }
     }
     const auto t_start = Clock::now();
     std::vector<MultiLayerKVCache<float>> caches;
@@ -213,7 +219,7 @@ std::vector<GenerationResult> generate_batch(Decoder& model, const Tokenizer& to
         }
         if (items.empty()) break;
         const auto t_step = Clock::now();
-        model.forward(std::span<const ForwardItem<MultiLayerKVCache<float>>>(items), ForwardOptions{.threads = threads});
+        model.forward(std::span<const ForwardItem<MultiLayerKVCache<float>>>(items), ForwardOptions{.threads = threads, .precision = options_of(0).precision});
         const double seconds = seconds_since(t_step);
         for (std::size_t i : in_step) {
             fed[i] = generations[i].sequence().size();

@@ -15,6 +15,7 @@
 #include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
+#include "matmul_int8.hpp"
 
 namespace kvcache {
 
@@ -320,8 +321,21 @@ void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_str
 
 }  // namespace
 
-void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads) {
+std::string matmul_precision_name(MatmulPrecision p) { return p == MatmulPrecision::int8 ? "int8" : "f32"; }
+
+MatmulPrecision parse_matmul_precision(const std::string& name) {
+    if (name == "f32") return MatmulPrecision::f32;
+    if (name == "int8") return MatmulPrecision::int8;
+    throw ConfigError(fmt::format("unknown matmul precision '{}' (expected f32 or int8)", name));
+}
+
+void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads, MatmulPrecision precision) {
     if (w.rows() == 0) return;
+    if (precision == MatmulPrecision::int8 && w.format() == WeightFormat::Q4_1) {
+        detail::matmul_int8_rows(w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads,
+                                 /*vector=*/true);
+        return;
+    }
     matmul_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads);
 }
 
@@ -329,6 +343,16 @@ void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float*
                 int threads) {
     matmul_rows(WeightFormat::F32, reinterpret_cast<const std::byte*>(w), cols * sizeof(float), rows, cols, x, n, y,
                 threads);
+}
+
+void matmul_int8_scalar(const WeightMatrix& w, const float* x, std::size_t n, float* y) {
+    if (w.format() != WeightFormat::Q4_1) {
+        throw ShapeError(fmt::format("matmul_int8_scalar: the int8 kernel is for Q4_1 weights, not {}",
+                                     weight_format_name(w.format())));
+    }
+    if (w.rows() == 0) return;
+    detail::matmul_int8_rows(w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, 1,
+                             /*vector=*/false);
 }
 
 void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y) {

@@ -70,7 +70,8 @@ PerplexityResult perplexity(Decoder& model, std::span<const std::int32_t> tokens
                 for (std::size_t at = 0; at < o.context; at += o.batch) {
                     const std::size_t n = std::min(o.batch, o.context - at);
                     logits.resize(n * vocab);
-                    model.forward(chunk.subspan(at, n), cache, 0, logits);
+                    model.forward(chunk.subspan(at, n), cache, 0, logits,
+                                  ForwardOptions{.precision = o.precision});
                     // the last token of a chunk predicts a token of the next chunk: not scored (as llama.cpp)
                     for (std::size_t i = 0; i < n; ++i) {
                         const std::size_t p = at + i;
@@ -95,7 +96,8 @@ PerplexityResult perplexity(Decoder& model, std::span<const std::int32_t> tokens
                 const std::size_t n = std::min(piece, tokens.size() - 1 - at);
                 cache.make_room(0, n, RopeShift{&model});
                 logits.resize(n * vocab);
-                model.forward(tokens.subspan(at, n), base, 0, logits);
+                model.forward(tokens.subspan(at, n), base, 0, logits,
+                              ForwardOptions{.precision = o.precision});
                 score(logits, at, n, o.context);
                 if (o.on_progress && (at / piece) % 16 == 15) {
                     o.on_progress(at + n, tokens.size() - 1, result.scored ? std::exp(total_nll / double(result.scored)) : 0.0);

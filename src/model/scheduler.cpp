@@ -386,7 +386,7 @@ void BasicScheduler<T>::run_batch() {
     if (items_.empty()) return;
     try {
         model_->forward(std::span<const ForwardItem<PagedSequence<T>>>(items_),
-                        ForwardOptions{.threads = options_.threads});
+                        ForwardOptions{.threads = options_.threads, .precision = options_.precision});
     } catch (...) {
         // The decoder checks everything before it appends, so the sequences are as they were; the requests
         // of this batch cannot go on.

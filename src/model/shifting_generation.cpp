@@ -81,7 +81,8 @@ GenerationResult generate_with_cache_options(Decoder& model, const Tokenizer& to
                     }
                     n = std::min(rest.size(), capacity - length);
                 }
-                model.forward(rest.first(n), cache, 0, logits, ForwardOptions{.threads = options.threads});
+                model.forward(rest.first(n), cache, 0, logits,
+                              ForwardOptions{.threads = options.threads, .precision = options.precision});
                 rest = rest.subspan(n);
                 fed += n;
             }

@@ -136,6 +136,9 @@ struct DecoderOptions {
 /// want different counts without anyone changing shared state.
 struct ForwardOptions {
     int threads = 0;  ///< threads of this call; 0 → the decoder's default (DecoderOptions::threads)
+    /// The matmuls' arithmetic (matmul.hpp). int8 trades the activations' rounding for speed; f32 is what
+    /// every bitwise fixture and the float64 reference test pin down.
+    MatmulPrecision precision = MatmulPrecision::f32;
 };
 
 /// One sequence of a batched forward pass: its new tokens, the cache (and batch row) they continue, and
@@ -203,7 +206,8 @@ private:
     std::pair<std::size_t, std::size_t> check_batch(std::span<const ForwardItem<Cache>> items);
     /// Final norm and output matrix for the rows whose logits are wanted, into each item's logits buffer.
     template <KVCacheLike Cache>
-    void write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads);
+    void write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads,
+                      MatmulPrecision precision);
 
     DecoderWeights weights_;
     int threads_ = 0;
@@ -229,6 +233,7 @@ template <KVCacheLike Cache>
 void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOptions& options) {
     const DecoderConfig& c = weights_.config;
     const int threads = options.threads > 0 ? options.threads : threads_;
+    const MatmulPrecision precision = options.precision;
     const auto [total, logit_rows] = check_batch(items);  // every check first: a throw leaves every cache as it was
     if (total == 0) return;
     reserve_scratch(total, logit_rows);
@@ -249,9 +254,9 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
 
         // Attention block: x += wo · attention(rope(wq · norm(x)), cache ∪ rope(wk · norm(x)), wv · norm(x))
         rms_norm(x_.data(), w.attn_norm.data(), n, c.d_model, c.norm_eps, xb_.data());  // xb (n, d_model)
-        matmul(w.wq, xb_.data(), n, q_.data(), threads);                                  // q  (n, n_heads*head_dim)
-        matmul(w.wk, xb_.data(), n, k_.data(), threads);                                  // k  (n, n_kv_heads*head_dim)
-        matmul(w.wv, xb_.data(), n, v_.data(), threads);                                  // v  (n, n_kv_heads*head_dim)
+        matmul(w.wq, xb_.data(), n, q_.data(), threads, precision);                       // q  (n, n_heads*head_dim)
+        matmul(w.wk, xb_.data(), n, k_.data(), threads, precision);                       // k  (n, n_kv_heads*head_dim)
+        matmul(w.wv, xb_.data(), n, v_.data(), threads, precision);                       // v  (n, n_kv_heads*head_dim)
         if (c.qkv_bias) {
             add_bias(q_.data(), w.bq.data(), n, c.q_dim());
             add_bias(k_.data(), w.bk.data(), n, c.kv_dim());
@@ -270,19 +275,19 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
             attention(*items[i].cache, l, items[i].row, std::span<const float>(qi, ni * c.q_dim()), ni, c.n_heads,
                       std::span<float>(att_.data() + off * c.q_dim(), ni * c.q_dim()), attn_opts);  // att (ni, q_dim)
         }
-        matmul(w.wo, att_.data(), n, xb_.data(), threads);                                // xb  (n, d_model)
+        matmul(w.wo, att_.data(), n, xb_.data(), threads, precision);                     // xb  (n, d_model)
         add_into(x_.data(), xb_.data(), n * c.d_model);
 
         // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x)))
         rms_norm(x_.data(), w.ffn_norm.data(), n, c.d_model, c.norm_eps, xb_.data());    // xb  (n, d_model)
-        matmul(w.w_gate, xb_.data(), n, hb_.data(), threads);                             // hb  (n, d_ff)
-        matmul(w.w_up, xb_.data(), n, hb2_.data(), threads);                              // hb2 (n, d_ff)
+        matmul(w.w_gate, xb_.data(), n, hb_.data(), threads, precision);                  // hb  (n, d_ff)
+        matmul(w.w_up, xb_.data(), n, hb2_.data(), threads, precision);                   // hb2 (n, d_ff)
         swiglu(hb_.data(), hb2_.data(), n * c.d_ff);
-        matmul(w.w_down, hb_.data(), n, xb_.data(), threads);                             // xb  (n, d_model)
+        matmul(w.w_down, hb_.data(), n, xb_.data(), threads, precision);                  // xb  (n, d_model)
         add_into(x_.data(), xb_.data(), n * c.d_model);
     }
 
-    write_logits(items, logit_rows, threads);
+    write_logits(items, logit_rows, threads, options.precision);
 }
 
 template <KVCacheLike Cache>
@@ -368,7 +373,8 @@ std::pair<std::size_t, std::size_t> Decoder::check_batch(std::span<const Forward
 }
 
 template <KVCacheLike Cache>
-void Decoder::write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads) {
+void Decoder::write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads,
+                           MatmulPrecision precision) {
     const DecoderConfig& c = weights_.config;
     // Final norm of the rows whose logits are wanted (every token's or the last), gathered item after item.
     if (logit_rows == 0) return;
@@ -384,10 +390,10 @@ void Decoder::write_logits(std::span<const ForwardItem<Cache>> items, std::size_
         row_out += ni - first;
     }
     if (only < items.size()) {  // one item: straight into its buffer
-        matmul(weights_.output_matrix(), xb_.data(), logit_rows, items[only].logits.data(), threads);
+        matmul(weights_.output_matrix(), xb_.data(), logit_rows, items[only].logits.data(), threads, precision);
         return;
     }
-    matmul(weights_.output_matrix(), xb_.data(), logit_rows, logits_.data(), threads);   // logits (rows, vocab)
+    matmul(weights_.output_matrix(), xb_.data(), logit_rows, logits_.data(), threads, precision);   // logits (rows, vocab)
     row_out = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
         if (wanted_[i] == LogitsWanted::None) continue;

@@ -30,6 +30,8 @@ struct GenerateOptions {
     /// Threads of this call's forward passes (ForwardOptions::threads); 0 → the decoder's default. The
     /// decoder itself is not changed.
     int threads = 0;
+    /// The matmuls' arithmetic (ForwardOptions::precision): int8 is faster and rounds the activations.
+    MatmulPrecision precision = MatmulPrecision::f32;
     /// Called with each generated token and the text it completes (whole UTF-8; may be empty);
     /// return false to stop. Not called for the stop token. At the end, bytes still held back (an
     /// incomplete UTF-8 sequence) are passed once with token -1.
@@ -80,7 +82,8 @@ GenerationResult generate_without_cache(Decoder& model, const Tokenizer& tokeniz
 /// Several prompts generated together: each step runs one batched forward pass over every unfinished
 /// prompt's new tokens (the prompts in the first step, then one token each), so the weights are read once
 /// per step for all of them. `options` holds one set for every prompt or one per prompt (ConfigError
-/// otherwise); the calls run with the largest threads among them. Each result — tokens, text, callbacks —
+/// otherwise); the calls run with the largest threads among them, and every prompt's precision must be the
+/// same (a step has one; ConfigError otherwise). Each result — tokens, text, callbacks —
 /// is what generate_with_cache gives for that prompt and options alone (the logits are bitwise the same);
 /// timings count the shared steps each prompt took part in. Throws, before anything runs, what
 /// generate_with_cache throws for any prompt.

@@ -27,6 +27,19 @@ enum class WeightFormat { F32, Q8_0, Q4_1 };
 
 std::string weight_format_name(WeightFormat f);
 
+/// The arithmetic of a product with quantised weights. f32 (the default) multiplies the weights by the float
+/// activations. int8 first rounds each activation row to int8 per block of 32 (one float scale d = max|x|/127
+/// per block, q = round(x/d)) and then sums code times code in integers, the way llama.cpp's q8 kernels do:
+/// several times less arithmetic per token, at the price of the activations' rounding (docs/accuracy.md
+/// gives the perplexity delta). Bitwise deterministic like f32: the integer sums are exact and the float
+/// steps per output run in one fixed order, the same in the vector kernel and the scalar one. It applies to
+/// Q4_1 matrices; F32 and Q8_0 ones take the f32 path in either mode (Q8_0: see docs/batching.md).
+enum class MatmulPrecision { f32, int8 };
+
+/// "f32" / "int8"; parse_matmul_precision is its inverse and throws ConfigError on anything else.
+std::string matmul_precision_name(MatmulPrecision p);
+MatmulPrecision parse_matmul_precision(const std::string& name);
+
 /// A [rows][cols] matrix; row r holds the weights of output r (ggml's shape [cols, rows]).
 class WeightMatrix {
 public:
@@ -64,7 +77,9 @@ private:
 
 /// y[t][r] = sum_c w[r][c] * x[t][c] for t < n: x is [n][cols], y is [n][rows]. threads = 0 → all the
 /// hardware offers. Vectorised (AVX2 + FMA when compiled for it); see the determinism contract above.
-void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads = 0);
+/// precision: see MatmulPrecision (int8 changes the results of Q4_1 matrices only).
+void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads = 0,
+            MatmulPrecision precision = MatmulPrecision::f32);
 
 /// The float product over a bare row-major [rows][cols] array that the caller owns (no WeightMatrix, no copy):
 /// y[t][r] = sum_c w[r * cols + c] * x[t][c]. The same kernels and determinism contract as matmul on an F32
@@ -74,5 +89,9 @@ void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float*
 
 /// The same product by the obvious scalar loop (dequantise, then sum in double): what matmul is tested against.
 void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y);
+
+/// matmul(..., MatmulPrecision::int8) by the scalar routine (the portable build's kernel): the vector kernel
+/// must give exactly these bits. Throws ShapeError unless w is Q4_1 (the only format with an int8 path).
+void matmul_int8_scalar(const WeightMatrix& w, const float* x, std::size_t n, float* y);
 
 }  // namespace kvcache

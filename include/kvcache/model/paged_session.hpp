@@ -152,7 +152,7 @@ public:
         bool started = false;
         SequenceId id;
         std::size_t reused = 0;
-        const ForwardOptions forward_options{.threads = options.threads};
+        const ForwardOptions forward_options{.threads = options.threads, .precision = options.precision};
         try {
             GenerationResult result = generate_with_step(
                 *model_, tokenizer, prompt, options,

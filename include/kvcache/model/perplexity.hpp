@@ -25,6 +25,8 @@ struct PerplexityOptions {
     std::size_t max_chunks = 0;
     /// Tokens per forward pass (a prefill piece); results do not depend on it beyond float rounding.
     std::size_t batch = 256;
+    /// The matmuls' arithmetic (ForwardOptions::precision): measures what int8 costs in prediction quality.
+    MatmulPrecision precision = MatmulPrecision::f32;
     /// Called after each chunk (or streaming piece): tokens processed, tokens in all, perplexity so far.
     std::function<void(std::size_t done, std::size_t total, double perplexity)> on_progress;
 };

@@ -90,6 +90,9 @@ struct SchedulerOptions {
     std::size_t prefill_tokens_per_decode = 2;
     std::size_t max_queued = 64;      ///< requests waiting to run; submit() beyond it throws QueueFullError
     int threads = 0;                  ///< threads of each forward pass; 0 → all the hardware offers
+    /// The matmuls' arithmetic for every request (ForwardOptions::precision); int8 is faster and rounds
+    /// the activations. One value for the whole batch, since requests share each step.
+    MatmulPrecision precision = MatmulPrecision::f32;
 };
 
 enum class FinishReason {

@@ -1,0 +1,147 @@
+// Tests of the int8 product (MatmulPrecision::int8): the vector kernel gives the scalar kernel's bits, the
+// result does not depend on the batch or the thread count, and it stays close to the exact product.
+#include <catch2/catch.hpp>
+
+#include <cmath>
+#include <cstring>
+#include <random>
+#include <vector>
+
+#include "kvcache/detail/thread_pool.hpp"
+#include "kvcache/element_types.hpp"
+#include "kvcache/error.hpp"
+#include "kvcache/model/matmul.hpp"
+
+using namespace kvcache;
+
+namespace {
+
+std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
+    std::mt19937_64 g(seed);
+    std::vector<float> v(n);
+    for (auto& x : v) x = (float((g() >> 11) * 0x1.0p-53) * 2 - 1) * scale;
+    return v;
+}
+
+/// Random blocks with sane fp16 scales; every code value occurs.
+std::vector<std::byte> random_blocks(WeightFormat f, std::size_t rows, std::size_t cols, std::uint64_t seed) {
+    std::mt19937_64 g(seed);
+    const std::size_t bb = f == WeightFormat::Q8_0 ? 34 : 20;
+    std::vector<std::byte> out(rows * cols / 32 * bb);
+    for (std::size_t b = 0; b < rows * cols / 32; ++b) {
+        std::byte* blk = out.data() + b * bb;
+        const std::uint16_t d = fp16::from_float(0.01f + float(g() % 100) * 1e-4f);
+        const std::uint16_t m = fp16::from_float(-0.05f + float(g() % 100) * 1e-3f);
+        std::memcpy(blk, &d, 2);
+        std::size_t payload = 2;
+        if (f == WeightFormat::Q4_1) {
+            std::memcpy(blk + 2, &m, 2);
+            payload = 4;
+        }
+        for (std::size_t j = payload; j < bb; ++j) blk[j] = static_cast<std::byte>(g() & 0xFF);
+    }
+    return out;
+}
+
+WeightMatrix random_matrix(WeightFormat f, std::size_t rows, std::size_t cols, std::uint64_t seed) {
+    return WeightMatrix::from_blocks(f, rows, cols, random_blocks(f, rows, cols, seed));
+}
+
+bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_CASE("int8 matmul: the vector kernel gives the scalar kernel's bits") {
+    // rows not a multiple of the 8-row group or the 16-row task; n spans a full 8-token pass and a partial one
+    const std::size_t rows = 37, cols = 160, n = 11;
+    auto x = random_floats(n * cols, 5, 3.0f);
+    x[7] = 0.0f;
+    for (std::size_t j = 32; j < 64; ++j) x[j] = 0.0f;  // an all-zero block: scale 0
+    for (WeightFormat f : {WeightFormat::Q4_1}) {
+        CAPTURE(weight_format_name(f));
+        const WeightMatrix w = random_matrix(f, rows, cols, 3);
+        std::vector<float> vec(n * rows), scalar(n * rows);
+        matmul(w, x.data(), n, vec.data(), 2, MatmulPrecision::int8);
+        matmul_int8_scalar(w, x.data(), n, scalar.data());
+        CHECK(same_bits(vec, scalar));
+    }
+}
+
+TEST_CASE("int8 matmul: bitwise the same rows for any batch size and thread count") {
+    const std::size_t rows = 1000, cols = 512, n = 11;  // big enough for the pool to split the rows
+    auto x = random_floats(n * cols, 21);
+    for (WeightFormat f : {WeightFormat::Q4_1}) {
+        CAPTURE(weight_format_name(f));
+        const WeightMatrix w = random_matrix(f, rows, cols, 5);
+        REQUIRE(w.bytes() >= detail::kMinParallelBytes);
+        std::vector<float> batched(n * rows);
+        matmul(w, x.data(), n, batched.data(), 1, MatmulPrecision::int8);
+        for (int threads : {0, 2, 3}) {
+            for (std::size_t t = 0; t < n; t += 3) {
+                std::vector<float> single(rows);
+                matmul(w, x.data() + t * cols, 1, single.data(), threads, MatmulPrecision::int8);
+                CHECK(std::memcmp(single.data(), batched.data() + t * rows, rows * sizeof(float)) == 0);
+            }
+            std::vector<float> split(n * rows);
+            matmul(w, x.data(), 3, split.data(), threads, MatmulPrecision::int8);
+            matmul(w, x.data() + 3 * cols, 8, split.data() + 3 * rows, threads, MatmulPrecision::int8);
+            CHECK(same_bits(split, batched));
+        }
+    }
+}
+
+TEST_CASE("int8 matmul: close to the exact product; F32 and Q8_0 weights take the f32 path") {
+    const std::size_t rows = 64, cols = 512, n = 3;
+    auto x = random_floats(n * cols, 9);
+    for (WeightFormat f : {WeightFormat::Q4_1}) {
+        CAPTURE(weight_format_name(f));
+        const WeightMatrix w = random_matrix(f, rows, cols, 7);
+        std::vector<float> got(n * rows), ref(n * rows), f32(n * rows);
+        matmul(w, x.data(), n, got.data(), 1, MatmulPrecision::int8);
+        matmul(w, x.data(), n, f32.data(), 1);
+        matmul_reference(w, x.data(), n, ref.data());
+        // Rounding moves each activation by at most half a step, max|x_block| / 254, so the error of output
+        // r is at most sum_b max|x_b| / 254 * sum_{j in b} |w_rj| (plus float rounding), and far below that
+        // on average, since the errors have random signs.
+        std::vector<float> wrow(cols);
+        double mean_ratio = 0;
+        for (std::size_t r = 0; r < rows; ++r) {
+            w.dequantize_row(r, wrow.data());
+            for (std::size_t t = 0; t < n; ++t) {
+                double bound = 1e-4;
+                for (std::size_t b = 0; b < cols / 32; ++b) {
+                    double amax = 0, wsum = 0;
+                    for (std::size_t j = b * 32; j < b * 32 + 32; ++j) {
+                        amax = std::max(amax, double(std::fabs(x[t * cols + j])));
+                        wsum += std::fabs(double(wrow[j]));
+                    }
+                    bound += amax / 254 * wsum;
+                }
+                const double err = std::fabs(double(got[t * rows + r]) - double(ref[t * rows + r]));
+                CHECK(err <= bound);
+                mean_ratio += err / bound / double(rows * n);
+            }
+        }
+        CHECK(mean_ratio < 0.1);
+        CHECK_FALSE(same_bits(got, f32));  // it really is another path
+    }
+    const auto wf = WeightMatrix::from_floats(rows, cols, random_floats(rows * cols, 4));
+    std::vector<float> a(n * rows), b(n * rows);
+    matmul(wf, x.data(), n, a.data(), 1, MatmulPrecision::int8);
+    matmul(wf, x.data(), n, b.data(), 1, MatmulPrecision::f32);
+    CHECK(same_bits(a, b));
+    CHECK_THROWS_AS(matmul_int8_scalar(wf, x.data(), n, a.data()), ShapeError);
+    const WeightMatrix w8 = random_matrix(WeightFormat::Q8_0, rows, cols, 7);
+    matmul(w8, x.data(), n, a.data(), 1, MatmulPrecision::int8);
+    matmul(w8, x.data(), n, b.data(), 1, MatmulPrecision::f32);
+    CHECK(same_bits(a, b));
+    CHECK_THROWS_AS(matmul_int8_scalar(w8, x.data(), n, a.data()), ShapeError);
+}
+
+TEST_CASE("matmul precision names round-trip; an unknown name is a ConfigError") {
+    CHECK(parse_matmul_precision(matmul_precision_name(MatmulPrecision::f32)) == MatmulPrecision::f32);
+    CHECK(parse_matmul_precision(matmul_precision_name(MatmulPrecision::int8)) == MatmulPrecision::int8);
+    CHECK_THROWS_AS(parse_matmul_precision("int4"), ConfigError);
+}

@@ -11,17 +11,12 @@
 #include "kvcache/element_types.hpp"
 #include "kvcache/error.hpp"
 #include "kvcache/model/matmul.hpp"
+#include "matmul_test_support.hpp"
 
 using namespace kvcache;
+using kvcache::test::random_floats;
 
 namespace {
-
-std::vector<float> random_floats(std::size_t n, std::uint64_t seed, float scale = 1.0f) {
-    std::mt19937_64 g(seed);
-    std::vector<float> v(n);
-    for (auto& x : v) x = (float((g() >> 11) * 0x1.0p-53) * 2 - 1) * scale;
-    return v;
-}
 
 /// Random blocks with sane fp16 scales; every code value occurs.
 std::vector<std::byte> random_blocks(WeightFormat f, std::size_t rows, std::size_t cols, std::uint64_t seed) {

@@ -29,6 +29,7 @@
 #include "kvcache/cache/concept.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
 #include "kvcache/detail/format.hpp"
+#include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/error.hpp"
 #include "kvcache/model/matmul.hpp"
 #include "kvcache/model/ops.hpp"
@@ -204,6 +205,12 @@ private:
     /// tokens of all items and the logit rows wanted.
     template <KVCacheLike Cache>
     std::pair<std::size_t, std::size_t> check_batch(std::span<const ForwardItem<Cache>> items);
+    /// Threads for running the items' attention side by side (one item per task), or 1 to run the items one
+    /// after another, each over its own kv heads and segments. Side by side when there are several items and
+    /// none has more than a thread's share of the work (tokens × positions), e.g. a step of many decodes; a
+    /// long prompt's prefill among them, or a single item, keeps the split inside each item.
+    template <KVCacheLike Cache>
+    int threads_across_items(std::span<const ForwardItem<Cache>> items, int threads) const;
     /// Final norm and output matrix for the rows whose logits are wanted, into each item's logits buffer.
     template <KVCacheLike Cache>
     void write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads,
@@ -249,6 +256,7 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
     }
 
     const std::size_t n = total;
+    const int attention_threads = threads_across_items(items, threads);
     for (std::size_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights& w = weights_.layers[l];
 
@@ -272,8 +280,23 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
             // The item's cache now holds positions [0, pos + ni) of this layer; its queries are the last ni.
             items[i].cache->append(l, items[i].row, std::span<const float>(ki, ni * c.kv_dim()),
                                    std::span<const float>(v_.data() + off * c.kv_dim(), ni * c.kv_dim()), ni);
-            attention(*items[i].cache, l, items[i].row, std::span<const float>(qi, ni * c.q_dim()), ni, c.n_heads,
-                      std::span<float>(att_.data() + off * c.q_dim(), ni * c.q_dim()), attn_opts);  // att (ni, q_dim)
+        }
+        const auto attend = [&](std::size_t i) {
+            const std::size_t ni = items[i].tokens.size(), off = offsets_[i];
+            if (ni == 0) return;
+            attention(*items[i].cache, l, items[i].row, std::span<const float>(q_.data() + off * c.q_dim(), ni * c.q_dim()),
+                      ni, c.n_heads, std::span<float>(att_.data() + off * c.q_dim(), ni * c.q_dim()),
+                      attn_opts);  // att (ni, q_dim)
+        };
+        if (attention_threads > 1) {
+            // Items side by side, one whole item per claim (attention inside a parallel_for runs on its caller):
+            // one dispatch per layer instead of one per item, and no item's kv heads split unevenly over the
+            // threads. An item's result does not depend on which thread computes it.
+            detail::parallel_for(items.size(), 1, attention_threads, [&](std::size_t first, std::size_t end) {
+                for (std::size_t i = first; i < end; ++i) attend(i);
+            });
+        } else {
+            for (std::size_t i = 0; i < items.size(); ++i) attend(i);  // each item threaded over its own work
         }
         matmul(w.wo, att_.data(), n, xb_.data(), threads, precision);                     // xb  (n, d_model)
         add_into(x_.data(), xb_.data(), n * c.d_model);
@@ -288,6 +311,24 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
     }
 
     write_logits(items, logit_rows, threads, options.precision);
+}
+
+template <KVCacheLike Cache>
+int Decoder::threads_across_items(std::span<const ForwardItem<Cache>> items, int threads) const {
+    std::size_t work = 0, largest = 0, busy = 0;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        const std::size_t ni = items[i].tokens.size();
+        if (ni == 0) continue;
+        const std::size_t w = ni * (positions_[i] + ni);
+        work += w;
+        largest = std::max(largest, w);
+        ++busy;
+    }
+    if (busy < 2) return 1;
+    // bytes of K and V the whole layer's attention reads, as fp32 (only to judge whether threads pay off)
+    const std::size_t bytes = work * weights_.config.kv_dim() * 2 * sizeof(float);
+    const int n = detail::thread_count(threads, busy, bytes);
+    return n > 1 && largest * static_cast<std::size_t>(n) <= work ? n : 1;
 }
 
 template <KVCacheLike Cache>

@@ -9,7 +9,7 @@
 //   save (no fsync)   the same with SaveOptions::durable = false: serialising and the page cache only
 //   save, replacing   durable, over an existing file (the rename then also frees the old file's pages)
 //   map               open + mmap(MAP_POPULATE) + header/table/metadata checks, no payload touched
-//   verify            read_cache_file_info(path, true): map + every checksum, nothing copied
+//   verify            read_cache_file_info(path, VerifyPayload::yes): map + every checksum, nothing copied
 //   load warm         load_cache_file with the file in the page cache (map, verify, copy into the cache)
 //   load cold         the same after posix_fadvise(DONTNEED) dropped the file from the page cache, so the
 //                     mapping reads the disk (a virtual disk may still be cached by its host)
@@ -119,7 +119,7 @@ void run(std::size_t tokens, int runs, const fs::path& dir) {
         std::exit(1);
     }
     const double map = best_seconds(runs, [] {}, [&] { detail::CacheFileReader reader(path); });
-    const double verify = best_seconds(runs, [] {}, [&] { read_cache_file_info(path, true); });
+    const double verify = best_seconds(runs, [] {}, [&] { read_cache_file_info(path, VerifyPayload::yes); });
     const double load_warm = best_seconds(runs, [&] { target.clear(); }, [&] { load_cache_file(path, target, 0, fp); });
     bool cold_ok = true;
     const double load_cold = best_seconds(

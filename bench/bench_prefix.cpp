@@ -120,7 +120,7 @@ int main(int argc, char** argv) try {
         warm_token = argmax(logits);
         warm = std::min(warm, seconds_since(t0));
         reused = p.reused_tokens;
-        session.finish(p.sequence, /*cache_prefix=*/false);  // keep the cache as it was for the next run
+        session.finish(p.sequence, CachePrefix::no);  // keep the cache as it was for the next run
     }
     const bool bitwise = std::memcmp(logits.data(), cold_logits.data(), logits.size() * sizeof(float)) == 0;
 
@@ -132,12 +132,12 @@ int main(int argc, char** argv) try {
         branches.push_back(session.branch(root.sequence));
         session.extend(branches.back(), some_tokens(branch_tokens, 100 + b, vocab), logits);
     }
-    session.finish(root.sequence, false);  // the branches keep the prefix alive
+    session.finish(root.sequence, CachePrefix::no);  // the branches keep the prefix alive
     const std::size_t pool_bytes = pool.bytes_in_use();
     const std::size_t copy_bytes =
         n_branches * MultiLayerKVCache<float>::bytes_for(model.cache_layers(), 1, n_prompt + branch_tokens);
     const std::size_t prefix_bytes = PagedKVPool<float>::blocks_for(n_prompt, block) * pool.block_bytes();
-    for (SequenceId b : branches) session.finish(b, false);
+    for (SequenceId b : branches) session.finish(b, CachePrefix::no);
 
     fmt::print(
         "{{\n"

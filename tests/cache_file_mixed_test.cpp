@@ -127,7 +127,7 @@ TEMPLATE_TEST_CASE("cache file: keys and values of different element types round
     const auto fp = make_fingerprint(kModel, source);
     save_cache_file(dir / "m.kvc", source, 0, token_ids(N), fp, {.durable = false});
 
-    const CacheFileInfo info = read_cache_file_info(dir / "m.kvc", /*verify_payload=*/true);
+    const CacheFileInfo info = read_cache_file_info(dir / "m.kvc", VerifyPayload::yes);
     CHECK(info.version == 2);
     CHECK(info.key_element == element_name<K>());
     CHECK(info.value_element == element_name<V>());
@@ -172,7 +172,7 @@ TEST_CASE("cache file: a file of one element type is still version 1; the golden
     const auto fp = make_fingerprint("golden-v1-model", cache);
     const fs::path golden = fs::path(KVCACHE_FIXTURES_DIR) / "cache_file" / "q8_0_v1.kvc";
 
-    const auto info = read_cache_file_info(golden, true);
+    const auto info = read_cache_file_info(golden, VerifyPayload::yes);
     CHECK(info.version == 1);
     CHECK(info.element == "q8_0");
     CHECK(info.key_element == "q8_0");

@@ -742,7 +742,7 @@ TEST_CASE("cache file: extension sections after the known ones are checked and s
     CHECK_THROWS_WITH(load_cache_file(dir / "bad.kvc", other, 0, fp), Catch::Contains("extension section"));
     CHECK(other.seq_len(0) == 0);
     CHECK(read_cache_file_info(dir / "bad.kvc").tokens == token_ids(2));
-    CHECK_THROWS_AS(read_cache_file_info(dir / "bad.kvc", true), FormatError);
+    CHECK_THROWS_AS(read_cache_file_info(dir / "bad.kvc", VerifyPayload::yes), FormatError);
 
     // a known kind again is not an extension
     auto twice = out;
@@ -759,7 +759,7 @@ TEST_CASE("cache file: read_cache_file_info, fingerprints and the checksum", "[c
     fill_row(cache, 0, 4, 1);
     const auto fp = make_fingerprint(fingerprint_digest(std::string_view("model metadata")), cache);
     save_cache_file(dir / "i.kvc", cache, 0, token_ids(4), fp);
-    const CacheFileInfo info = read_cache_file_info(dir / "i.kvc", true);
+    const CacheFileInfo info = read_cache_file_info(dir / "i.kvc", VerifyPayload::yes);
     CHECK(info.tokens == token_ids(4));
     CHECK(info.fingerprint == fp);
     CHECK(info.layers.size() == 30);

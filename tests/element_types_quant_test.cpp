@@ -340,7 +340,7 @@ TEMPLATE_TEST_CASE("quantised caches save to cache files and load back bit for b
     const CacheFingerprint fp = make_fingerprint("test-model", cache);
     CHECK_THAT(fp.cache, Catch::Contains(std::string(element_name<T>())));
     save_cache_file(path, cache, 0, tokens, fp, {.durable = false});
-    const CacheFileInfo info = read_cache_file_info(path, true);
+    const CacheFileInfo info = read_cache_file_info(path, VerifyPayload::yes);
     CHECK(info.element == element_name<T>());
 
     MultiLayerKVCache<T> loaded(CacheShape{3, H, D}, 1, N);

@@ -427,7 +427,7 @@ TEST_CASE("PagedSession: errors") {
     CHECK_THROWS_AS(session.extend(foreign, bad, logits), IndexError);
     CHECK_THROWS_AS(session.tokens(foreign), IndexError);
     CHECK_THROWS_AS(session.finish(foreign), IndexError);
-    session.finish(p.sequence, false);  // not cached
+    session.finish(p.sequence, CachePrefix::no);  // not cached
     CHECK(prefixes.cached_blocks() == 0);
     CHECK_THROWS_AS(session.extend(p.sequence, bad, logits), IndexError);
     CHECK_THROWS_AS(session.tokens(p.sequence), IndexError);

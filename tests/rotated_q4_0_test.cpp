@@ -162,7 +162,7 @@ TEST_CASE("a q4_0h cache file records the rotation (code 6) and does not load as
     cache.append(0, 0, kv, kv, 5);
     const std::vector<std::int32_t> tokens{1, 2, 3, 4, 5};
     save_cache_file(path, cache, 0, tokens, make_fingerprint("m", cache), {.durable = false});
-    CHECK(read_cache_file_info(path, true).element == "q4_0h");
+    CHECK(read_cache_file_info(path, VerifyPayload::yes).element == "q4_0h");
     MultiLayerKVCache<q4_0> plain(CacheShape{1, 2, 64}, 1, 5);
     // the fingerprint the file was saved with matches; the element code (6, not 5) is what refuses it
     CHECK_THROWS_AS(load_cache_file(path, plain, 0, make_fingerprint("m", cache)), FingerprintMismatch);

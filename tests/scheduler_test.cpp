@@ -421,7 +421,7 @@ TEST_CASE("scheduler: kept sequences continue, fork, truncate and release") {
     s.adopt(made, prompt);
     CHECK_THROWS_AS(s.adopt(made, prompt), IndexError);
     CHECK(s.tokens(made) == prompt);
-    s.release(made, false);
+    s.release(made, CachePrefix::no);
     CHECK(pool.used_blocks() == 0);
     CHECK_THROWS_AS(s.adopt(made, prompt), IndexError);
 }

@@ -74,7 +74,9 @@ public:
     SchedulerStats stats() const { return visit([](auto& s) { return s.stats(); }); }
     SequenceId fork(SequenceId from, std::size_t position) { return visit([&](auto& s) { return s.fork(from, position); }); }
     void truncate(SequenceId id, std::size_t n) { visit([&](auto& s) { s.truncate(id, n); }); }
-    void release(SequenceId id, bool cache_prefix = true) { visit([&](auto& s) { s.release(id, cache_prefix); }); }
+    void release(SequenceId id, CachePrefix cache_prefix = CachePrefix::yes) {
+        visit([&](auto& s) { s.release(id, cache_prefix); });
+    }
     std::vector<std::int32_t> tokens(SequenceId id) const { return visit([&](auto& s) { return s.tokens(id); }); }
     void adopt(SequenceId id, std::vector<std::int32_t> t) { visit([&](auto& s) { s.adopt(id, std::move(t)); }); }
     bool is_kept(SequenceId id) const { return visit([&](auto& s) { return s.is_kept(id); }); }

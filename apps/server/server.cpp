@@ -455,7 +455,7 @@ struct Server::Impl {
                                                  std::chrono::duration<double>(options.slot_wait_seconds));
         while (slots.size() >= slots.max_slots()) {
             if (Slot* victim = slots.least_recently_used_idle(keep)) {
-                if (victim->sequence) scheduler->release(*victim->sequence, /*cache_prefix=*/true);
+                if (victim->sequence) scheduler->release(*victim->sequence, CachePrefix::yes);
                 slots.erase(victim->id);
                 continue;
             }
@@ -623,7 +623,7 @@ struct Server::Impl {
         } catch (...) {
             // Nothing ran: give back what was prepared.
             if (job->new_slot) {
-                if (forked) scheduler->release(*forked, false);
+                if (forked) scheduler->release(*forked, CachePrefix::no);
                 slots.erase(slot->id);
             } else {
                 slot->sequence = job->handed_over;
@@ -658,7 +658,7 @@ struct Server::Impl {
         generated_tokens_total += r.tokens.size();
         if (!ok) ++cancelled_total;
         if (!slot) {  // cannot happen while busy; release rather than leak
-            if (sequence) scheduler->release(*sequence, false);
+            if (sequence) scheduler->release(*sequence, CachePrefix::no);
         } else if (ok && sequence) {
             slot->sequence = sequence;
             slot->tokens = scheduler->tokens(*sequence);
@@ -676,7 +676,7 @@ struct Server::Impl {
             std::lock_guard m(metrics_mutex);
             last_tokens_per_second = r.tokens_per_second;
         } else if (job->new_slot) {
-            if (sequence) scheduler->release(*sequence, false);
+            if (sequence) scheduler->release(*sequence, CachePrefix::no);
             slots.erase(slot->id);
         } else {
             // Back to what the slot held before the request (minus what the new prompt did not share).
@@ -975,7 +975,7 @@ struct Server::Impl {
             if (!s) throw not_found("unknown_slot", fmt::format("slot {} does not exist", id), "id");
             if (s->busy) throw conflict("slot_busy", fmt::format("slot {} is busy", id));
             const std::size_t n = s->tokens.size();
-            if (s->sequence) scheduler->release(*s->sequence, /*cache_prefix=*/false);
+            if (s->sequence) scheduler->release(*s->sequence, CachePrefix::no);
             slots.erase(id);
             slot_freed.notify_all();
             send_json(res, {{"id_slot", id}, {"n_erased", n}});
@@ -1017,7 +1017,7 @@ struct Server::Impl {
             scheduler->adopt(seq, info.tokens);
             s = slots.find(id);
             if (s) {
-                if (s->sequence) scheduler->release(*s->sequence, false);
+                if (s->sequence) scheduler->release(*s->sequence, CachePrefix::no);
             } else {
                 s = &slots.create(id);
             }

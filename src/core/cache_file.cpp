@@ -754,9 +754,9 @@ const std::byte* CacheFileReader::payload(std::size_t layer, KV kind) const {
 
 }  // namespace detail
 
-CacheFileInfo read_cache_file_info(const fs::path& path, bool verify_payload) {
+CacheFileInfo read_cache_file_info(const fs::path& path, VerifyPayload verify) {
     detail::CacheFileReader file(path);
-    if (verify_payload) file.verify_payload();
+    if (verify == VerifyPayload::yes) file.verify_payload();
     return file.info();
 }
 

@@ -522,7 +522,8 @@ void BasicScheduler<T>::finish(std::unique_ptr<Active> a, FinishReason reason, s
             keep(*a->sequence, std::move(a->fed));
             a->sequence.reset();
         } else {
-            end_sequence(*a, reason == FinishReason::Length || reason == FinishReason::Stop);
+            end_sequence(*a, reason == FinishReason::Length || reason == FinishReason::Stop ? CachePrefix::yes
+                                                                                          : CachePrefix::no);
         }
     }
     ++engine_stats_.finished;
@@ -545,7 +546,7 @@ void BasicScheduler<T>::finish(std::unique_ptr<Active> a, FinishReason reason, s
 template <StorageElement T>
 void BasicScheduler<T>::preempt(std::unique_ptr<Active> a) {
     // Its tokens go into the prefix cache, so if the blocks survive until it runs again nothing is recomputed.
-    end_sequence(*a, true);
+    end_sequence(*a, CachePrefix::yes);
     a->fed.insert(a->fed.end(), a->to_feed.begin(), a->to_feed.end());
     a->to_feed = std::move(a->fed);
     a->fed.clear();
@@ -556,9 +557,9 @@ void BasicScheduler<T>::preempt(std::unique_ptr<Active> a) {
 }
 
 template <StorageElement T>
-void BasicScheduler<T>::end_sequence(Active& a, bool cache_prefix) {
+void BasicScheduler<T>::end_sequence(Active& a, CachePrefix cache_prefix) {
     if (!a.sequence) return;
-    if (prefixes_ && cache_prefix && !a.fed.empty()) prefixes_->insert(a.fed, *a.sequence);
+    if (prefixes_ && cache_prefix == CachePrefix::yes && !a.fed.empty()) prefixes_->insert(a.fed, *a.sequence);
     pool_->free_sequence(*a.sequence);
     a.sequence.reset();
     if (prefixes_) prefixes_->trim();
@@ -655,10 +656,10 @@ void BasicScheduler<T>::truncate(SequenceId id, std::size_t n) {
 }
 
 template <StorageElement T>
-void BasicScheduler<T>::release(SequenceId id, bool cache_prefix) {
+void BasicScheduler<T>::release(SequenceId id, CachePrefix cache_prefix) {
     const auto lock = lock_engine();
     KeptSequence& k = kept(id);
-    if (prefixes_ && cache_prefix && !k.tokens.empty()) prefixes_->insert(k.tokens, id);
+    if (prefixes_ && cache_prefix == CachePrefix::yes && !k.tokens.empty()) prefixes_->insert(k.tokens, id);
     pool_->free_sequence(id);
     kept_[id.index].reset();
     --kept_count_;

@@ -103,7 +103,7 @@ int run(kvcache::fuzz::Input& in, std::uint8_t mode, MemFile& file, const std::s
     }
 
     try {
-        (void)kvcache::read_cache_file_info(file.path, true);
+        (void)kvcache::read_cache_file_info(file.path, kvcache::VerifyPayload::yes);
     } catch (const kvcache::Error&) {
     }
     Cache target(shapes, 1, 8);

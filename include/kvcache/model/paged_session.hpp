@@ -132,11 +132,11 @@ public:
         return pool_->sequence(id);
     }
 
-    /// Ends a sequence: its tokens go into the prefix cache (if there is one and cache_prefix is set), then
-    /// its blocks are released and the cache is trimmed to its budget.
-    void finish(SequenceId id, bool cache_prefix = true) {
+    /// Ends a sequence: its tokens go into the prefix cache (if there is one and cache_prefix is
+    /// CachePrefix::yes), then its blocks are released and the cache is trimmed to its budget.
+    void finish(SequenceId id, CachePrefix cache_prefix = CachePrefix::yes) {
         Entry& e = entry(id);
-        if (prefixes_ && cache_prefix) prefixes_->insert(e.tokens, id);
+        if (prefixes_ && cache_prefix == CachePrefix::yes) prefixes_->insert(e.tokens, id);
         pool_->free_sequence(id);
         e.tokens.clear();
         e.live = false;
@@ -171,7 +171,7 @@ public:
             finish(id);
             return result;
         } catch (...) {
-            if (started && pool_->contains(id)) finish(id, false);
+            if (started && pool_->contains(id)) finish(id, CachePrefix::no);
             throw;
         }
     }

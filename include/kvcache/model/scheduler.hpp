@@ -218,9 +218,9 @@ public:
     SequenceId fork(SequenceId from, std::size_t position);
     /// Keeps the first n tokens of a kept sequence (no-op if it holds fewer). IndexError if not kept.
     void truncate(SequenceId id, std::size_t n);
-    /// Ends a kept sequence: its tokens go into the prefix cache (if any and cache_prefix), its blocks back.
-    /// IndexError if not kept.
-    void release(SequenceId id, bool cache_prefix = true);
+    /// Ends a kept sequence: its tokens go into the prefix cache (if any and cache_prefix is CachePrefix::yes),
+    /// its blocks back. IndexError if not kept.
+    void release(SequenceId id, CachePrefix cache_prefix = CachePrefix::yes);
     /// The tokens a kept sequence holds (its K/V are in the pool). IndexError if not kept.
     std::vector<std::int32_t> tokens(SequenceId id) const;
     /// Makes a sequence of the pool (e.g. one loaded from a cache file inside exclusive()) a kept sequence
@@ -258,7 +258,7 @@ private:
     bool emit_text(Active& a, std::int32_t token, const std::string& piece, bool& keep_going);
     void finish(std::unique_ptr<Active> a, FinishReason reason, std::exception_ptr error = nullptr);
     void preempt(std::unique_ptr<Active> a);
-    void end_sequence(Active& a, bool cache_prefix);
+    void end_sequence(Active& a, CachePrefix cache_prefix);
     void publish_stats();
     std::unique_ptr<Active> take_running(const Active* a);
     void keep(SequenceId id, std::vector<std::int32_t> tokens);

@@ -277,9 +277,12 @@ void save_cache_file(const std::filesystem::path& path, const C& cache, std::siz
     writer.commit();
 }
 
+/// Whether read_cache_file_info also checks the payload's checksums (reading every byte of it).
+enum class VerifyPayload : bool { no = false, yes = true };
+
 /// Reads a cache file's header, fingerprint and token ids, checking everything but the payload's
-/// checksums (or those too, with verify_payload). Nothing is loaded.
-CacheFileInfo read_cache_file_info(const std::filesystem::path& path, bool verify_payload = false);
+/// checksums (or those too, with VerifyPayload::yes). Nothing is loaded.
+CacheFileInfo read_cache_file_info(const std::filesystem::path& path, VerifyPayload verify = VerifyPayload::no);
 
 /// Loads a file written by save_cache_file into batch row `row` of `cache`, which must be empty in every
 /// layer, and returns what the file holds (its token ids above all). The file is memory-mapped and all of it

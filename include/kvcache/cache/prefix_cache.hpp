@@ -34,11 +34,11 @@
 
 namespace kvcache {
 
-/// How much of a token sequence a match covers.
 /// Whether a sequence that ends leaves its tokens in the prefix cache (PagedSession::finish,
 /// Scheduler::release): CachePrefix::no for one whose tokens no later request should reuse.
 enum class CachePrefix : bool { no = false, yes = true };
 
+/// How much of a token sequence a match covers.
 enum class PrefixMatchKind {
     None,          ///< nothing cached starts like these tokens
     BlockAligned,  ///< a whole number of blocks, each used fully

@@ -269,6 +269,10 @@ TEST_CASE("cache file: every byte of a version-2 file is checked", "[cache_file]
         reseal(b);
         CHECK_THAT(rejected(b), Catch::Contains("values of layer 0 section has 54 bytes; 3 tokens of 1x32 f16 need 192"));
         b = bytes;
+        set_u16(b, 32, 6);  // keys: the retired first q4_0h (32-value rotations) is refused by name
+        reseal(b);
+        CHECK_THAT(rejected(b), Catch::Contains("element type 6 for the keys is the first q4_0h"));
+        b = bytes;
         b[8] = 3;  // a version this reader does not know
         reseal(b);
         CHECK_THAT(rejected(b), Catch::Contains("format version 3 is not one this reader knows (it reads version 1 to 2)"));

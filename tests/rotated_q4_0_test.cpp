@@ -1,9 +1,11 @@
-// q4_0h (q4_0 blocks of Walsh–Hadamard-rotated values): the transform is the Sylvester Hadamard matrix with the
-// fixed signs, exactly; the stored blocks are GGUF q4_0 blocks of the rotation; decoding inverts it; a rotated
-// query against the stored blocks gives the dot product with the decoded values; a block with an outlier channel
-// loses far less than plain q4_0 (why the type exists); attention and cache files over it.
+// q4_0h (two q4_0 blocks of a 64-value Walsh–Hadamard rotation): the transform is the Sylvester Hadamard matrix
+// over 8, exactly, and its own inverse; the stored blocks are q4_0 blocks of the rotation, quantised with the
+// scale of least squared error; decoding inverts it; a rotated query against the stored blocks gives the dot
+// product with the decoded values; a block with an outlier channel loses far less than plain q4_0 (why the type
+// exists); attention and cache files over it.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <bit>
 #include <cmath>
 #include <cstddef>
@@ -18,6 +20,7 @@
 #include "kvcache/cache/layout.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
 #include "kvcache/element_types.hpp"
+#include "kvcache/error.hpp"
 #include "kvcache/persist/cache_file.hpp"
 #include "kvcache/testing/random.hpp"
 
@@ -26,18 +29,33 @@ using kvcache::testing::random_normal;
 
 namespace {
 
-/// Entry (i, j) of the 32 x 32 Sylvester Hadamard matrix: (-1)^popcount(i & j).
+/// Entry (i, j) of the 64 x 64 Sylvester Hadamard matrix: (-1)^popcount(i & j).
 int hadamard(std::size_t i, std::size_t j) { return std::popcount(static_cast<unsigned>(i & j)) % 2 ? -1 : 1; }
 
-/// D·x with D's signs from the format's pattern, in double.
-double signed_channel(const float* x, std::size_t j) {
-    return ((detail::kRotationSigns >> j) & 1u) ? -double(x[j]) : double(x[j]);
+/// H·x / 8 for 64 values, in double.
+std::vector<double> rotated_in_double(const float* x) {
+    std::vector<double> y(64);
+    for (std::size_t i = 0; i < 64; ++i) {
+        double s = 0.0;
+        for (std::size_t j = 0; j < 64; ++j) s += hadamard(i, j) * double(x[j]);
+        y[i] = s / 8.0;
+    }
+    return y;
 }
 
 double rms_error(const std::vector<float>& a, const std::vector<float>& b) {
     double s = 0.0;
     for (std::size_t i = 0; i < a.size(); ++i) s += (double(a[i]) - double(b[i])) * (double(a[i]) - double(b[i]));
     return std::sqrt(s / double(a.size()));
+}
+
+/// Squared error of 32 values against their q4_0 block.
+double block_error(const float* y, const q4_0& block) {
+    float back[32];
+    ElementTraits<q4_0>::decode(&block, back, 32);
+    double e = 0.0;
+    for (std::size_t j = 0; j < 32; ++j) e += (double(y[j]) - double(back[j])) * (double(y[j]) - double(back[j]));
+    return e;
 }
 
 template <class T>
@@ -51,63 +69,94 @@ std::vector<float> through(const std::vector<float>& x) {
 
 }  // namespace
 
-TEST_CASE("walsh_hadamard32 is the Sylvester Hadamard matrix, exactly, and H·H = 32·I", "[element_types][rotated]") {
-    // small integers: every sum is exact in float, so the butterflies must equal the matrix product bit for bit
-    std::vector<float> x(32);
-    for (std::size_t j = 0; j < 32; ++j) x[j] = static_cast<float>(static_cast<int>((j * 37 + 11) % 19) - 9);
+TEST_CASE("walsh_hadamard64 is the Sylvester Hadamard matrix over 8, exactly, and its own inverse",
+          "[element_types][rotated]") {
+    // small integers: every sum is exact in float and /8 is exact, so the butterflies must equal the matrix
+    // product bit for bit
+    std::vector<float> x(64);
+    for (std::size_t j = 0; j < 64; ++j) x[j] = static_cast<float>(static_cast<int>((j * 37 + 11) % 19) - 9);
     std::vector<float> y = x;
-    detail::walsh_hadamard32(y.data());
-    for (std::size_t i = 0; i < 32; ++i) {
-        double want = 0.0;
-        for (std::size_t j = 0; j < 32; ++j) want += hadamard(i, j) * double(x[j]);
-        CHECK(double(y[i]) == want);
-    }
-    detail::walsh_hadamard32(y.data());
-    for (std::size_t j = 0; j < 32; ++j) CHECK(y[j] == 32.0f * x[j]);
+    detail::walsh_hadamard64(y.data());
+    const auto want = rotated_in_double(x.data());
+    for (std::size_t i = 0; i < 64; ++i) CHECK(double(y[i]) == want[i]);
+    detail::walsh_hadamard64(y.data());
+    for (std::size_t j = 0; j < 64; ++j) CHECK(y[j] == x[j]);
 }
 
-TEST_CASE("q4_0h stores the GGUF q4_0 block of H·D·x / 8 and decodes it as D·H·y / 4", "[element_types][rotated]") {
-    const auto x = random_normal(4 * 32, 41);
+TEST_CASE("q4_0h stores q4_0 blocks of H·x / 8 and decodes them as H·y / 8", "[element_types][rotated]") {
+    const auto x = random_normal(4 * 64, 41);
     std::vector<q4_0h> blocks(4);
     ElementTraits<q4_0h>::encode(x.data(), blocks.data(), x.size());
     std::vector<float> decoded(x.size());
     ElementTraits<q4_0h>::decode(blocks.data(), decoded.data(), x.size());
     for (std::size_t b = 0; b < 4; ++b) {
-        const float* xb = x.data() + b * 32;
-        // the rotation, in double, quantised as plain q4_0: the same bytes (the float butterflies round only in
-        // the last bit, far from any of q4_0's rounding boundaries for these inputs)
-        std::vector<float> y(32);
-        for (std::size_t i = 0; i < 32; ++i) {
-            double s = 0.0;
-            for (std::size_t j = 0; j < 32; ++j) s += hadamard(i, j) * signed_channel(xb, j);
-            y[i] = static_cast<float>(s / 8.0);
+        const auto y = rotated_in_double(x.data() + b * 64);
+        std::vector<float> yf(y.begin(), y.end());
+        const q4_0* stored = ElementTraits<q4_0h>::stored(&blocks[b]);
+        CHECK(stored == &blocks[b].blocks[0]);
+        for (std::size_t h = 0; h < 2; ++h) {
+            // the levels are the nearest ones for the stored scale (y / d rounded half up, clamped to -8..7)
+            const float d = fp16::to_float(stored[h].d.bits);
+            REQUIRE(d != 0.0f);
+            for (std::size_t j = 0; j < 32; ++j) {
+                const int level = static_cast<int>((stored[h].qs[j % 16] >> (j < 16 ? 0 : 4)) & 0x0f) - 8;
+                const double exact = double(yf[h * 32 + j]) / double(d);
+                const int nearest = static_cast<int>(std::clamp(std::floor(exact + 0.5), -8.0, 7.0));
+                // (values within a rounding error of a half-way point may go either way)
+                if (std::fabs(exact - std::floor(exact) - 0.5) > 1e-4) CHECK(level == nearest);
+            }
+            // and the scale does at least as well as q4_0's largest-value rule on the same values
+            q4_0 plain;
+            ElementTraits<q4_0>::encode(yf.data() + h * 32, &plain, 32);
+            CHECK(block_error(yf.data() + h * 32, stored[h]) <= block_error(yf.data() + h * 32, plain) * (1 + 1e-6));
         }
-        q4_0 plain;
-        ElementTraits<q4_0>::encode(y.data(), &plain, 32);
-        CHECK(std::memcmp(&plain, ElementTraits<q4_0h>::stored(&blocks[b]), sizeof(q4_0)) == 0);
-        // decode: D·H·(dequantised y) / 4
-        float yq[32];
-        ElementTraits<q4_0>::decode(ElementTraits<q4_0h>::stored(&blocks[b]), yq, 32);
-        for (std::size_t j = 0; j < 32; ++j) {
-            double s = 0.0;
-            for (std::size_t i = 0; i < 32; ++i) s += hadamard(j, i) * double(yq[i]);
-            const double want = ((detail::kRotationSigns >> j) & 1u ? -s : s) / 4.0;
-            CHECK(std::fabs(double(decoded[b * 32 + j]) - want) <= 1e-6 * (1.0 + std::fabs(want)));
+        // decode: H·(dequantised y) / 8
+        float yq[64];
+        ElementTraits<q4_0>::decode(stored, yq, 64);
+        const auto want = rotated_in_double(yq);
+        for (std::size_t j = 0; j < 64; ++j) {
+            CHECK(std::fabs(double(decoded[b * 64 + j]) - want[j]) <= 1e-6 * (1.0 + std::fabs(want[j])));
         }
     }
 }
 
+TEST_CASE("q4_0h's least-squares scale: lower error than q4_0's rule over many blocks, zeros stay zeros",
+          "[element_types][rotated]") {
+    const auto y = random_normal(1000 * 32, 50);
+    double least_squares = 0.0, largest_value_rule = 0.0;
+    for (std::size_t b = 0; b < 1000; ++b) {
+        q4_0 ls, plain;
+        detail::encode_q4_0_least_squares(y.data() + b * 32, ls);
+        ElementTraits<q4_0>::encode(y.data() + b * 32, &plain, 32);
+        least_squares += block_error(y.data() + b * 32, ls);
+        largest_value_rule += block_error(y.data() + b * 32, plain);
+    }
+    INFO("squared error: least squares " << least_squares << ", q4_0's rule " << largest_value_rule);
+    CHECK(least_squares < 0.9 * largest_value_rule);
+    // an all-zero block: scale 0, every level 0 (nibble 8), decodes to zeros
+    const std::vector<float> zeros(64, 0.0f);
+    q4_0h z;
+    ElementTraits<q4_0h>::encode(zeros.data(), &z, 64);
+    for (const q4_0& block : z.blocks) {
+        CHECK(block.d.bits == 0);
+        for (std::uint8_t byte : block.qs) CHECK(byte == 0x88);
+    }
+    float back[64];
+    ElementTraits<q4_0h>::decode(&z, back, 64);
+    for (float v : back) CHECK(v == 0.0f);
+}
+
 TEST_CASE("a rotated query against the stored blocks is the dot product with the decoded values",
           "[element_types][rotated]") {
-    const auto k = random_normal(64, 42), q = random_normal(64, 43);
+    const auto k = random_normal(128, 42), q = random_normal(128, 43);
     std::vector<q4_0h> blocks(2);
-    ElementTraits<q4_0h>::encode(k.data(), blocks.data(), 64);
-    std::vector<float> decoded(64), raw(64), rq = q;
-    ElementTraits<q4_0h>::decode(blocks.data(), decoded.data(), 64);
-    for (std::size_t b = 0; b < 2; ++b) ElementTraits<q4_0>::decode(ElementTraits<q4_0h>::stored(&blocks[b]), raw.data() + b * 32, 32);
-    ElementTraits<q4_0h>::rotate_query(rq.data(), 64);
+    ElementTraits<q4_0h>::encode(k.data(), blocks.data(), 128);
+    std::vector<float> decoded(128), raw(128), rq = q;
+    ElementTraits<q4_0h>::decode(blocks.data(), decoded.data(), 128);
+    for (std::size_t b = 0; b < 2; ++b) ElementTraits<q4_0>::decode(ElementTraits<q4_0h>::stored(&blocks[b]), raw.data() + b * 64, 64);
+    ElementTraits<q4_0h>::rotate_query(rq.data(), 128);
     double want = 0.0, got = 0.0, norm = 0.0;
-    for (std::size_t i = 0; i < 64; ++i) {
+    for (std::size_t i = 0; i < 128; ++i) {
         want += double(q[i]) * double(decoded[i]);
         got += double(rq[i]) * double(raw[i]);
         norm += std::fabs(double(q[i]) * double(decoded[i]));
@@ -115,8 +164,8 @@ TEST_CASE("a rotated query against the stored blocks is the dot product with the
     CHECK(std::fabs(got - want) <= 1e-6 * norm);
     // unrotate undoes the query rotation's basis change for a sum of stored rows (the value path)
     std::vector<float> back = raw;
-    ElementTraits<q4_0h>::unrotate(back.data(), 64);
-    for (std::size_t i = 0; i < 64; ++i) CHECK(back[i] == decoded[i]);
+    ElementTraits<q4_0h>::unrotate(back.data(), 128);
+    for (std::size_t i = 0; i < 128; ++i) CHECK(back[i] == decoded[i]);
 }
 
 TEST_CASE("q4_0h loses far less than q4_0 on rows with outlier channels", "[element_types][rotated]") {
@@ -133,7 +182,10 @@ TEST_CASE("q4_0h loses far less than q4_0 on rows with outlier channels", "[elem
     const auto g = random_normal(64 * 64, 45);
     CHECK(rms_error(through<q4_0h>(g), g) < 1.1 * rms_error(through<q4_0>(g), g));
     CHECK(element_name<q4_0h>() == "q4_0h");
-    CHECK(sizeof(q4_0h) == 18);
+    CHECK(sizeof(q4_0h) == 36);
+    CHECK(block_values_v<q4_0h> == 64);
+    // a head of 32 values holds no whole rotation
+    CHECK_THROWS_AS(MultiLayerKVCache<q4_0h>(CacheShape{1, 2, 32}, 1, 5), ConfigError);
 }
 
 TEST_CASE("attention over q4_0h keys and values equals attention over their decoded values", "[attention][rotated]") {
@@ -155,7 +207,7 @@ TEST_CASE("attention over q4_0h keys and values equals attention over their deco
     CHECK(worst <= 1e-5f * largest);
 }
 
-TEST_CASE("a q4_0h cache file records the rotation (code 6) and does not load as q4_0", "[persist][rotated]") {
+TEST_CASE("a q4_0h cache file records the rotation (code 7) and does not load as q4_0", "[persist][rotated]") {
     const auto path = std::filesystem::temp_directory_path() / "kvcache_q4_0h.kvc";
     MultiLayerKVCache<q4_0h> cache(CacheShape{1, 2, 64}, 1, 5);
     const auto kv = random_normal(5 * 2 * 64, 49);
@@ -164,7 +216,7 @@ TEST_CASE("a q4_0h cache file records the rotation (code 6) and does not load as
     save_cache_file(path, cache, 0, tokens, make_fingerprint("m", cache), {.durable = false});
     CHECK(read_cache_file_info(path, VerifyPayload::yes).element == "q4_0h");
     MultiLayerKVCache<q4_0> plain(CacheShape{1, 2, 64}, 1, 5);
-    // the fingerprint the file was saved with matches; the element code (6, not 5) is what refuses it
+    // the fingerprint the file was saved with matches; the element code (7, not 5) is what refuses it
     CHECK_THROWS_AS(load_cache_file(path, plain, 0, make_fingerprint("m", cache)), FingerprintMismatch);
     std::filesystem::remove(path);
 }

@@ -131,7 +131,7 @@ static_assert(sizeof(q8_0) == 34 && sizeof(q4_0) == 18, "quantised blocks must h
 ///   static constexpr std::string_view name;          short name for messages, fingerprints, benchmarks
 ///   static constexpr std::size_t block_values;        values one object of the type holds (1, or a block)
 ///   static constexpr std::uint32_t file_code;         cache-file type code; 0 = cannot be saved to cache files
-///                                                     (codes 1-6 are kvcache's own, see cache-file-format.md)
+///                                                     (codes 1-7 are kvcache's own, see cache-file-format.md)
 ///   static void encode(const float* src, T* dst, std::size_t n);  n values -> n / block_values objects
 ///   static void decode(const T* src, float* dst, std::size_t n);  n / block_values objects -> n values
 /// A type that stores its blocks in a rotated basis may also declare the members of RotatedElement
@@ -155,10 +155,10 @@ concept StorageElement = std::is_trivially_copyable_v<T> && requires(const float
     requires ElementTraits<T>::block_values >= 1;
 };
 
-/// A storage type whose blocks hold their values in a rotated basis, as a block type B with a kernel of its
-/// own (B = stored_block, block_values the same). Its ElementTraits add:
+/// A storage type whose blocks hold their values in a rotated basis, as blocks of a type B with a kernel of its
+/// own (B = stored_block; one T is a whole number of consecutive B). Its ElementTraits add:
 ///   using stored_block = B;
-///   static const B* stored(const T* p);              the stored block inside *p (the layout a file keeps)
+///   static const B* stored(const T* p);              the first stored block inside *p (the others follow it)
 ///   static void rotate_query(float* x, std::size_t n);  x -> R·x, blockwise, so that R·x · (stored values)
 ///                                                     = x · (decoded values) for any stored block
 ///   static void unrotate(float* x, std::size_t n);   stored-basis values (or a weighted sum of them) -> values

@@ -149,7 +149,8 @@ std::string_view element_name_of(std::uint32_t code) {
         case 3: return "bf16";
         case 4: return "q8_0";  // issue 14: GGUF blocks of 32 values (h14)
         case 5: return "q4_0";
-        case 6: return "q4_0h";  // q4_0 blocks of Hadamard-rotated values (rotated_q4_0.hpp)
+        // 6 was the first q4_0h (32-value rotations with sign flips): retired, refused by name below
+        case 7: return "q4_0h";  // two q4_0 blocks of a 64-value Hadamard rotation (rotated_q4_0.hpp)
         default: return {};
     }
 }
@@ -157,13 +158,16 @@ std::uint32_t element_bytes_of(std::uint32_t code) {
     switch (code) {
         case 1: return 4;
         case 4: return 34;  // one block: fp16 scale + 32 int8
-        case 5:
-        case 6: return 18;  // one block: fp16 scale + 16 bytes of nibbles
+        case 5: return 18;  // one block: fp16 scale + 16 bytes of nibbles
+        case 7: return 36;  // two q4_0 blocks
         default: return 2;
     }
 }
-/// Values one stored element holds: a q8_0/q4_0/q4_0h element is a block of 32 values along the head dimension.
-std::uint64_t block_values_of(std::uint32_t code) { return code >= 4 && code <= 6 ? 32 : 1; }
+/// Values one stored element holds along the head dimension: a q8_0/q4_0 block holds 32, a q4_0h element 64.
+std::uint64_t block_values_of(std::uint32_t code) { return code == 7 ? 64 : (code == 4 || code == 5 ? 32 : 1); }
+
+/// Element code 6, the first q4_0h (32-value rotations): no longer read, with a message that says so.
+constexpr std::uint32_t kRetiredQ4_0hCode = 6;
 
 /// How errors and CacheFileInfo::element name a file's storage: "q8_0", or "k=q8_0 v=q4_0" when keys and
 /// values differ (the form cache_fingerprint uses).
@@ -601,6 +605,11 @@ struct CacheFileReader::State {
         }
         for (const auto& [what, code, bytes] : {std::tuple{"keys", h.key_code, h.key_bytes},
                                                  std::tuple{"values", h.value_code, h.value_bytes}}) {
+            if (code == kRetiredQ4_0hCode) {
+                fail(fmt::format("element type 6 for the {} is the first q4_0h (32-value rotations), which this "
+                                 "version no longer reads; its q4_0h is code 7 — recompute the cache",
+                                 what));
+            }
             if (element_name_of(code).empty() || element_bytes_of(code) != bytes) {
                 fail(fmt::format("unknown element type {} of {} bytes for the {}", code, bytes, what));
             }

@@ -32,7 +32,7 @@ double cache_element_bytes_per_value(CacheElement element) {
         case CacheElement::BF16: return 2.0;
         case CacheElement::Q8_0: return double(sizeof(q8_0)) / double(q8_0::kValues);
         case CacheElement::Q4_0: return double(sizeof(q4_0)) / double(q4_0::kValues);
-        case CacheElement::Q4_0H: return double(sizeof(q4_0h)) / double(q4_0::kValues);
+        case CacheElement::Q4_0H: return double(sizeof(q4_0h)) / double(q4_0h::kValues);
     }
     return 0.0;
 }

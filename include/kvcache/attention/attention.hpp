@@ -102,9 +102,9 @@ template <StorageElement T, std::size_t W>
 inline typename Simd<W>::V load_stored(const T* row, std::size_t i) {
     if constexpr (RotatedElement<T>) {
         using B = typename ElementTraits<T>::stored_block;
-        constexpr std::size_t n = block_values_v<T>;
-        static_assert(block_values_v<B> == n && n % W == 0, "a rotated block is one stored block");
-        return Simd<W>::template load<B>(ElementTraits<T>::stored(row + i / n), i % n);
+        constexpr std::size_t n = block_values_v<T>, nb = block_values_v<B>;
+        static_assert(n % nb == 0 && nb % W == 0, "a rotated element is a whole number of stored blocks");
+        return Simd<W>::template load<B>(ElementTraits<T>::stored(row + i / n) + (i % n) / nb, i % nb);
     } else {
         return Simd<W>::template load<T>(row, i);
     }

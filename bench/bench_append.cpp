@@ -5,8 +5,9 @@
 // KVCache<1, 3, 64, T> (dims at compile time) and MultiLayerKVCache<T> (dims at run time). The input is K and V
 // as [n_tokens][3 * 64] floats; append converts it to T and scatters it into the [head][position][dim] layout.
 // Counter GB (shown as GB=x/s) = cache bytes written per second of CPU time (2 * 3 * 64 values per token times
-// the type's bytes per value, 1e9 bytes); tokens = tokens appended per second; bytes_per_second is the same as GB in binary units. The cache holds
-// kCapacity positions and is cleared (a metadata operation) whenever the next append would not fit.
+// the type's bytes per value, 1e9 bytes); tokens = tokens appended per second; bytes_per_second is the same as
+// GB in binary units. The cache holds kCapacity positions and is cleared (a metadata operation) whenever the
+// next append would not fit.
 //
 // Run: bench_append [--benchmark_format=json]
 #include <benchmark/benchmark.h>
@@ -16,8 +17,8 @@
 #include <vector>
 
 #include "kvcache/cache/kv_cache.hpp"
-#include "kvcache/element_types.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
+#include "kvcache/element_types.hpp"
 #include "kvcache/testing/random.hpp"
 
 namespace {

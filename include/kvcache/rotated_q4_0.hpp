@@ -63,13 +63,6 @@ inline void walsh_hadamard64(float* x) {
     for (std::size_t j = 0; j < 64; ++j) x[j] *= 0.125f;
 }
 
-/// Level of y for the reciprocal scale id: q4_0's nibble (y·id + 8.5 truncated, clamped to 0..15) minus 8. The
-/// product is rounded before the add (no fused multiply-add), as in the vector path below.
-inline float q4_level(float y, float id) {
-    const float q = std::trunc(rounded(y * id) + 8.5f);
-    return (q > 0.0f ? (q < 15.0f ? q : 15.0f) : 0.0f) - 8.0f;
-}
-
 /// What a scale d (reciprocal id) makes of a block of 32 values: the squared error of the nearest levels l,
 /// Σ y·l and Σ l², as eight lanes of partial sums added in a fixed order at the end. The AVX path and the
 /// portable one do the same operations lane by lane (products rounded before every add), so every build gives
@@ -95,7 +88,7 @@ inline LevelSums level_sums(const float* y, float d, float id) {
     for (std::size_t j = 0; j < q4_0::kValues; j += kLanes) {
         const __m256 v = _mm256_loadu_ps(y + j);
         __m256 q = _mm256_round_ps(_mm256_add_ps(product(v, vid), half_up), _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-        q = _mm256_min_ps(_mm256_max_ps(q, zero), fifteen);  // max(NaN, 0) = 0, as the portable path
+        q = _mm256_min_ps(_mm256_max_ps(q, zero), fifteen);  // max(NaN, 0) = 0, as q4_0's nibble
         const __m256 l = _mm256_sub_ps(q, eight);
         const __m256 r = _mm256_sub_ps(v, product(l, vd));
         e = _mm256_add_ps(e, product(r, r));
@@ -109,7 +102,9 @@ inline LevelSums level_sums(const float* y, float d, float id) {
     for (std::size_t i = 0; i < kLanes; ++i) error[i] = yl[i] = ll[i] = 0.0f;
     for (std::size_t j = 0; j < q4_0::kValues; j += kLanes) {
         for (std::size_t i = 0; i < kLanes; ++i) {
-            const float v = y[j + i], l = q4_level(v, id), r = v - rounded(l * d);
+            // the level: q4_0's nibble (y·id rounded, + 8.5, truncated, clamped to 0..15) minus 8
+            const float v = y[j + i], l = static_cast<float>(ElementTraits<q4_0>::nibble(v, id)) - 8.0f;
+            const float r = v - rounded(l * d);
             error[i] += rounded(r * r);
             yl[i] += rounded(v * l);
             ll[i] += rounded(l * l);
@@ -164,7 +159,8 @@ inline void encode_q4_0_least_squares(const float* y, q4_0& dst) {
     const float d16 = fp16::to_float(best_bits);
     const float id = d16 != 0.0f ? 1.0f / d16 : 0.0f;
     for (std::size_t j = 0; j < half; ++j) {  // q4_0's nibble: the same levels, and a NaN becomes 0, not UB
-        const std::uint8_t lo = ElementTraits<q4_0>::nibble(y[j], id), hi = ElementTraits<q4_0>::nibble(y[j + half], id);
+        const std::uint8_t lo = ElementTraits<q4_0>::nibble(y[j], id);
+        const std::uint8_t hi = ElementTraits<q4_0>::nibble(y[j + half], id);
         dst.qs[j] = static_cast<std::uint8_t>(lo | (hi << 4));
     }
 }

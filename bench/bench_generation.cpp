@@ -380,7 +380,8 @@ void BM_ReadBandwidth(benchmark::State& state) {
     const std::size_t parts = std::size_t(threads);
     for (auto _ : state) {
         std::vector<double> partial(parts, 0.0);
-        kvcache::detail::parallel_for(parts, 1, threads, [&](std::size_t begin, std::size_t end) {
+        kvcache::detail::parallel_for(parts, 1, threads, {.helpers = kvcache::detail::HelperUse::always},
+                                      [&](std::size_t begin, std::size_t end) {
             for (std::size_t p = begin; p < end; ++p) {
                 // 32 independent lanes (vertical adds, so the compiler vectorises without reassociating).
                 float lanes[32] = {};

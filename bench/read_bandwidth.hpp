@@ -46,7 +46,9 @@ inline int available_threads() { return kvcache::detail::default_threads(); }
 template <class Part>
 void for_each_part(int threads, Part&& part) {
     const int parts = std::max(1, std::min(threads, kvcache::detail::hardware_threads()));
-    kvcache::detail::parallel_for(std::size_t(parts), 1, parts, [&](std::size_t begin, std::size_t end) {
+    // Always on `parts` threads: the probe measures what that many threads read, whatever they cost.
+    kvcache::detail::parallel_for(std::size_t(parts), 1, parts, {.helpers = kvcache::detail::HelperUse::always},
+                                  [&](std::size_t begin, std::size_t end) {
         for (std::size_t t = begin; t < end; ++t) part(int(t), parts);
     });
 }

@@ -37,7 +37,8 @@ double read_bandwidth(int threads) {
         // One part per thread on the library's pool; the parts' sums are added in order.
         const std::size_t parts = std::size_t(kvcache::detail::thread_count(threads, 64, a.size() * sizeof(float)));
         std::vector<double> partial(parts, 0.0);
-        kvcache::detail::parallel_for(parts, 1, int(parts), [&](std::size_t begin, std::size_t end) {
+        kvcache::detail::parallel_for(parts, 1, int(parts), {.helpers = kvcache::detail::HelperUse::always},
+                                      [&](std::size_t begin, std::size_t end) {
             for (std::size_t p = begin; p < end; ++p) {
                 for (std::size_t i = a.size() / 8 * p / parts * 8; i < a.size() / 8 * (p + 1) / parts * 8; i += 8) {
                     partial[p] += double(a[i] + a[i + 1] + a[i + 2] + a[i + 3] + a[i + 4] + a[i + 5] + a[i + 6] +

@@ -1,6 +1,8 @@
 // The thread pool behind detail::parallel_for and the thread-count policy (see detail/thread_pool.hpp).
 #include "kvcache/detail/thread_pool.hpp"
 
+#include "kvcache/detail/helper_governor.hpp"
+
 #include <algorithm>
 #include <atomic>
 #include <chrono>
@@ -276,6 +278,12 @@ Pool& pool() {
     return instance;
 }
 
+/// The calling thread's governor: each thread that calls parallel_for measures its own calls.
+HelperGovernor& governor() {
+    thread_local HelperGovernor instance;
+    return instance;
+}
+
 int threads_from_environment() {
     const char* text = std::getenv("KVCACHE_THREADS");
     if (text == nullptr || *text == '\0') return 0;
@@ -308,7 +316,8 @@ int thread_count(int requested, std::size_t tasks, std::size_t bytes) {
 
 bool inside_parallel_for() noexcept { return t_inside_parallel; }
 
-void run_parallel(std::size_t tasks, std::size_t chunk, int threads, ParallelBody body, void* context) {
+void run_parallel(std::size_t tasks, std::size_t chunk, int threads, const ParallelOptions& options,
+                  ParallelBody body, void* context) {
     if (chunk == 0) chunk = 1;
     if (t_inside_parallel || threads <= 1 || tasks <= chunk) {
         body(context, 0, tasks);
@@ -317,6 +326,17 @@ void run_parallel(std::size_t tasks, std::size_t chunk, int threads, ParallelBod
     // Chunk indices are 32-bit (ChunkRange); a larger job takes larger chunks.
     constexpr std::size_t kMaxChunks = std::size_t{1} << 31;
     if ((tasks + chunk - 1) / chunk > kMaxChunks) chunk = (tasks + kMaxChunks - 1) / kMaxChunks;
+
+    if (options.helpers == HelperUse::measured) {
+        const std::chrono::duration<double, std::micro> now = std::chrono::steady_clock::now().time_since_epoch();
+        const ParallelCallKey key{reinterpret_cast<const void*>(body), tasks, chunk, options.size};
+        if (governor().next(key, now.count()).way == HelperGovernor::Way::alone) {
+            // As the caller runs its share of a pooled call: a nested parallel_for inside runs inline.
+            const InsideParallel inside;
+            body(context, 0, tasks);
+            return;
+        }
+    }
     Job job;
     job.tasks = tasks;
     job.chunk = chunk;

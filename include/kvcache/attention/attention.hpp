@@ -352,7 +352,7 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
     // the back of its run by the others, one at a time.
     const std::size_t chunk = 1;
     // Each item writes only its own slot's state: the result does not depend on which thread runs it.
-    detail::parallel_for(n_work, chunk, threads, [&](std::size_t first, std::size_t end) {
+    detail::parallel_for(n_work, chunk, threads, {.size = bytes}, [&](std::size_t first, std::size_t end) {
         for (std::size_t w = first; w < end; ++w) {
             const detail::AttentionWork& item = work[w];
             const detail::SoftmaxState state{states + item.slot * state_size, d};

@@ -257,6 +257,10 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
 
     const std::size_t n = total;
     const int attention_threads = threads_across_items(items, threads);
+    std::size_t attended = 0;  // query-position pairs of one layer's attention: its size for the pool's timing
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        attended += items[i].tokens.size() * (positions_[i] + items[i].tokens.size());
+    }
     for (std::size_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights& w = weights_.layers[l];
 
@@ -292,7 +296,8 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
             // Items side by side, one whole item per claim (attention inside a parallel_for runs on its caller):
             // one dispatch per layer instead of one per item, and no item's kv heads split unevenly over the
             // threads. An item's result does not depend on which thread computes it.
-            detail::parallel_for(items.size(), 1, attention_threads, [&](std::size_t first, std::size_t end) {
+            detail::parallel_for(items.size(), 1, attention_threads, {.size = attended},
+                                 [&](std::size_t first, std::size_t end) {
                 for (std::size_t i = first; i < end; ++i) attend(i);
             });
         } else {

@@ -2,6 +2,8 @@
 // including the rows and types it must refuse.
 #include "gguf_test_support.hpp"
 
+#include "kvcache/model/matmul.hpp"
+
 // ---- type tables -----------------------------------------------------------------------------------------------
 
 TEST_CASE("block sizes and names match ggml's table for every TensorType", "[gguf][types]") {
@@ -94,4 +96,50 @@ TEST_CASE("dequantize_row rejects rows past the end", "[gguf][dequantize][errors
         CHECK_THROWS_AS(kvcache::gguf::dequantize_row(t, std::numeric_limits<std::size_t>::max(), row.data()),
                         kvcache::Error);
     }
+}
+
+// ---- a GGUF tensor as a weight matrix --------------------------------------------------------------------------
+
+TEST_CASE("WeightMatrix::from_gguf keeps Q8_0/Q4_1 as stored or dequantises, as asked", "[gguf][dequantize]") {
+    for (const char* name : {"Q8_0", "Q4_1", "Q4_0", "F16"}) {
+        INFO("type " << name);
+        const json j = read_json(fixture_dir() / (std::string("dequant_") + name + ".json"));
+        const std::vector<std::byte> raw = from_hex(j.at("bytes_hex").get<std::string>());
+        const auto n = j.at("n_elements").get<std::size_t>();
+        kvcache::gguf::TensorInfo t;
+        t.name = name;
+        t.type = static_cast<TensorType>(j.at("type_id").get<std::uint32_t>());
+        t.shape = {64, n / 64};  // ggml order: {cols, rows}
+        t.data = raw.data();
+        t.n_elements = n;
+        t.n_bytes = raw.size();
+        const auto golden = expected_bits(j);
+
+        const bool kernel_format = t.type == TensorType::Q8_0 || t.type == TensorType::Q4_1;
+        const auto stored = kvcache::WeightMatrix::from_gguf(t, kvcache::WeightStorage::as_stored);
+        const auto floats = kvcache::WeightMatrix::from_gguf(t, kvcache::WeightStorage::f32);
+        CHECK(floats.format() == kvcache::WeightFormat::F32);
+        CHECK((stored.format() == kvcache::WeightFormat::F32) == !kernel_format);
+        CHECK(stored.bytes() == (kernel_format ? raw.size() : n * sizeof(float)));
+        for (const auto* w : {&stored, &floats}) {
+            REQUIRE(w->rows() == n / 64);
+            REQUIRE(w->cols() == 64);
+            std::vector<float> values(n);
+            for (std::size_t r = 0; r < w->rows(); ++r) w->dequantize_row(r, values.data() + r * 64);
+            CHECK(count_mismatches(golden, values.data(), n, std::string(name) + " rows") == 0);
+        }
+    }
+}
+
+TEST_CASE("WeightMatrix::from_gguf refuses a tensor that is not 2-D", "[gguf][dequantize][errors]") {
+    std::vector<float> data(64, 1.0f);
+    kvcache::gguf::TensorInfo t;
+    t.name = "bias";
+    t.type = TensorType::F32;
+    t.shape = {64};
+    t.data = reinterpret_cast<const std::byte*>(data.data());
+    t.n_elements = 64;
+    t.n_bytes = 64 * sizeof(float);
+    CHECK_THROWS_AS(kvcache::WeightMatrix::from_gguf(t, kvcache::WeightStorage::f32), kvcache::ShapeError);
+    CHECK_THROWS_WITH(kvcache::WeightMatrix::from_gguf(t, kvcache::WeightStorage::as_stored), Catch::Contains("bias"));
 }

@@ -69,7 +69,7 @@ std::vector<float> load_vector(const gguf::File& file, const std::string& name, 
 }
 
 WeightMatrix load_matrix(const gguf::File& file, const std::string& name, std::size_t rows, std::size_t cols,
-                         bool keep_quantized) {
+                         WeightStorage storage) {
     const gguf::TensorInfo& t = file.tensor(name);
     if (t.shape.size() != 2 || t.shape[0] != cols || t.shape[1] != rows) {
         std::string shape;
@@ -77,7 +77,7 @@ WeightMatrix load_matrix(const gguf::File& file, const std::string& name, std::s
         throw FormatError(fmt::format("tensor '{}' has shape [{}], expected [{}, {}] (ggml order: in, out)", name,
                                       shape, cols, rows));
     }
-    return WeightMatrix::from_gguf(t, keep_quantized);
+    return WeightMatrix::from_gguf(t, storage);
 }
 
 /// Whether `name` is one of the tensors DecoderWeights::from_gguf loads for config c.
@@ -108,15 +108,16 @@ bool is_decoder_tensor(const std::string& name, const DecoderConfig& c) {
 
 }  // namespace
 
-WeightMatrix WeightMatrix::from_gguf(const gguf::TensorInfo& t, bool keep_quantized) {
+WeightMatrix WeightMatrix::from_gguf(const gguf::TensorInfo& t, WeightStorage storage) {
     if (t.shape.size() != 2) {
         throw ShapeError(fmt::format("tensor '{}' has {} dimensions; a weight matrix needs 2", t.name, t.shape.size()));
     }
     const std::size_t cols = t.shape[0], rows = t.shape[1];
-    if (keep_quantized && t.type == gguf::TensorType::Q8_0) {
+    const bool as_stored = storage == WeightStorage::as_stored;
+    if (as_stored && t.type == gguf::TensorType::Q8_0) {
         return from_blocks(WeightFormat::Q8_0, rows, cols, std::span(t.data, t.n_bytes));
     }
-    if (keep_quantized && t.type == gguf::TensorType::Q4_1) {
+    if (as_stored && t.type == gguf::TensorType::Q4_1) {
         return from_blocks(WeightFormat::Q4_1, rows, cols, std::span(t.data, t.n_bytes));
     }
     if (t.type == gguf::TensorType::F32) {
@@ -214,15 +215,15 @@ DecoderConfig DecoderConfig::from_gguf(const gguf::File& f) {
 }
 
 DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, const WeightLoadOptions& options) {
-    const bool keep_quantized = options.keep_quantized;
+    const WeightStorage storage = options.keep_quantized ? WeightStorage::as_stored : WeightStorage::f32;
     DecoderWeights w;
     w.config = DecoderConfig::from_gguf(file);
     const DecoderConfig& c = w.config;
-    w.token_embedding = load_matrix(file, "token_embd.weight", c.vocab_size, c.d_model, keep_quantized);
+    w.token_embedding = load_matrix(file, "token_embd.weight", c.vocab_size, c.d_model, storage);
     w.output_norm = load_vector(file, "output_norm.weight", c.d_model);
     std::size_t used = 2;  // tensors consumed, to find any the decoder would silently ignore
     if (file.find_tensor("output.weight")) {
-        w.output = load_matrix(file, "output.weight", c.vocab_size, c.d_model, keep_quantized);
+        w.output = load_matrix(file, "output.weight", c.vocab_size, c.d_model, storage);
         ++used;
     }
     if (file.find_tensor("rope_freqs.weight")) {
@@ -234,19 +235,19 @@ DecoderWeights DecoderWeights::from_gguf(const gguf::File& file, const WeightLoa
         const std::string p = fmt::format("blk.{}.", i);
         LayerWeights& l = w.layers[i];
         l.attn_norm = load_vector(file, p + "attn_norm.weight", c.d_model);
-        l.wq = load_matrix(file, p + "attn_q.weight", c.q_dim(), c.d_model, keep_quantized);
-        l.wk = load_matrix(file, p + "attn_k.weight", c.kv_dim(), c.d_model, keep_quantized);
-        l.wv = load_matrix(file, p + "attn_v.weight", c.kv_dim(), c.d_model, keep_quantized);
+        l.wq = load_matrix(file, p + "attn_q.weight", c.q_dim(), c.d_model, storage);
+        l.wk = load_matrix(file, p + "attn_k.weight", c.kv_dim(), c.d_model, storage);
+        l.wv = load_matrix(file, p + "attn_v.weight", c.kv_dim(), c.d_model, storage);
         if (c.qkv_bias) {
             l.bq = load_vector(file, p + "attn_q.bias", c.q_dim());
             l.bk = load_vector(file, p + "attn_k.bias", c.kv_dim());
             l.bv = load_vector(file, p + "attn_v.bias", c.kv_dim());
         }
-        l.wo = load_matrix(file, p + "attn_output.weight", c.d_model, c.q_dim(), keep_quantized);
+        l.wo = load_matrix(file, p + "attn_output.weight", c.d_model, c.q_dim(), storage);
         l.ffn_norm = load_vector(file, p + "ffn_norm.weight", c.d_model);
-        l.w_gate = load_matrix(file, p + "ffn_gate.weight", c.d_ff, c.d_model, keep_quantized);
-        l.w_up = load_matrix(file, p + "ffn_up.weight", c.d_ff, c.d_model, keep_quantized);
-        l.w_down = load_matrix(file, p + "ffn_down.weight", c.d_model, c.d_ff, keep_quantized);
+        l.w_gate = load_matrix(file, p + "ffn_gate.weight", c.d_ff, c.d_model, storage);
+        l.w_up = load_matrix(file, p + "ffn_up.weight", c.d_ff, c.d_model, storage);
+        l.w_down = load_matrix(file, p + "ffn_down.weight", c.d_model, c.d_ff, storage);
         used += c.qkv_bias ? 12 : 9;
     }
     if (used != file.tensors().size()) {

@@ -25,6 +25,12 @@ struct TensorInfo;
 /// nibble of byte j, element j + 16 its high nibble).
 enum class WeightFormat { F32, Q8_0, Q4_1 };
 
+/// How WeightMatrix::from_gguf keeps a GGUF tensor.
+enum class WeightStorage {
+    as_stored,  ///< Q8_0 and Q4_1 stay as they are (the kernels read them); every other type becomes float
+    f32,        ///< every type is dequantised to float
+};
+
 std::string weight_format_name(WeightFormat f);
 
 /// The arithmetic of a product with quantised weights. f32 (the default) multiplies the weights by the float
@@ -51,9 +57,9 @@ public:
     /// multiple of 32 for a quantised format or the byte count does not match.
     static WeightMatrix from_blocks(WeightFormat format, std::size_t rows, std::size_t cols,
                                     std::span<const std::byte> bytes);
-    /// A 2-D GGUF tensor. With keep_quantized, Q8_0 and Q4_1 stay as they are (copied out of the mapping);
-    /// every other type — and every type without keep_quantized — is dequantised to float.
-    static WeightMatrix from_gguf(const gguf::TensorInfo& tensor, bool keep_quantized);
+    /// A 2-D GGUF tensor (ggml order: shape {cols, rows}), copied out of the mapping and kept as `storage` says.
+    /// Throws ShapeError unless the tensor has 2 dimensions.
+    static WeightMatrix from_gguf(const gguf::TensorInfo& tensor, WeightStorage storage);
 
     WeightMatrix(WeightMatrix&&) noexcept = default;
     WeightMatrix& operator=(WeightMatrix&&) noexcept = default;

@@ -231,3 +231,29 @@ TEST_CASE("HelperUse::always offers every call to the helpers, through the gover
     caller.join();
     CHECK(helped >= kCalls / 2);  // a loaded machine may starve the helper now and then, never half the time
 }
+
+TEST_CASE("new work (a prompt's chunks, then one-token steps) is probed at once, not at the period's end") {
+    Caller c;
+    for (std::uint32_t i = 0; i < 2 * HelperGovernor::kProbe + 10; ++i) c.call(kKeyA, 60, 100);  // the prompt
+    CHECK(c.g.steady_way() == Way::helpers);
+    // The steps: a new kind of call, cheaper alone. Within a quarter period plus the probes, alone runs.
+    std::uint32_t calls = 0;
+    while (c.g.steady_way() == Way::helpers && calls < HelperGovernor::kPeriod) {
+        c.call(kKeyB, 130, 100);
+        ++calls;
+    }
+    CHECK(calls <= HelperGovernor::kPeriod / 4 + 2 * HelperGovernor::kProbe + 1);
+}
+
+TEST_CASE("work that never repeats is probed at most once per quarter period") {
+    Caller c;
+    std::vector<int> bodies(HelperGovernor::kSlots);
+    std::uint32_t with_helpers = 0, alone = 0;
+    for (std::uint32_t i = 0; i < 8 * HelperGovernor::kPeriod; ++i) {
+        // 64 kinds in turn, cheaper alone; each kind comes once per 64 calls, so probes price it slowly.
+        const auto d = c.call(ParallelCallKey{&bodies[i % bodies.size()], 8, 1, 4096}, 130, 100);
+        (d.way == Way::helpers ? with_helpers : alone) += 1;
+    }
+    CHECK(with_helpers <= 8 * HelperGovernor::kPeriod / 4);  // never more than one probe of helpers in 4 calls
+    CHECK(c.g.steady_way() == Way::alone);
+}

@@ -16,6 +16,9 @@
 //     weighted by how often it came, priced at each way's running mean (the way that runs keeps being timed);
 //   - a probe of the losing way costs (helpers on busy cores took 1.2-2.6x as long), so while the decision holds
 //     the probes come every 1, 2, 4, ... kMaxProbeInterval periods; a changed decision probes every period again;
+//   - when the work changes (a prompt's chunks end and one-token steps begin) — kProbe calls of kinds not yet
+//     timed both ways, and at least half of the calls since the probe — a new period with probes starts at once
+//     (at most once per quarter period), instead of running the new work on the old decision to the period's end;
 //   - calls are told apart by their key (the body, the task count, the chunk and a class of the size of their
 //     work), so each way is compared on the same work — matmuls of different shapes, or over a prompt and over
 //     one token, never mix.
@@ -91,6 +94,15 @@ public:
         if (probing_ && phase == 2 * kProbe) decide();
         Slot* slot = find_or_claim(key);
         if (slot != nullptr) ++slot->seen;
+        const bool in_probe = probing_ && phase < 2 * kProbe;
+        // Only when most calls since the probe are new (one kind of call changing class now and then — attention
+        // over a growing context — waits for the next period), and at most once per quarter period.
+        if (!in_probe && slot != nullptr && (slot->helpers.samples == 0 || slot->alone.samples == 0) &&
+            ++unpriced_ >= kProbe && 2 * unpriced_ >= phase && phase >= kPeriod / 4) {
+            calls_ = 0;  // the next call opens a period, with probes
+            periods_since_probe_ = probe_interval_;
+            unpriced_ = 0;
+        }
         Decision decision{steady_, true};
         if (probing_ && phase < kProbe) decision = {Way::helpers, phase >= kWarmup};
         else if (probing_ && phase < 2 * kProbe) decision = {Way::alone, phase >= kProbe + kWarmup};
@@ -138,7 +150,10 @@ private:
 
     void begin_period() {
         probing_ = ++periods_since_probe_ >= probe_interval_;
-        if (probing_) periods_since_probe_ = 0;
+        if (probing_) {
+            periods_since_probe_ = 0;
+            unpriced_ = 0;
+        }
     }
 
     /// Prices the calls seen since the last decision both ways; the cheaper way runs until the next probe.
@@ -190,6 +205,7 @@ private:
     std::uint32_t probe_interval_ = 1;
     std::uint32_t periods_since_probe_ = 0;
     bool probing_ = false;  // this period opens with the two probes
+    std::uint32_t unpriced_ = 0;  // calls since the last probe of kinds not yet timed both ways
     Way steady_ = Way::helpers;
 };
 

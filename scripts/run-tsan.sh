@@ -3,7 +3,8 @@
 # The library's threads are std::threads (the pool in detail/thread_pool.hpp), so the kernels' parallel paths
 # are instrumented too. Environment knobs (all optional):
 #   BUILD_DIR=build-tsan      where to build
-#   TSAN_TESTS="a_test b_test" which test executables (default: the store, the scheduler, the pool and its governor, matmul)
+#   TSAN_TESTS="a_test b_test" which test executables (default: the store, the scheduler, the pool and its
+#                             governor, matmul)
 #   CMAKE_ARGS="..."          extra arguments for cmake
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"

@@ -295,7 +295,8 @@ void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_str
     const int n_threads = detail::thread_count(threads, tasks, rows * row_stride);
 
     // Each task writes rows [r0, r1) of every token and nothing else: its output does not depend on the thread.
-    detail::parallel_for(tasks, 1, n_threads, {.size = rows * row_stride * n}, [&](std::size_t first_task, std::size_t end_task) {
+    detail::parallel_for(tasks, 1, n_threads, {.size = rows * row_stride * n},
+                         [&](std::size_t first_task, std::size_t end_task) {
         for (std::size_t task = first_task; task < end_task; ++task) {
             const std::size_t r0 = task * kRowsPerTask;
             const std::size_t r1 = std::min(rows, r0 + kRowsPerTask);

@@ -213,7 +213,8 @@ void matmul_int8_rows(const std::byte* base, std::size_t row_stride, std::size_t
 
     const std::size_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
     const int n_threads = thread_count(threads, tasks, rows * row_stride);
-    parallel_for(tasks, 1, n_threads, {.size = rows * row_stride * n}, [&](std::size_t first_task, std::size_t end_task) {
+    parallel_for(tasks, 1, n_threads, {.size = rows * row_stride * n},
+                 [&](std::size_t first_task, std::size_t end_task) {
         for (std::size_t task = first_task; task < end_task; ++task) {
             const std::size_t task_end = std::min(rows, (task + 1) * kRowsPerTask);
             for (std::size_t r0 = task * kRowsPerTask; r0 < task_end; r0 += kRows) {

@@ -69,7 +69,6 @@ public:
     static constexpr double kTieMargin = 0.02;      // alone must cost 2 % less to be chosen
     static constexpr std::size_t kSlots = 64;       // distinct call keys remembered
     static constexpr std::uint32_t kMaxProbeInterval = 16;  // most periods between probes (~16 000 calls)
-
     static constexpr double kMaxCycle = 50'000;  // us: a longer cycle is a pause between requests, not a cost
 
     /// The way a call runs, and whether its cycle is timed (kept in that way's statistics).

@@ -205,12 +205,18 @@ private:
     /// tokens of all items and the logit rows wanted.
     template <KVCacheLike Cache>
     std::pair<std::size_t, std::size_t> check_batch(std::span<const ForwardItem<Cache>> items);
-    /// Threads for running the items' attention side by side (one item per task), or 1 to run the items one
-    /// after another, each over its own kv heads and segments. Side by side when there are several items and
-    /// none has more than a thread's share of the work (tokens × positions), e.g. a step of many decodes; a
-    /// long prompt's prefill among them, or a single item, keeps the split inside each item.
+    /// How one layer's attention over the items runs.
+    struct ItemsAttention {
+        /// Threads for running the items side by side (one item per task), or 1 to run them one after another,
+        /// each over its own kv heads and segments. Side by side when there are several items and none has more
+        /// than a thread's share of the work, e.g. a step of many decodes; a long prompt's prefill among them,
+        /// or a single item, keeps the split inside each item.
+        int threads = 1;
+        /// The work: query-position pairs (each item's tokens × the positions they attend to), summed.
+        std::size_t work = 0;
+    };
     template <KVCacheLike Cache>
-    int threads_across_items(std::span<const ForwardItem<Cache>> items, int threads) const;
+    ItemsAttention plan_items_attention(std::span<const ForwardItem<Cache>> items, int threads) const;
     /// Final norm and output matrix for the rows whose logits are wanted, into each item's logits buffer.
     template <KVCacheLike Cache>
     void write_logits(std::span<const ForwardItem<Cache>> items, std::size_t logit_rows, int threads,
@@ -256,11 +262,7 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
     }
 
     const std::size_t n = total;
-    const int attention_threads = threads_across_items(items, threads);
-    std::size_t attended = 0;  // query-position pairs of one layer's attention: its size for the pool's timing
-    for (std::size_t i = 0; i < items.size(); ++i) {
-        attended += items[i].tokens.size() * (positions_[i] + items[i].tokens.size());
-    }
+    const ItemsAttention items_attention = plan_items_attention(items, threads);
     for (std::size_t l = 0; l < c.n_layers; ++l) {
         const LayerWeights& w = weights_.layers[l];
 
@@ -292,11 +294,11 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
                       ni, c.n_heads, std::span<float>(att_.data() + off * c.q_dim(), ni * c.q_dim()),
                       attn_opts);  // att (ni, q_dim)
         };
-        if (attention_threads > 1) {
+        if (items_attention.threads > 1) {
             // Items side by side, one whole item per claim (attention inside a parallel_for runs on its caller):
             // one dispatch per layer instead of one per item, and no item's kv heads split unevenly over the
             // threads. An item's result does not depend on which thread computes it.
-            detail::parallel_for(items.size(), 1, attention_threads, {.size = attended},
+            detail::parallel_for(items.size(), 1, items_attention.threads, {.size = items_attention.work},
                                  [&](std::size_t first, std::size_t end) {
                 for (std::size_t i = first; i < end; ++i) attend(i);
             });
@@ -319,7 +321,7 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
 }
 
 template <KVCacheLike Cache>
-int Decoder::threads_across_items(std::span<const ForwardItem<Cache>> items, int threads) const {
+Decoder::ItemsAttention Decoder::plan_items_attention(std::span<const ForwardItem<Cache>> items, int threads) const {
     std::size_t work = 0, largest = 0, busy = 0;
     for (std::size_t i = 0; i < items.size(); ++i) {
         const std::size_t ni = items[i].tokens.size();
@@ -329,11 +331,11 @@ int Decoder::threads_across_items(std::span<const ForwardItem<Cache>> items, int
         largest = std::max(largest, w);
         ++busy;
     }
-    if (busy < 2) return 1;
+    if (busy < 2) return {1, work};
     // bytes of K and V the whole layer's attention reads, as fp32 (only to judge whether threads pay off)
     const std::size_t bytes = work * weights_.config.kv_dim() * 2 * sizeof(float);
     const int n = detail::thread_count(threads, busy, bytes);
-    return n > 1 && largest * static_cast<std::size_t>(n) <= work ? n : 1;
+    return {n > 1 && largest * static_cast<std::size_t>(n) <= work ? n : 1, work};
 }
 
 template <KVCacheLike Cache>

@@ -268,10 +268,12 @@ int main(int argc, char** argv) {
     auto* decode_q8 = benchmark::RegisterBenchmark("BM_BatchedDecodeQ8_0", BM_BatchedDecode<kvcache::q8_0>);
     auto* decode_int8 = benchmark::RegisterBenchmark(
         "BM_BatchedDecodeInt8", BM_BatchedDecode<float, kvcache::MatmulPrecision::int8>);
+    auto* decode_int8_q8 = benchmark::RegisterBenchmark(
+        "BM_BatchedDecodeInt8Q8_0", BM_BatchedDecode<kvcache::q8_0, kvcache::MatmulPrecision::int8>);
     auto* sched = benchmark::RegisterBenchmark("BM_SchedulerDecode", BM_SchedulerDecode<>);
     auto* sched_int8 =
         benchmark::RegisterBenchmark("BM_SchedulerDecodeInt8", BM_SchedulerDecode<kvcache::MatmulPrecision::int8>);
-    for (auto* b : {decode, decode_q8, decode_int8, sched, sched_int8}) {
+    for (auto* b : {decode, decode_q8, decode_int8, decode_int8_q8, sched, sched_int8}) {
         for (const std::size_t s : {std::size_t{1}, std::size_t{2}, std::size_t{4}, std::size_t{8}, kMaxSequences}) {
             b->Arg(static_cast<std::int64_t>(s));
         }

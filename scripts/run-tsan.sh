@@ -10,7 +10,7 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$root"
 build="${BUILD_DIR:-build-tsan}"
-tests="${TSAN_TESTS:-cache_store_test scheduler_threads_test thread_pool_test helper_governor_test matmul_test}"
+tests="${TSAN_TESTS:-cache_store_test scheduler_threads_test thread_pool_test helper_governor_test matmul_test matmul_int8_test}"
 jobs="$(nproc)"
 # -O1 -g1 (line tables): ThreadSanitizer's reports keep file:line; half the build time of -O2 -g. Warnings are
 # enforced by the Release build; GCC's flow-sensitive ones differ at -O1 and under instrumentation.

@@ -5,6 +5,7 @@
 #include <cmath>
 #include <cstring>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "kvcache/detail/thread_pool.hpp"
@@ -54,7 +55,7 @@ TEST_CASE("int8 matmul: the vector kernel gives the scalar kernel's bits") {
     auto x = random_floats(n * cols, 5, 3.0f);
     x[7] = 0.0f;
     for (std::size_t j = 32; j < 64; ++j) x[j] = 0.0f;  // an all-zero block: scale 0
-    for (WeightFormat f : {WeightFormat::Q4_1}) {
+    for (WeightFormat f : {WeightFormat::Q4_1, WeightFormat::Q8_0}) {
         CAPTURE(weight_format_name(f));
         const WeightMatrix w = random_matrix(f, rows, cols, 3);
         std::vector<float> vec(n * rows), scalar(n * rows);
@@ -67,7 +68,7 @@ TEST_CASE("int8 matmul: the vector kernel gives the scalar kernel's bits") {
 TEST_CASE("int8 matmul: bitwise the same rows for any batch size and thread count") {
     const std::size_t rows = 1000, cols = 512, n = 11;  // big enough for the pool to split the rows
     auto x = random_floats(n * cols, 21);
-    for (WeightFormat f : {WeightFormat::Q4_1}) {
+    for (WeightFormat f : {WeightFormat::Q4_1, WeightFormat::Q8_0}) {
         CAPTURE(weight_format_name(f));
         const WeightMatrix w = random_matrix(f, rows, cols, 5);
         REQUIRE(w.bytes() >= detail::kMinParallelBytes);
@@ -87,10 +88,10 @@ TEST_CASE("int8 matmul: bitwise the same rows for any batch size and thread coun
     }
 }
 
-TEST_CASE("int8 matmul: close to the exact product; F32 and Q8_0 weights take the f32 path") {
+TEST_CASE("int8 matmul: close to the exact product; F32 weights take the f32 path") {
     const std::size_t rows = 64, cols = 512, n = 3;
     auto x = random_floats(n * cols, 9);
-    for (WeightFormat f : {WeightFormat::Q4_1}) {
+    for (WeightFormat f : {WeightFormat::Q4_1, WeightFormat::Q8_0}) {
         CAPTURE(weight_format_name(f));
         const WeightMatrix w = random_matrix(f, rows, cols, 7);
         std::vector<float> got(n * rows), ref(n * rows), f32(n * rows);
@@ -128,11 +129,47 @@ TEST_CASE("int8 matmul: close to the exact product; F32 and Q8_0 weights take th
     matmul(wf, x.data(), n, b.data(), 1, MatmulPrecision::f32);
     CHECK(same_bits(a, b));
     CHECK_THROWS_AS(matmul_int8_scalar(wf, x.data(), n, a.data()), ShapeError);
-    const WeightMatrix w8 = random_matrix(WeightFormat::Q8_0, rows, cols, 7);
-    matmul(w8, x.data(), n, a.data(), 1, MatmulPrecision::int8);
-    matmul(w8, x.data(), n, b.data(), 1, MatmulPrecision::f32);
-    CHECK(same_bits(a, b));
-    CHECK_THROWS_AS(matmul_int8_scalar(w8, x.data(), n, a.data()), ShapeError);
+}
+
+TEST_CASE("int8 matmul: Q8_0 codes of -128 and 127 meet activations of both signs exactly") {
+    // The vector kernel multiplies |w| by x carrying w's sign; -128 is the one code whose magnitude needs 8 bits.
+    const std::size_t rows = 9, cols = 64, n = 2;
+    std::vector<std::byte> blocks(rows * cols / 32 * 34);
+    for (std::size_t b = 0; b < rows * cols / 32; ++b) {
+        const std::uint16_t d = fp16::from_float(0.5f);
+        std::memcpy(blocks.data() + b * 34, &d, 2);
+        for (std::size_t j = 0; j < 32; ++j) {
+            const int code = (j + b) % 3 == 0 ? -128 : (j % 2 ? 127 : -1);
+            blocks[b * 34 + 2 + j] = static_cast<std::byte>(static_cast<std::uint8_t>(code));
+        }
+    }
+    const auto w = WeightMatrix::from_blocks(WeightFormat::Q8_0, rows, cols, blocks);
+    std::vector<float> x(n * cols);
+    for (std::size_t i = 0; i < x.size(); ++i) x[i] = (i % 5 == 0 ? -1.0f : 1.0f) * float(i % 7 + 1);
+    std::vector<float> vec(n * rows), scalar(n * rows), ref(n * rows);
+    matmul(w, x.data(), n, vec.data(), 1, MatmulPrecision::int8);
+    matmul_int8_scalar(w, x.data(), n, scalar.data());
+    matmul_reference(w, x.data(), n, ref.data());
+    CHECK(same_bits(vec, scalar));
+    for (std::size_t i = 0; i < ref.size(); ++i) CHECK(vec[i] == Approx(ref[i]).epsilon(0.02).margin(1.0));
+}
+
+TEST_CASE("int8 matmul: threads asking for a matrix's interleaved copy at once build it once, correctly") {
+    const std::size_t rows = 200, cols = 256, n = 3;
+    auto x = random_floats(n * cols, 13);
+    for (WeightFormat f : {WeightFormat::Q4_1, WeightFormat::Q8_0}) {
+        CAPTURE(weight_format_name(f));
+        const WeightMatrix w = random_matrix(f, rows, cols, 17);
+        std::vector<float> expected(n * rows);
+        matmul_int8_scalar(w, x.data(), n, expected.data());
+        std::vector<std::vector<float>> got(4, std::vector<float>(n * rows));
+        std::vector<std::thread> threads;
+        for (auto& out : got) {
+            threads.emplace_back([&] { matmul(w, x.data(), n, out.data(), 1, MatmulPrecision::int8); });
+        }
+        for (auto& t : threads) t.join();
+        for (const auto& out : got) CHECK(same_bits(out, expected));
+    }
 }
 
 TEST_CASE("matmul precision names round-trip; an unknown name is a ConfigError") {

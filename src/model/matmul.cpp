@@ -255,8 +255,21 @@ WeightMatrix WeightMatrix::from_blocks(WeightFormat format, std::size_t rows, st
     w.cols_ = cols;
     w.data_ = detail::AlignedBuffer<std::byte>(expected);
     if (expected) std::memcpy(w.data_.data(), bytes.data(), expected);
+    if (format != WeightFormat::F32) w.int8_ = std::make_shared<detail::Int8Layout>();
     return w;
 }
+
+namespace detail {
+
+const std::byte* int8_layout(const WeightMatrix& w) {
+    if (!w.int8_ || w.rows_ == 0) return nullptr;
+    std::call_once(w.int8_->built, [&] {
+        w.int8_->groups = interleave_rows(w.format_, w.row_data(0), w.row_bytes(), w.rows_, w.cols_);
+    });
+    return w.int8_->groups.data();
+}
+
+}  // namespace detail
 
 void WeightMatrix::dequantize_row(std::size_t r, float* out) const {
     if (r >= rows_) throw IndexError(fmt::format("weight row {} out of range (there are {})", r, rows_));
@@ -332,9 +345,9 @@ MatmulPrecision parse_matmul_precision(const std::string& name) {
 
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads, MatmulPrecision precision) {
     if (w.rows() == 0) return;
-    if (precision == MatmulPrecision::int8 && w.format() == WeightFormat::Q4_1) {
-        detail::matmul_int8_rows(w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads,
-                                 /*vector=*/true);
+    if (precision == MatmulPrecision::int8 && w.format() != WeightFormat::F32) {
+        detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), detail::int8_layout(w), w.rows(),
+                                 w.cols(), x, n, y, threads);
         return;
     }
     matmul_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads);
@@ -347,13 +360,13 @@ void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float*
 }
 
 void matmul_int8_scalar(const WeightMatrix& w, const float* x, std::size_t n, float* y) {
-    if (w.format() != WeightFormat::Q4_1) {
-        throw ShapeError(fmt::format("matmul_int8_scalar: the int8 kernel is for Q4_1 weights, not {}",
+    if (w.format() == WeightFormat::F32) {
+        throw ShapeError(fmt::format("matmul_int8_scalar: the int8 kernel is for Q4_1 and Q8_0 weights, not {}",
                                      weight_format_name(w.format())));
     }
     if (w.rows() == 0) return;
-    detail::matmul_int8_rows(w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, 1,
-                             /*vector=*/false);
+    detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), /*groups=*/nullptr, w.rows(), w.cols(), x,
+                             n, y, 1);
 }
 
 void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y) {

@@ -33,10 +33,18 @@ namespace {
 
 constexpr std::size_t kBlock = 32;
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16;
+constexpr std::size_t kQ8_0Bytes = 2 + 32;
 constexpr std::size_t kRows = 8;           // weight rows per kernel call: the eight float lanes
-constexpr std::size_t kRowsPerTask = 16;   // rows one thread finishes before taking the next stretch
+constexpr std::size_t kRowsPerTask = 16;   // rows one thread finishes before taking the next stretch (kRows x 2)
 constexpr int kTokensPerPass = 8;          // tokens that share one transposed weight block
-constexpr std::size_t kPrefetchBlocks = 16; // how far ahead in each row the kernel prefetches
+// One block of a group of eight interleaved rows (see interleave_rows). Q4_1: the rows' eight fp16 scales,
+// their eight fp16 mins, then four 32-byte registers' worth of codes. Q8_0: the eight scales, then eight
+// registers of codes.
+constexpr std::size_t kGroupBlockBytes = kRows * kQ4_1Bytes;
+constexpr std::size_t kQ8GroupBlockBytes = kRows * kQ8_0Bytes;
+// How far ahead of the block in hand the kernel asks for the group's stream (a group is one contiguous stream,
+// which the hardware prefetcher follows too, but not far enough ahead when tokens are few).
+constexpr std::size_t kPrefetchBytes = 1280;
 
 float half_at(const std::byte* p) {
     std::uint16_t bits;
@@ -53,24 +61,58 @@ struct QuantizedRow {
 
 /// Rounds x (cols values) to int8 per block: d = max|x| / 127, q = round-to-nearest-even(x / d), so
 /// |q| <= 127 (which the kernels' 16-bit sums rely on). s_b = x_0 + ... + x_31 of the float values, in
-/// that order, for Q4_1's min term. Elementwise and order-free apart from s, so any compiler
-/// vectorisation gives the same bits.
+/// that order, for Q4_1's min term. Elementwise and order-free apart from s, so the AVX2 steps give the
+/// portable loop's bits.
 void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, float* s) {
-    for (std::size_t b = 0; b < cols / kBlock; ++b) {
+    const std::size_t nb = cols / kBlock;
+    // The block sums as nb independent chains (block loop inside), each still x_0 + x_1 + ... in order.
+    for (std::size_t b = 0; b < nb; ++b) s[b] = 0.0f;
+    for (std::size_t j = 0; j < kBlock; ++j) {
+        for (std::size_t b = 0; b < nb; ++b) s[b] += x[b * kBlock + j];
+    }
+    for (std::size_t b = 0; b < nb; ++b) {
         const float* xb = x + b * kBlock;
-        float amax = 0.0f, sum = 0.0f;
-        for (std::size_t j = 0; j < kBlock; ++j) {
-            amax = std::max(amax, std::fabs(xb[j]));
-            sum += xb[j];
+        std::int8_t* qb = q + b * kBlock;
+#if KVCACHE_HAVE_AVX2
+        // The same steps eight lanes at a time: max is exact in any order, the rest is elementwise
+        // (_MM_FROUND_TO_NEAREST_INT is nearbyint's round-to-nearest-even).
+        const __m256 sign = _mm256_set1_ps(-0.0f);
+        __m256 v[4];
+        __m256 m = _mm256_setzero_ps();
+        for (int i = 0; i < 4; ++i) {
+            v[i] = _mm256_loadu_ps(xb + 8 * i);
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);  // a NaN lane leaves m as it was, as std::max
         }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float amax = _mm_cvtss_f32(m4);
+        const float scale = amax / 127.0f;
+        const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+        const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+        __m256i i32[4];
+        for (int i = 0; i < 4; ++i) {
+            const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+            i32[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+        }
+        // 32 -> 16 -> 8 bits; packs interleave the 128-bit halves, the permute puts the values back in order
+        const __m256i i16 = _mm256_packs_epi32(i32[0], i32[1]), j16 = _mm256_packs_epi32(i32[2], i32[3]);
+        const __m256i i8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i16, j16),
+                                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb), i8);
+#else
+        float amax = 0.0f;
+        for (std::size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
         const float scale = amax / 127.0f;
         const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
         for (std::size_t j = 0; j < kBlock; ++j) {
-            const float v = std::clamp(std::nearbyint(xb[j] * inv), -127.0f, 127.0f);
-            q[b * kBlock + j] = static_cast<std::int8_t>(v);
+            float v = std::nearbyint(xb[j] * inv);
+            v = v > -127.0f ? v : -127.0f;  // NaN -> -127, as the vector path's max
+            v = v < 127.0f ? v : 127.0f;
+            qb[j] = static_cast<std::int8_t>(v);
         }
+#endif
         d[b] = scale;
-        s[b] = sum;
     }
 }
 
@@ -81,18 +123,23 @@ int weight_code(const std::byte* blk, std::size_t j) {
 }
 
 /// The scalar kernel: the definition of the int8 product (see the file comment for its float steps).
-void dot_rows_scalar(const std::byte* const* rows, std::size_t cols, const QuantizedRow* xs, int nt,
-                     float* const* out) {
+void dot_rows_scalar(WeightFormat format, const std::byte* const* rows, std::size_t cols, const QuantizedRow* xs,
+                     int nt, float* const* out) {
+    const bool q4_1 = format == WeightFormat::Q4_1;
+    const std::size_t block_bytes = q4_1 ? kQ4_1Bytes : kQ8_0Bytes;
     for (std::size_t r = 0; r < kRows; ++r) {
         for (int t = 0; t < nt; ++t) {
             float acc = 0.0f;
             for (std::size_t b = 0; b < cols / kBlock; ++b) {
-                const std::byte* blk = rows[r] + b * kQ4_1Bytes;
+                const std::byte* blk = rows[r] + b * block_bytes;
                 std::int32_t isum = 0;
-                for (std::size_t j = 0; j < kBlock; ++j) isum += weight_code(blk, j) * xs[t].q[b * kBlock + j];
+                for (std::size_t j = 0; j < kBlock; ++j) {
+                    const int code = q4_1 ? weight_code(blk, j) : int(static_cast<std::int8_t>(blk[2 + j]));
+                    isum += code * xs[t].q[b * kBlock + j];
+                }
                 const float dd = half_at(blk) * xs[t].d[b];
                 acc = std::fma(dd, static_cast<float>(isum), acc);
-                acc = std::fma(half_at(blk + 2), xs[t].s[b], acc);
+                if (q4_1) acc = std::fma(half_at(blk + 2), xs[t].s[b], acc);
             }
             out[t][r] = acc;
         }
@@ -100,65 +147,28 @@ void dot_rows_scalar(const std::byte* const* rows, std::size_t cols, const Quant
 }
 
 #if KVCACHE_HAVE_AVX2
-/// The 32 codes of a Q4_1 block as bytes in value order (low nibbles are values 0..15, high nibbles 16..31).
-[[gnu::always_inline]] inline __m256i row_codes(const std::byte* blk) {
-    const __m128i packed = _mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 4));
-    const __m128i mask = _mm_set1_epi8(0x0F);
-    const __m128i lo = _mm_and_si128(packed, mask);
-    const __m128i hi = _mm_and_si128(_mm_srli_epi16(packed, 4), mask);
-    return _mm256_set_m128i(hi, lo);
-}
-
-/// 8x8 transpose of 32-bit groups: in, row r's groups g = 0..7; out, group g's rows r = 0..7.
-[[gnu::always_inline]] inline void transpose8(__m256i v[8]) {
-    __m256i t[8], u[8];
-    for (int i = 0; i < 8; i += 2) {
-        t[i] = _mm256_unpacklo_epi32(v[i], v[i + 1]);      // r_i g0 r_i+1 g0 r_i g1 r_i+1 g1 | g4 g5
-        t[i + 1] = _mm256_unpackhi_epi32(v[i], v[i + 1]);  // g2 g3 | g6 g7
-    }
-    for (int i = 0; i < 8; i += 4) {
-        u[i] = _mm256_unpacklo_epi64(t[i], t[i + 2]);          // rows i..i+3 of g0 | g4
-        u[i + 1] = _mm256_unpackhi_epi64(t[i], t[i + 2]);      // g1 | g5
-        u[i + 2] = _mm256_unpacklo_epi64(t[i + 1], t[i + 3]);  // g2 | g6
-        u[i + 3] = _mm256_unpackhi_epi64(t[i + 1], t[i + 3]);  // g3 | g7
-    }
-    for (int g = 0; g < 4; ++g) {
-        v[g] = _mm256_permute2x128_si256(u[g], u[g + 4], 0x20);
-        v[g + 4] = _mm256_permute2x128_si256(u[g], u[g + 4], 0x31);
-    }
-}
-
-/// The fp16 values at byte offset `offset` of the eight rows, as floats (lane r = row r). Inserted into a
-/// register one by one: eight 2-byte stores read back as one 16-byte load would stall store forwarding.
-[[gnu::always_inline]] inline __m256 row_halves(const std::byte* const* rows, std::size_t offset) {
-    const auto h = [&](std::size_t r) {
-        std::int16_t v;
-        std::memcpy(&v, rows[r] + offset, 2);
-        return v;
-    };
-    return _mm256_cvtph_ps(_mm_setr_epi16(h(0), h(1), h(2), h(3), h(4), h(5), h(6), h(7)));
-}
-
-/// The vector kernel: out[t][0..7] for eight rows and NT tokens; lane r carries row r's scalar steps.
+/// The vector kernel over one group of eight interleaved rows: out[t][0..7] for NT tokens; lane r carries
+/// row r's scalar steps.
 template <int NT>
-void dot_rows_avx2(const std::byte* const* rows, std::size_t cols, const QuantizedRow* xs, float* const* out) {
-    constexpr std::size_t block_bytes = kQ4_1Bytes;
+void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* xs, float* const* out) {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    for (std::size_t b = 0; b < cols / kBlock; ++b) {
-        const std::size_t at = b * block_bytes;
-        // Eight rows are eight interleaved streams of 20 or 34 bytes a step, which the hardware prefetcher
-        // follows poorly once the weights come from DRAM (int8 was 1.3-1.7x slower than f32 on a 37 MB matrix
-        // without this): ask for each row's line a few blocks ahead.
-        for (std::size_t r = 0; r < kRows; ++r) {
-            _mm_prefetch(reinterpret_cast<const char*>(rows[r] + at + kPrefetchBlocks * block_bytes), _MM_HINT_T0);
+    for (std::size_t b = 0; b < nb; ++b) {
+        const std::byte* blk = group + b * kGroupBlockBytes;
+        for (std::size_t ahead = 0; ahead < kGroupBlockBytes; ahead += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + ahead), _MM_HINT_T0);
         }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
+        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16)));
+        // Register g holds values 4g..4g+3 of every row (lane r = row r): four loads, two nibbles each.
         __m256i w[8];
-        for (std::size_t r = 0; r < kRows; ++r) w[r] = row_codes(rows[r] + at);
-        transpose8(w);
-        const __m256 dw = row_halves(rows, at);
-        const __m256 mw = row_halves(rows, at + 2);
+        for (int k = 0; k < 4; ++k) {
+            const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 + 32 * k));
+            w[k] = _mm256_and_si256(packed, mask);
+            w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+        }
         for (int t = 0; t < NT; ++t) {
             const std::int8_t* q = xs[t].q + b * kBlock;
             // codes 0..15 times |x| <= 127: a 16-bit lane sums at most 16 products (<= 30480), no overflow
@@ -177,26 +187,93 @@ void dot_rows_avx2(const std::byte* const* rows, std::size_t cols, const Quantiz
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
 }
 
-using RowsFn = void (*)(const std::byte* const*, std::size_t, const QuantizedRow*, float* const*);
-
-template <std::size_t... I>
-constexpr std::array<RowsFn, sizeof...(I)> avx2_kernels(std::index_sequence<I...>) {
-    return {dot_rows_avx2<int(I) + 1>...};
+/// The Q8_0 vector kernel: signed codes meet signed activations, so vpmaddubsw takes |w| and x carrying w's
+/// sign (|w| <= 128, |x| <= 127: a pair sums to at most 32512, and every pair goes to 32 bits at once).
+template <int NT>
+void dot_group_q8_0_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* xs, float* const* out) {
+    const __m256i ones = _mm256_set1_epi16(1);
+    __m256 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b) {
+        const std::byte* blk = group + b * kQ8GroupBlockBytes;
+        for (std::size_t ahead = 0; ahead < kQ8GroupBlockBytes; ahead += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + ahead), _MM_HINT_T0);
+        }
+        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
+        const auto* codes = reinterpret_cast<const __m256i*>(blk + 16);
+        __m256i magnitude[8];
+        for (int g = 0; g < 8; ++g) magnitude[g] = _mm256_abs_epi8(_mm256_loadu_si256(codes + g));
+        for (int t = 0; t < NT; ++t) {
+            const std::int8_t* q = xs[t].q + b * kBlock;
+            __m256i isum = _mm256_setzero_si256();
+            for (int g = 0; g < 8; ++g) {
+                std::int32_t four;
+                std::memcpy(&four, q + 4 * g, 4);
+                const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(four), _mm256_loadu_si256(codes + g));
+                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[g], x), ones));
+            }
+            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xs[t].d[b]));
+            acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
 }
 
-RowsFn avx2_kernel(int nt) {
-    static constexpr auto kernels = avx2_kernels(std::make_index_sequence<kTokensPerPass>{});
-    return kernels[std::size_t(nt - 1)];
+using GroupFn = void (*)(const std::byte*, std::size_t, const QuantizedRow*, float* const*);
+
+template <std::size_t... I>
+constexpr std::array<GroupFn, sizeof...(I)> q4_1_kernels(std::index_sequence<I...>) {
+    return {dot_group_avx2<int(I) + 1>...};
+}
+
+template <std::size_t... I>
+constexpr std::array<GroupFn, sizeof...(I)> q8_0_kernels(std::index_sequence<I...>) {
+    return {dot_group_q8_0_avx2<int(I) + 1>...};
+}
+
+GroupFn avx2_kernel(WeightFormat format, int nt) {
+    static constexpr auto q4_1 = q4_1_kernels(std::make_index_sequence<kTokensPerPass>{});
+    static constexpr auto q8_0 = q8_0_kernels(std::make_index_sequence<kTokensPerPass>{});
+    return (format == WeightFormat::Q4_1 ? q4_1 : q8_0)[std::size_t(nt - 1)];
 }
 #endif
 
 }  // namespace
 
-void matmul_int8_rows(const std::byte* base, std::size_t row_stride, std::size_t rows,
-                      std::size_t cols, const float* x, std::size_t n, float* y, int threads, bool vector) {
+AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* base, std::size_t row_stride,
+                                         std::size_t rows, std::size_t cols) {
+    const bool q4_1 = format == WeightFormat::Q4_1;
+    const std::size_t block_bytes = q4_1 ? kQ4_1Bytes : kQ8_0Bytes;
+    const std::size_t group_block_bytes = q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes;
+    const std::size_t nb = cols / kBlock;
+    const std::size_t groups = (rows + kRows - 1) / kRows;
+    AlignedBuffer<std::byte> out(groups * nb * group_block_bytes);
+    for (std::size_t g = 0; g < groups; ++g) {
+        for (std::size_t b = 0; b < nb; ++b) {
+            std::byte* dst = out.data() + (g * nb + b) * group_block_bytes;
+            for (std::size_t r = 0; r < kRows; ++r) {
+                const std::byte* blk = base + std::min(g * kRows + r, rows - 1) * row_stride + b * block_bytes;
+                std::memcpy(dst + 2 * r, blk, 2);  // d
+                if (q4_1) {
+                    std::memcpy(dst + 16 + 2 * r, blk + 2, 2);  // m
+                    // Code bytes 4k..4k+3 of row r (values 4k.. in the low nibbles, 4k+16.. in the high ones) go
+                    // to lane r of register k, so that masking gives values 4k.. and shifting values 4(k+4)..
+                    for (std::size_t k = 0; k < 4; ++k) std::memcpy(dst + 32 + 32 * k + 4 * r, blk + 4 + 4 * k, 4);
+                } else {
+                    // Codes 4k..4k+3 of row r go to lane r of register k.
+                    for (std::size_t k = 0; k < 8; ++k) std::memcpy(dst + 16 + 32 * k + 4 * r, blk + 2 + 4 * k, 4);
+                }
+            }
+        }
+    }
+    return out;
+}
+
+void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t row_stride, const std::byte* groups,
+                      std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y, int threads) {
     if (n == 0 || rows == 0) return;
 #if !KVCACHE_HAVE_AVX2
-    vector = false;
+    groups = nullptr;
 #endif
     // Every token's int8 row, once per product, in one fixed order (each token on its own).
     thread_local std::vector<std::int8_t> q_storage;  // (n, cols)
@@ -217,11 +294,8 @@ void matmul_int8_rows(const std::byte* base, std::size_t row_stride, std::size_t
                  [&](std::size_t first_task, std::size_t end_task) {
         for (std::size_t task = first_task; task < end_task; ++task) {
             const std::size_t task_end = std::min(rows, (task + 1) * kRowsPerTask);
+            // kRowsPerTask is a multiple of kRows, so every r0 starts a group.
             for (std::size_t r0 = task * kRowsPerTask; r0 < task_end; r0 += kRows) {
-                // A group of eight rows; past the last row the final row stands in, its extra results dropped
-                // (a row's result does not depend on its neighbours).
-                const std::byte* row_ptr[kRows];
-                for (std::size_t i = 0; i < kRows; ++i) row_ptr[i] = base + std::min(r0 + i, task_end - 1) * row_stride;
                 const std::size_t live = std::min(kRows, task_end - r0);
                 for (std::size_t t = 0; t < n; t += kTokensPerPass) {
                     const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
@@ -234,14 +308,21 @@ void matmul_int8_rows(const std::byte* base, std::size_t row_stride, std::size_t
                         outs[i] = results[i];
                     }
 #if KVCACHE_HAVE_AVX2
-                    if (vector) {
-                        avx2_kernel(nt)(row_ptr, cols, xs, outs);
-                    } else {
-                        dot_rows_scalar(row_ptr, cols, xs, nt, outs);
+                    if (groups != nullptr) {
+                        const std::size_t group_bytes =
+                            nb * (format == WeightFormat::Q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes);
+                        avx2_kernel(format, nt)(groups + r0 / kRows * group_bytes, nb, xs, outs);
                     }
-#else
-                    dot_rows_scalar(row_ptr, cols, xs, nt, outs);
 #endif
+                    if (groups == nullptr) {
+                        // Past the last row the final row stands in, its extra results dropped (a row's result
+                        // does not depend on its neighbours).
+                        const std::byte* row_ptr[kRows];
+                        for (std::size_t i = 0; i < kRows; ++i) {
+                            row_ptr[i] = base + std::min(r0 + i, task_end - 1) * row_stride;
+                        }
+                        dot_rows_scalar(format, row_ptr, cols, xs, nt, outs);
+                    }
                     for (int i = 0; i < nt; ++i) {
                         std::memcpy(y + (t + std::size_t(i)) * rows + r0, results[i], live * sizeof(float));
                     }

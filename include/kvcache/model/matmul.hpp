@@ -9,6 +9,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 
@@ -32,6 +33,15 @@ enum class WeightStorage {
 };
 
 std::string weight_format_name(WeightFormat f);
+
+class WeightMatrix;
+
+namespace detail {
+struct Int8Layout;
+/// The int8 kernel's copy of a Q4_1 matrix: its rows interleaved eight at a time (src/model/matmul_int8.cpp),
+/// built on the first int8 product and kept (thread-safe). Internal to matmul; null for other formats.
+const std::byte* int8_layout(const WeightMatrix& w);
+}  // namespace detail
 
 /// The arithmetic of a product with quantised weights. f32 (the default) multiplies the weights by the float
 /// activations. int8 first rounds each activation row to int8 per block of 32 (one float scale d = max|x|/127
@@ -79,6 +89,10 @@ private:
     std::size_t rows_ = 0;
     std::size_t cols_ = 0;
     detail::AlignedBuffer<std::byte> data_;
+    // Q4_1 only: the int8 kernel's interleaved copy, made on first use so that f32-only users never hold it.
+    std::shared_ptr<detail::Int8Layout> int8_;
+
+    friend const std::byte* detail::int8_layout(const WeightMatrix& w);
 };
 
 /// y[t][r] = sum_c w[r][c] * x[t][c] for t < n: x is [n][cols], y is [n][rows]. threads = 0 → all the

@@ -1,14 +1,17 @@
-// The int8 product for Q4_1 weights: each activation row is rounded to int8 codes per block of 32 (one float
-// scale per block), and each weight block's 4-bit codes meet them in integer multiply-adds. (Q8_0 weights take
-// the f32 path: a Q8_0 kernel of the same shape was correct but 1.3-1.5x slower than f32 once its rows came
-// from DRAM, eight interleaved 34-byte streams, so it was dropped — see docs/batching.md.)
+// The int8 product for Q4_1 and Q8_0 weights: each activation row is rounded to int8 codes per block of 32 (one
+// float scale per block), and each weight block's codes meet them in integer multiply-adds.
 //
 // Why it is faster, and how it stays deterministic:
-// - The AVX2 kernel works on eight weight rows at a time and puts the rows in the lanes: a block's codes of
-//   the eight rows are transposed once (register g holds values 4g..4g+3 of every row) and then serve every
-//   token of the pass, which only broadcasts its four codes per register. vpmaddubsw multiplies 32 code
-//   pairs per instruction, the sums stay in 16-bit lanes for a whole Q4_1 block, and one float step per
-//   block finishes eight rows at once — no horizontal sums at all.
+// - The AVX2 kernel works on eight weight rows at a time and puts the rows in the lanes. It reads a copy of the
+//   matrix made once (interleave_rows): per block, the eight rows' scales side by side, then their codes laid
+//   out so that register g holds values 4g..4g+3 of every row. So a group of eight rows is one contiguous
+//   stream, and a block is ready after a few loads and masks. (A first version transposed each block of the
+//   rows as stored, in registers, for every product: the per-block shuffles and eight interleaved row streams
+//   cost ~1.4x at one token, and a Q8_0 kernel of that shape was slower than f32.)
+// - Each token only broadcasts its four codes per register. vpmaddubsw multiplies 32 code pairs per
+//   instruction; for Q4_1 the sums stay in 16-bit lanes for a whole block, for Q8_0 (signed codes: |w| times x
+//   carrying w's sign) they go to 32 bits per register. One float step per block finishes eight rows at once
+//   — no horizontal sums at all.
 // - Per output the float arithmetic is: acc = 0; for each block b in order: acc = fma(dw_b * dx_b,
 //   float(isum_b), acc), and for Q4_1 then acc = fma(m_b, sum(x_b), acc). isum_b is an exact integer
 //   (|isum| < 2^24, so its float is exact too), so the vector lane and the scalar loop below compute the
@@ -324,7 +327,14 @@ void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t ro
                         dot_rows_scalar(format, row_ptr, cols, xs, nt, outs);
                     }
                     for (int i = 0; i < nt; ++i) {
-                        std::memcpy(y + (t + std::size_t(i)) * rows + r0, results[i], live * sizeof(float));
+                        float* dst = y + (t + std::size_t(i)) * rows + r0;
+                        // A whole group as one fixed-size copy: a variable-length one became `rep movs`, whose
+                        // start-up cost was ~8 % of an eight-token step.
+                        if (live == kRows) {
+                            std::memcpy(dst, results[i], kRows * sizeof(float));
+                        } else {
+                            std::memcpy(dst, results[i], live * sizeof(float));
+                        }
                     }
                 }
             }

@@ -92,8 +92,24 @@ struct StridedRows {
 template <class T>
 struct GatheredRows {
     const void* const* rows;
+    std::size_t n;  // rows in the tile
     const T* operator[](std::size_t r) const { return static_cast<const T*>(rows[r]); }
-    void prefetch_next_tile(std::size_t, std::size_t) const {}
+    /// Asks for row r + kGatherLookahead of this tile: the rows lie in different blocks, so the hardware
+    /// prefetcher does not see them coming.
+    void prefetch_next_tile(std::size_t r, std::size_t d) const {
+#if defined(__GNUC__)
+        if (r + kGatherLookahead >= n) return;
+        const auto at = reinterpret_cast<std::uintptr_t>(rows[r + kGatherLookahead]);
+        const std::size_t row_bytes = storage_units<T>(d) * sizeof(T);
+        for (std::size_t b = 0; b < row_bytes + (at & 63); b += 64) {
+            __builtin_prefetch(reinterpret_cast<const void*>(at + b), 0, 3);
+        }
+#else
+        (void)r;
+        (void)d;
+#endif
+    }
+    static constexpr std::size_t kGatherLookahead = 12;
 };
 
 /// Values i.. of a row of T as a Simd<W> vector, in the basis the row is stored in: a RotatedElement's blocks are
@@ -245,8 +261,8 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
                     tmp.vrows[n] = vrow;
                 }
                 if (pos < tile_end) break;  // the tile goes on in the next chunk
-                fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data()},
-                                     GatheredRows<TV>{tmp.vrows.data()}, n, scores, state);
+                fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data(), n},
+                                     GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state);
                 n = 0;
             }
             pos = tile_end;
@@ -255,8 +271,8 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
         next = std::max(next, pos);
     }
     if (n) {  // only if the chunks ended before hi
-        fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data()}, GatheredRows<TV>{tmp.vrows.data()}, n,
-                             scores, state);
+        fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data(), n},
+                             GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state);
     }
 }
 

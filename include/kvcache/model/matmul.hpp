@@ -49,7 +49,9 @@ const std::byte* int8_layout(const WeightMatrix& w);
 /// several times less arithmetic per token, at the price of the activations' rounding (docs/accuracy.md
 /// gives the perplexity delta). Bitwise deterministic like f32: the integer sums are exact and the float
 /// steps per output run in one fixed order, the same in the vector kernel and the scalar one. It applies to
-/// Q4_1 matrices; F32 and Q8_0 ones take the f32 path in either mode (Q8_0: see docs/batching.md).
+/// Q4_1 and Q8_0 matrices (F32 ones take the f32 path in either mode). The vector kernel reads a second copy of
+/// each such matrix, its rows interleaved eight at a time, made on the matrix's first int8 product and kept:
+/// int8 holds the quantised weights twice.
 enum class MatmulPrecision { f32, int8 };
 
 /// "f32" / "int8"; parse_matmul_precision is its inverse and throws ConfigError on anything else.
@@ -97,7 +99,7 @@ private:
 
 /// y[t][r] = sum_c w[r][c] * x[t][c] for t < n: x is [n][cols], y is [n][rows]. threads = 0 → all the
 /// hardware offers. Vectorised (AVX2 + FMA when compiled for it); see the determinism contract above.
-/// precision: see MatmulPrecision (int8 changes the results of Q4_1 matrices only).
+/// precision: see MatmulPrecision (int8 changes the results of Q4_1 and Q8_0 matrices only).
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads = 0,
             MatmulPrecision precision = MatmulPrecision::f32);
 
@@ -111,7 +113,7 @@ void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float*
 void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y);
 
 /// matmul(..., MatmulPrecision::int8) by the scalar routine (the portable build's kernel): the vector kernel
-/// must give exactly these bits. Throws ShapeError unless w is Q4_1 (the only format with an int8 path).
+/// must give exactly these bits. Throws ShapeError unless w is Q4_1 or Q8_0 (the formats with an int8 path).
 void matmul_int8_scalar(const WeightMatrix& w, const float* x, std::size_t n, float* y);
 
 }  // namespace kvcache

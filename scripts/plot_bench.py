@@ -441,7 +441,8 @@ def plot_batched(batched, out, suffix, note, summary, before=None):
               "BM_BatchedDecodeQ8_0": ("batched forward, q8_0 K/V (3.8x fewer attention bytes)", "#9467bd", "^", "-"),
               "BM_SchedulerDecode": ("through the Scheduler (sampling, bookkeeping)", "#1f77b4", "s", "-"),
               "BM_BatchedDecodeInt8": ("batched forward, int8 matmuls (MatmulPrecision::int8)", "#2ca02c", "D", "-"),
-              "BM_SchedulerDecodeInt8": ("through the Scheduler, int8 matmuls", "#17becf", "v", "-")}
+              "BM_SchedulerDecodeInt8": ("through the Scheduler, int8 matmuls", "#17becf", "v", "-"),
+              "BM_BatchedDecodeInt8Q8_0": ("batched forward, int8 matmuls + q8_0 K/V", "#8c564b", "P", "-")}
     curves = [(batched, name, style) for name, style in styles.items()]
     if before:
         curves.append((before, "BM_BatchedDecode", ("batched forward, 4 tokens per weight block (before; another run)", "#ff9896",
@@ -464,6 +465,17 @@ def plot_batched(batched, out, suffix, note, summary, before=None):
                        "; vs one sequence " + ", ".join(f"{x}: {y:.2f}x" for x, y in zip(xs, ys)))
         if name == "BM_BatchedDecode" and data is batched:
             ax.plot(xs, xs, ls="--", color="0.6", lw=1, label="linear (weights read once, nothing else costs)")
+    # The fastest configuration against the default's one sequence (f32 matmuls, f32 K/V): what a server gains by
+    # batching with int8 and q8_0 over serving one conversation at a time with the defaults.
+    fast = {k: v for k, v in batched.get("BM_BatchedDecodeInt8Q8_0", {}).items() if isinstance(k, int)}
+    default = batched.get("BM_BatchedDecode", {}).get(1)
+    if fast and default:
+        xs = sorted(fast)
+        ys = [fast[x]["tokens_per_second"] / default["tokens_per_second"] for x in xs]
+        ax.plot(xs, ys, marker="P", color="#8c564b", ls=":",
+                label="int8 + q8_0 K/V, relative to the default's one sequence (f32, f32 K/V)")
+        summary.append("batched  int8 + q8_0 K/V against the default one sequence: " +
+                       ", ".join(f"{x}: {y:.2f}x" for x, y in zip(xs, ys)))
     ax.plot([8], [4], ls="", marker="*", markersize=12, color="0.2", label="goal of issue 11: 4x at 8 sequences")
     lx = sorted(LLAMA_CPP_BATCHED)
     ax.plot(lx, [LLAMA_CPP_BATCHED[x] / LLAMA_CPP_BATCHED[1] for x in lx], marker="D", ls="-.", color="#2ca02c",

@@ -2,6 +2,7 @@
 // result does not depend on the batch or the thread count, and it stays close to the exact product.
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <random>
@@ -62,6 +63,65 @@ TEST_CASE("int8 matmul: the vector kernel gives the scalar kernel's bits") {
         matmul(w, x.data(), n, vec.data(), 2, MatmulPrecision::int8);
         matmul_int8_scalar(w, x.data(), n, scalar.data());
         CHECK(same_bits(vec, scalar));
+    }
+}
+
+/// The int8 product as its definition reads (matmul.hpp, matmul_int8.cpp), written out here on its own: the
+/// library's vector rounding of the activations must give these bits, as the portable build's loop does.
+std::vector<float> int8_by_definition(const WeightMatrix& w, const std::vector<float>& x, std::size_t n) {
+    const bool q4_1 = w.format() == WeightFormat::Q4_1;
+    const std::size_t bb = q4_1 ? 20 : 34, cols = w.cols();
+    const auto half = [](const std::byte* p) {
+        std::uint16_t h;
+        std::memcpy(&h, p, 2);
+        return fp16::to_float(h);
+    };
+    std::vector<float> y(n * w.rows());
+    for (std::size_t t = 0; t < n; ++t) {
+        for (std::size_t r = 0; r < w.rows(); ++r) {
+            float acc = 0.0f;
+            for (std::size_t b = 0; b < cols / 32; ++b) {
+                const float* xb = x.data() + t * cols + b * 32;
+                float amax = 0.0f, sum = 0.0f;
+                for (std::size_t j = 0; j < 32; ++j) {
+                    amax = std::max(amax, std::fabs(xb[j]));
+                    sum += xb[j];
+                }
+                const float scale = amax / 127.0f;
+                const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+                const std::byte* blk = w.row_data(r) + b * bb;
+                std::int32_t isum = 0;
+                for (std::size_t j = 0; j < 32; ++j) {
+                    const int q = static_cast<int>(std::clamp(std::nearbyint(xb[j] * inv), -127.0f, 127.0f));
+                    const auto byte = static_cast<unsigned>(blk[4 + (j & 15)]);
+                    const int code = q4_1 ? int(j < 16 ? (byte & 0x0Fu) : (byte >> 4))
+                                          : int(static_cast<std::int8_t>(blk[2 + j]));
+                    isum += code * q;
+                }
+                acc = std::fma(half(blk) * scale, static_cast<float>(isum), acc);
+                if (q4_1) acc = std::fma(half(blk + 2), sum, acc);
+            }
+            y[t * w.rows() + r] = acc;
+        }
+    }
+    return y;
+}
+
+TEST_CASE("int8 matmul: the library's rounding and steps give the definition's bits") {
+    const std::size_t rows = 19, cols = 96, n = 5;
+    auto x = random_floats(n * cols, 31, 2.0f);
+    // a block whose scale is exactly 1, so its halves are ties (to even: 2.5 -> 2, -3.5 -> -4, 0.5 -> 0)
+    x[32] = 127.0f;
+    x[33] = 2.5f;
+    x[34] = -3.5f;
+    x[35] = 0.5f;
+    for (std::size_t j = 64; j < 96; ++j) x[j] = 0.0f;  // an all-zero block
+    for (WeightFormat f : {WeightFormat::Q4_1, WeightFormat::Q8_0}) {
+        CAPTURE(weight_format_name(f));
+        const WeightMatrix w = random_matrix(f, rows, cols, 23);
+        std::vector<float> got(n * rows);
+        matmul(w, x.data(), n, got.data(), 1, MatmulPrecision::int8);
+        CHECK(same_bits(got, int8_by_definition(w, x, n)));
     }
 }
 

@@ -6,8 +6,8 @@
 //   matrix made once (interleave_rows): per block, the eight rows' scales side by side, then their codes laid
 //   out so that register g holds values 4g..4g+3 of every row. So a group of eight rows is one contiguous
 //   stream, and a block is ready after a few loads and masks. (A first version transposed each block of the
-//   rows as stored, in registers, for every product: the per-block shuffles and eight interleaved row streams
-//   cost ~1.4x at one token, and a Q8_0 kernel of that shape was slower than f32.)
+//   rows as stored, in registers, for every product: with its per-block shuffles and eight interleaved row
+//   streams a one-token decode step took ~1.4x as long, and a Q8_0 kernel of that shape was slower than f32.)
 // - Each token only broadcasts its four codes per register. vpmaddubsw multiplies 32 code pairs per
 //   instruction; for Q4_1 the sums stay in 16-bit lanes for a whole block, for Q8_0 (signed codes: |w| times x
 //   carrying w's sign) they go to 32 bits per register. One float step per block finishes eight rows at once

@@ -38,7 +38,7 @@ class WeightMatrix;
 
 namespace detail {
 struct Int8Layout;
-/// The int8 kernel's copy of a Q4_1 matrix: its rows interleaved eight at a time (src/model/matmul_int8.cpp),
+/// The int8 kernel's copy of a Q4_1 or Q8_0 matrix: its rows interleaved eight at a time (src/model/matmul_int8.cpp),
 /// built on the first int8 product and kept (thread-safe). Internal to matmul; null for other formats.
 const std::byte* int8_layout(const WeightMatrix& w);
 }  // namespace detail
@@ -91,7 +91,7 @@ private:
     std::size_t rows_ = 0;
     std::size_t cols_ = 0;
     detail::AlignedBuffer<std::byte> data_;
-    // Q4_1 only: the int8 kernel's interleaved copy, made on first use so that f32-only users never hold it.
+    // Q4_1 and Q8_0: the int8 kernel's interleaved copy, made on first use so that f32-only users never hold it.
     std::shared_ptr<detail::Int8Layout> int8_;
 
     friend const std::byte* detail::int8_layout(const WeightMatrix& w);

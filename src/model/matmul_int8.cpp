@@ -150,73 +150,66 @@ void dot_rows_scalar(WeightFormat format, const std::byte* const* rows, std::siz
 }
 
 #if KVCACHE_HAVE_AVX2
-/// The vector kernel over one group of eight interleaved rows: out[t][0..7] for NT tokens; lane r carries
-/// row r's scalar steps.
-template <int NT>
+/// The vector kernel over one group of eight interleaved rows of format F: out[t][0..7] for NT tokens; lane r
+/// carries row r's scalar steps.
+/// - Q4_1: codes 0..15 times |x| <= 127, so a 16-bit lane sums a whole block (16 products, <= 30480) before one
+///   vpmaddwd takes it to 32 bits.
+/// - Q8_0: signed codes meet signed activations, so vpmaddubsw takes |w| and x carrying w's sign (|w| <= 128,
+///   |x| <= 127: a pair sums to at most 32512), and every register's pairs go to 32 bits at once.
+template <WeightFormat F, int NT>
 void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* xs, float* const* out) {
+    constexpr bool q4_1 = F == WeightFormat::Q4_1;
+    constexpr std::size_t block_bytes = q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes;
+    constexpr std::size_t codes_at = q4_1 ? 32 : 16;  // after the scales (and Q4_1's mins)
     const __m256i mask = _mm256_set1_epi8(0x0F);
     const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b) {
-        const std::byte* blk = group + b * kGroupBlockBytes;
-        for (std::size_t ahead = 0; ahead < kGroupBlockBytes; ahead += 64) {
+        const std::byte* blk = group + b * block_bytes;
+        for (std::size_t ahead = 0; ahead < block_bytes; ahead += 64) {
             _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + ahead), _MM_HINT_T0);
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
-        const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16)));
-        // Register g holds values 4g..4g+3 of every row (lane r = row r): four loads, two nibbles each.
+        const auto* codes = reinterpret_cast<const __m256i*>(blk + codes_at);
+        // Register g holds values 4g..4g+3 of every row (lane r = row r): Q4_1's as two nibbles of four loads,
+        // Q8_0's magnitudes (their signs are read again per token).
         __m256i w[8];
-        for (int k = 0; k < 4; ++k) {
-            const __m256i packed = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 32 + 32 * k));
-            w[k] = _mm256_and_si256(packed, mask);
-            w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+        if constexpr (q4_1) {
+            for (int k = 0; k < 4; ++k) {
+                const __m256i packed = _mm256_loadu_si256(codes + k);
+                w[k] = _mm256_and_si256(packed, mask);
+                w[k + 4] = _mm256_and_si256(_mm256_srli_epi16(packed, 4), mask);
+            }
+        } else {
+            for (int g = 0; g < 8; ++g) w[g] = _mm256_abs_epi8(_mm256_loadu_si256(codes + g));
         }
         for (int t = 0; t < NT; ++t) {
             const std::int8_t* q = xs[t].q + b * kBlock;
-            // codes 0..15 times |x| <= 127: a 16-bit lane sums at most 16 products (<= 30480), no overflow
-            __m256i p = _mm256_setzero_si256();
-            for (int g = 0; g < 8; ++g) {
-                std::int32_t four;
-                std::memcpy(&four, q + 4 * g, 4);
-                p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[g], _mm256_set1_epi32(four)));
-            }
-            const __m256i isum = _mm256_madd_epi16(p, ones);
-            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xs[t].d[b]));
-            acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[t]);
-            acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[t].s[b]), acc[t]);
-        }
-    }
-    for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
-}
-
-/// The Q8_0 vector kernel: signed codes meet signed activations, so vpmaddubsw takes |w| and x carrying w's
-/// sign (|w| <= 128, |x| <= 127: a pair sums to at most 32512, and every pair goes to 32 bits at once).
-template <int NT>
-void dot_group_q8_0_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* xs, float* const* out) {
-    const __m256i ones = _mm256_set1_epi16(1);
-    __m256 acc[NT];
-    for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
-    for (std::size_t b = 0; b < nb; ++b) {
-        const std::byte* blk = group + b * kQ8GroupBlockBytes;
-        for (std::size_t ahead = 0; ahead < kQ8GroupBlockBytes; ahead += 64) {
-            _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + ahead), _MM_HINT_T0);
-        }
-        const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
-        const auto* codes = reinterpret_cast<const __m256i*>(blk + 16);
-        __m256i magnitude[8];
-        for (int g = 0; g < 8; ++g) magnitude[g] = _mm256_abs_epi8(_mm256_loadu_si256(codes + g));
-        for (int t = 0; t < NT; ++t) {
-            const std::int8_t* q = xs[t].q + b * kBlock;
-            __m256i isum = _mm256_setzero_si256();
-            for (int g = 0; g < 8; ++g) {
-                std::int32_t four;
-                std::memcpy(&four, q + 4 * g, 4);
-                const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(four), _mm256_loadu_si256(codes + g));
-                isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(magnitude[g], x), ones));
+            __m256i isum;
+            if constexpr (q4_1) {
+                __m256i p = _mm256_setzero_si256();
+                for (int g = 0; g < 8; ++g) {
+                    std::int32_t four;
+                    std::memcpy(&four, q + 4 * g, 4);
+                    p = _mm256_add_epi16(p, _mm256_maddubs_epi16(w[g], _mm256_set1_epi32(four)));
+                }
+                isum = _mm256_madd_epi16(p, ones);
+            } else {
+                isum = _mm256_setzero_si256();
+                for (int g = 0; g < 8; ++g) {
+                    std::int32_t four;
+                    std::memcpy(&four, q + 4 * g, 4);
+                    const __m256i x = _mm256_sign_epi8(_mm256_set1_epi32(four), _mm256_loadu_si256(codes + g));
+                    isum = _mm256_add_epi32(isum, _mm256_madd_epi16(_mm256_maddubs_epi16(w[g], x), ones));
+                }
             }
             const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xs[t].d[b]));
             acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[t]);
+            if constexpr (q4_1) {
+                const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16)));
+                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[t].s[b]), acc[t]);
+            }
         }
     }
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
@@ -224,19 +217,14 @@ void dot_group_q8_0_avx2(const std::byte* group, std::size_t nb, const Quantized
 
 using GroupFn = void (*)(const std::byte*, std::size_t, const QuantizedRow*, float* const*);
 
-template <std::size_t... I>
-constexpr std::array<GroupFn, sizeof...(I)> q4_1_kernels(std::index_sequence<I...>) {
-    return {dot_group_avx2<int(I) + 1>...};
-}
-
-template <std::size_t... I>
-constexpr std::array<GroupFn, sizeof...(I)> q8_0_kernels(std::index_sequence<I...>) {
-    return {dot_group_q8_0_avx2<int(I) + 1>...};
+template <WeightFormat F, std::size_t... I>
+constexpr std::array<GroupFn, sizeof...(I)> avx2_kernels(std::index_sequence<I...>) {
+    return {dot_group_avx2<F, int(I) + 1>...};
 }
 
 GroupFn avx2_kernel(WeightFormat format, int nt) {
-    static constexpr auto q4_1 = q4_1_kernels(std::make_index_sequence<kTokensPerPass>{});
-    static constexpr auto q8_0 = q8_0_kernels(std::make_index_sequence<kTokensPerPass>{});
+    static constexpr auto q4_1 = avx2_kernels<WeightFormat::Q4_1>(std::make_index_sequence<kTokensPerPass>{});
+    static constexpr auto q8_0 = avx2_kernels<WeightFormat::Q8_0>(std::make_index_sequence<kTokensPerPass>{});
     return (format == WeightFormat::Q4_1 ? q4_1 : q8_0)[std::size_t(nt - 1)];
 }
 #endif

@@ -346,8 +346,13 @@ MatmulPrecision parse_matmul_precision(const std::string& name) {
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads, MatmulPrecision precision) {
     if (w.rows() == 0) return;
     if (precision == MatmulPrecision::int8 && w.format() != WeightFormat::F32) {
-        detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), detail::int8_layout(w), w.rows(),
-                                 w.cols(), x, n, y, threads);
+#if KVCACHE_HAVE_AVX2
+        const std::byte* groups = detail::int8_layout(w);  // the vector kernel's interleaved copy
+#else
+        const std::byte* groups = nullptr;  // the portable kernel reads the rows as stored: no copy is made
+#endif
+        detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), groups, w.rows(), w.cols(), x, n, y,
+                                 threads);
         return;
     }
     matmul_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads);

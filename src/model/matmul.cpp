@@ -262,7 +262,9 @@ WeightMatrix WeightMatrix::from_blocks(WeightFormat format, std::size_t rows, st
 namespace detail {
 
 const std::byte* int8_layout(const WeightMatrix& w) {
-    if (!w.int8_ || w.rows_ == 0) return nullptr;
+    // Only the vector kernel reads the copy: a build without it (the portable kernel reads the rows as stored)
+    // makes none.
+    if (!KVCACHE_HAVE_AVX2 || !w.int8_ || w.rows_ == 0) return nullptr;
     std::call_once(w.int8_->built, [&] {
         w.int8_->groups = interleave_rows(w.format_, w.row_data(0), w.row_bytes(), w.rows_, w.cols_);
     });
@@ -346,13 +348,8 @@ MatmulPrecision parse_matmul_precision(const std::string& name) {
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads, MatmulPrecision precision) {
     if (w.rows() == 0) return;
     if (precision == MatmulPrecision::int8 && w.format() != WeightFormat::F32) {
-#if KVCACHE_HAVE_AVX2
-        const std::byte* groups = detail::int8_layout(w);  // the vector kernel's interleaved copy
-#else
-        const std::byte* groups = nullptr;  // the portable kernel reads the rows as stored: no copy is made
-#endif
-        detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), groups, w.rows(), w.cols(), x, n, y,
-                                 threads);
+        detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), detail::int8_layout(w), w.rows(),
+                                 w.cols(), x, n, y, threads);
         return;
     }
     matmul_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads);

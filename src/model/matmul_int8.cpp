@@ -171,6 +171,8 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
             _mm_prefetch(reinterpret_cast<const char*>(blk + kPrefetchBytes + ahead), _MM_HINT_T0);
         }
         const __m256 dw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk)));
+        [[maybe_unused]] __m256 mw;  // Q4_1's mins, once per block
+        if constexpr (q4_1) mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16)));
         const auto* codes = reinterpret_cast<const __m256i*>(blk + codes_at);
         // Register g holds values 4g..4g+3 of every row (lane r = row r): Q4_1's as two nibbles of four loads,
         // Q8_0's magnitudes (their signs are read again per token).
@@ -206,10 +208,7 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
             }
             const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xs[t].d[b]));
             acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[t]);
-            if constexpr (q4_1) {
-                const __m256 mw = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 16)));
-                acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[t].s[b]), acc[t]);
-            }
+            if constexpr (q4_1) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[t].s[b]), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);

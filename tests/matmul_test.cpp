@@ -182,3 +182,66 @@ TEST_CASE("matmul_f32 over a bare array is matmul on the same floats, to the bit
     matmul_f32(nullptr, 0, 8, nullptr, 0, untouched.data());  // nothing to do, nothing written
     CHECK(untouched[0] == 1.5f);
 }
+
+TEST_CASE("matmul_shared_input gives each product matmul's bits, in either precision, at any thread count") {
+    // Mixed formats and row counts (not multiples of a task, one below a kernel group, one empty), a shared input
+    // big enough that threads > 1 splits the tasks between the caller and a helper, and batches of 1 to 11 tokens.
+    const std::size_t cols = 256;
+    std::vector<WeightMatrix> ws;
+    ws.push_back(WeightMatrix::from_blocks(WeightFormat::Q4_1, 1000, cols, random_blocks(WeightFormat::Q4_1, 1000, cols, 3)));
+    ws.push_back(WeightMatrix::from_blocks(WeightFormat::Q8_0, 37, cols, random_blocks(WeightFormat::Q8_0, 37, cols, 4)));
+    ws.push_back(WeightMatrix::from_floats(5, cols, random_floats(5 * cols, 6)));
+    ws.push_back(WeightMatrix::from_blocks(WeightFormat::Q4_1, 0, cols, {}));
+    ws.push_back(WeightMatrix::from_blocks(WeightFormat::Q4_1, 333, cols, random_blocks(WeightFormat::Q4_1, 333, cols, 7)));
+    for (MatmulPrecision precision : {MatmulPrecision::f32, MatmulPrecision::int8}) {
+        for (std::size_t n : {1u, 8u, 11u}) {
+            CAPTURE(matmul_precision_name(precision), n);
+            const auto x = random_floats(n * cols, 40 + n);
+            std::vector<std::vector<float>> alone(ws.size());
+            for (std::size_t i = 0; i < ws.size(); ++i) {
+                alone[i].assign(n * ws[i].rows(), 0.0f);
+                matmul(ws[i], x.data(), n, alone[i].data(), 1, precision);
+            }
+            for (int threads : {1, 2, 3}) {
+                for (int repeat = 0; repeat < 3; ++repeat) {  // different timings, different splits of the tasks
+                    std::vector<std::vector<float>> got(ws.size());
+                    std::vector<MatmulOutput> outputs;
+                    for (std::size_t i = 0; i < ws.size(); ++i) {
+                        got[i].assign(n * ws[i].rows() + 1, -7.0f);  // one guard value past the end
+                        outputs.push_back({&ws[i], got[i].data()});
+                    }
+                    matmul_shared_input(outputs, x.data(), n, threads, precision);
+                    for (std::size_t i = 0; i < ws.size(); ++i) {
+                        CAPTURE(i, threads);
+                        CHECK(std::memcmp(got[i].data(), alone[i].data(), alone[i].size() * sizeof(float)) == 0);
+                        CHECK(got[i].back() == -7.0f);
+                    }
+                }
+            }
+        }
+    }
+}
+
+TEST_CASE("matmul_shared_input refuses a missing matrix or buffer and mismatched columns, writing nothing") {
+    const auto a = WeightMatrix::from_floats(4, 32, random_floats(4 * 32, 1));
+    const auto b = WeightMatrix::from_floats(4, 64, random_floats(4 * 64, 2));
+    const auto x = random_floats(64, 3);
+    std::vector<float> ya(4, 9.0f), yb(4, 9.0f);
+    const MatmulOutput mismatched[] = {{&a, ya.data()}, {&b, yb.data()}};
+    CHECK_THROWS_AS(matmul_shared_input(mismatched, x.data(), 1), ShapeError);
+    const MatmulOutput no_matrix[] = {{&a, ya.data()}, {nullptr, yb.data()}};
+    CHECK_THROWS_AS(matmul_shared_input(no_matrix, x.data(), 1), ShapeError);
+    const MatmulOutput no_buffer[] = {{&a, ya.data()}, {&a, nullptr}};
+    CHECK_THROWS_AS(matmul_shared_input(no_buffer, x.data(), 1), ShapeError);
+    CHECK(ya == std::vector<float>(4, 9.0f));
+    CHECK(yb == std::vector<float>(4, 9.0f));
+    matmul_shared_input({}, x.data(), 1);  // nothing to do
+    // Nine products: more than fit without an allocation.
+    std::vector<std::vector<float>> ys(9, std::vector<float>(4));
+    std::vector<MatmulOutput> many;
+    for (auto& y : ys) many.push_back({&a, y.data()});
+    matmul_shared_input(many, x.data(), 1, 2);
+    std::vector<float> expected(4);
+    matmul(a, x.data(), 1, expected.data());
+    for (const auto& y : ys) CHECK(std::memcmp(y.data(), expected.data(), 4 * sizeof(float)) == 0);
+}

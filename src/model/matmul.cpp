@@ -280,59 +280,111 @@ void WeightMatrix::dequantize_row(std::size_t r, float* out) const {
 
 namespace {
 
-/// The product over `rows` rows of `format`, row r at base + r * row_stride: the one driver behind matmul and
-/// matmul_f32, so both keep the determinism contract by construction.
-void matmul_rows(WeightFormat format, const std::byte* base, std::size_t row_stride, std::size_t rows,
-                 std::size_t cols, const float* x, std::size_t n, float* y, int threads) {
-    if (n == 0 || rows == 0) return;
+/// One product of a driver call, as the kernels see it: `rows` rows of `format` (row r at base + r * row_stride)
+/// into y ([n][rows]); int8 ones read the interleaved `groups` (null: the scalar kernel reads the rows).
+struct RowProduct {
+    WeightFormat format;
+    const std::byte* base;
+    std::size_t row_stride;
+    std::size_t rows;
+    float* y;
+    bool int8 = false;
+    const std::byte* groups = nullptr;
+    std::size_t tasks() const { return (rows + kRowsPerTask - 1) / kRowsPerTask; }
+};
+static_assert(kRowsPerTask == detail::kInt8RowsPerTask, "the driver cuts int8 and f32 products into the same tasks");
 
-    // Per-token block sums of x for Q4_1's min term: computed once here, in one fixed order, and stored
-    // block-major within each pass of kTokensPerPass tokens (what dot_q4_1 loads as one vector).
-    thread_local std::vector<float> xsum_storage;  // (passes, cols / 32, kTokensPerPass)
+/// Per-token block sums of x for Q4_1's min term in the f32 kernels: computed once per call, in one fixed order,
+/// and stored block-major within each pass of kTokensPerPass tokens (what dot_q4_1 loads as one vector).
+struct BlockSums {
+    const float* sums = nullptr;
+    std::size_t pass_stride = 0;
+};
+BlockSums block_sums(const float* x, std::size_t n, std::size_t cols) {
+    thread_local std::vector<float> storage;  // (passes, cols / 32, kTokensPerPass)
     const std::size_t nb = cols / kBlock;
     const std::size_t pass_stride = nb * kTokensPerPass;
-    if (format == WeightFormat::Q4_1) {
-        const std::size_t passes = (n + kTokensPerPass - 1) / kTokensPerPass;
-        xsum_storage.assign(passes * pass_stride, 0.0f);
-        for (std::size_t t = 0; t < n; ++t) {
-            float* sums = xsum_storage.data() + t / kTokensPerPass * pass_stride + t % kTokensPerPass;
-            const float* xt = x + t * cols;
-            // Each block's sum is x[0] + x[1] + ... + x[31] in that order; the blocks' sums are interleaved
-            // (block loop inside) so the CPU runs nb independent add chains instead of one serial chain.
-            for (std::size_t b = 0; b < nb; ++b) sums[b * kTokensPerPass] = 0.0f;
-            for (std::size_t j = 0; j < kBlock; ++j) {
-                for (std::size_t b = 0; b < nb; ++b) sums[b * kTokensPerPass] += xt[b * kBlock + j];
-            }
+    const std::size_t passes = (n + kTokensPerPass - 1) / kTokensPerPass;
+    storage.assign(passes * pass_stride, 0.0f);
+    for (std::size_t t = 0; t < n; ++t) {
+        float* sums = storage.data() + t / kTokensPerPass * pass_stride + t % kTokensPerPass;
+        const float* xt = x + t * cols;
+        // Each block's sum is x[0] + x[1] + ... + x[31] in that order; the blocks' sums are interleaved
+        // (block loop inside) so the CPU runs nb independent add chains instead of one serial chain.
+        for (std::size_t b = 0; b < nb; ++b) sums[b * kTokensPerPass] = 0.0f;
+        for (std::size_t j = 0; j < kBlock; ++j) {
+            for (std::size_t b = 0; b < nb; ++b) sums[b * kTokensPerPass] += xt[b * kBlock + j];
         }
     }
-    const float* xsum = xsum_storage.data();
-    const std::size_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-    const int n_threads = detail::thread_count(threads, tasks, rows * row_stride);
+    return {storage.data(), pass_stride};
+}
 
-    // Each task writes rows [r0, r1) of every token and nothing else: its output does not depend on the thread.
-    detail::parallel_for(tasks, 1, n_threads, {.size = rows * row_stride * n},
-                         [&](std::size_t first_task, std::size_t end_task) {
-        for (std::size_t task = first_task; task < end_task; ++task) {
-            const std::size_t r0 = task * kRowsPerTask;
-            const std::size_t r1 = std::min(rows, r0 + kRowsPerTask);
-            for (std::size_t t = 0; t < n; t += kTokensPerPass) {
-                const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
-                const float* xs[kTokensPerPass];
-                const float* ss[kTokensPerPass];
-                for (int i = 0; i < nt; ++i) {
-                    xs[i] = x + (t + i) * cols;
-                    ss[i] = nullptr;
-                }
-                if (format == WeightFormat::Q4_1) ss[0] = xsum + t / kTokensPerPass * pass_stride;  // only Q4_1 has sums
-                const DotFn dot = kernel_for(format, nt);
-                float out[kTokensPerPass];
-                for (std::size_t r = r0; r < r1; ++r) {
-                    dot(base + r * row_stride, cols, xs, ss, out);
-                    for (int i = 0; i < nt; ++i) y[(t + i) * rows + r] = out[i];
-                }
+/// Rows [task * kRowsPerTask, ...) of a float-kernel product, every token: each task writes those rows and nothing
+/// else, so its output does not depend on the thread that runs it.
+void f32_task(const RowProduct& p, std::size_t cols, const float* x, std::size_t n, const BlockSums& sums,
+              std::size_t task) {
+    const std::size_t r0 = task * kRowsPerTask;
+    const std::size_t r1 = std::min(p.rows, r0 + kRowsPerTask);
+    for (std::size_t t = 0; t < n; t += kTokensPerPass) {
+        const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
+        const float* xs[kTokensPerPass];
+        const float* ss[kTokensPerPass];
+        for (int i = 0; i < nt; ++i) {
+            xs[i] = x + (t + i) * cols;
+            ss[i] = nullptr;
+        }
+        if (p.format == WeightFormat::Q4_1) ss[0] = sums.sums + t / kTokensPerPass * sums.pass_stride;  // only Q4_1 has sums
+        const DotFn dot = kernel_for(p.format, nt);
+        float out[kTokensPerPass];
+        for (std::size_t r = r0; r < r1; ++r) {
+            dot(p.base + r * p.row_stride, cols, xs, ss, out);
+            for (int i = 0; i < nt; ++i) p.y[(t + i) * p.rows + r] = out[i];
+        }
+    }
+}
+
+/// The one driver behind matmul, matmul_shared_input and matmul_f32: every product of one input x ([n][cols])
+/// as one parallel_for over all their tasks. A row's result comes from the same task code whichever products
+/// share the call, so the determinism contract holds by construction.
+void run_products(std::span<const RowProduct> products, std::size_t cols, const float* x, std::size_t n,
+                  int threads) {
+    if (n == 0) return;
+    bool any_int8 = false, any_f32_q4_1 = false;
+    std::size_t tasks = 0, bytes = 0;
+    for (const RowProduct& p : products) {
+        any_int8 |= p.int8;
+        any_f32_q4_1 |= !p.int8 && p.format == WeightFormat::Q4_1;
+        tasks += p.tasks();
+        bytes += p.rows * p.row_stride;
+    }
+    if (tasks == 0) return;
+    const BlockSums sums = any_f32_q4_1 ? block_sums(x, n, cols) : BlockSums{};
+    const detail::Int8Activations qx = any_int8 ? detail::quantize_activations(x, n, cols) : detail::Int8Activations{};
+    const int n_threads = detail::thread_count(threads, tasks, bytes);
+    detail::parallel_for(tasks, 1, n_threads, {.size = bytes * n}, [&](std::size_t first, std::size_t end) {
+        // A claim is a run of consecutive tasks: find the product of the first, then walk on.
+        std::size_t p = 0, p_first = 0;  // product, and the index of its first task among all
+        while (first >= p_first + products[p].tasks()) p_first += products[p++].tasks();
+        for (std::size_t task = first; task < end; ++task) {
+            while (task >= p_first + products[p].tasks()) p_first += products[p++].tasks();
+            const RowProduct& prod = products[p];
+            if (prod.int8) {
+                detail::matmul_int8_task(prod.format, prod.base, prod.row_stride, prod.groups, prod.rows, qx, prod.y,
+                                         task - p_first);
+            } else {
+                f32_task(prod, cols, x, n, sums, task - p_first);
             }
         }
     });
+}
+
+RowProduct product_of(const WeightMatrix& w, float* y, MatmulPrecision precision) {
+    RowProduct p{w.format(), w.row_data(0), w.row_bytes(), w.rows(), y};
+    if (precision == MatmulPrecision::int8 && w.format() != WeightFormat::F32) {
+        p.int8 = true;
+        p.groups = detail::int8_layout(w);
+    }
+    return p;
 }
 
 }  // namespace
@@ -347,18 +399,44 @@ MatmulPrecision parse_matmul_precision(const std::string& name) {
 
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads, MatmulPrecision precision) {
     if (w.rows() == 0) return;
-    if (precision == MatmulPrecision::int8 && w.format() != WeightFormat::F32) {
-        detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), detail::int8_layout(w), w.rows(),
-                                 w.cols(), x, n, y, threads);
-        return;
+    const RowProduct p = product_of(w, y, precision);
+    run_products(std::span<const RowProduct>(&p, 1), w.cols(), x, n, threads);
+}
+
+void matmul_shared_input(std::span<const MatmulOutput> outputs, const float* x, std::size_t n, int threads,
+                         MatmulPrecision precision) {
+    if (outputs.empty()) return;
+    for (std::size_t i = 0; i < outputs.size(); ++i) {
+        if (outputs[i].w == nullptr || outputs[i].y == nullptr) {
+            throw ShapeError(fmt::format("matmul_shared_input: output {} has no {}", i,
+                                         outputs[i].w == nullptr ? "matrix" : "result buffer"));
+        }
+        if (outputs[i].w->cols() != outputs[0].w->cols()) {
+            throw ShapeError(fmt::format("matmul_shared_input: matrix {} has {} columns but matrix 0 has {}; the "
+                                         "products share one input",
+                                         i, outputs[i].w->cols(), outputs[0].w->cols()));
+        }
     }
-    matmul_rows(w.format(), w.row_data(0), w.row_bytes(), w.rows(), w.cols(), x, n, y, threads);
+    constexpr std::size_t kInline = 8;  // products without an allocation
+    std::array<RowProduct, kInline> small{};
+    std::vector<RowProduct> large;
+    RowProduct* products = small.data();
+    if (outputs.size() > kInline) {
+        large.resize(outputs.size());
+        products = large.data();
+    }
+    std::size_t count = 0;
+    for (const MatmulOutput& o : outputs) {
+        if (o.w->rows() > 0) products[count++] = product_of(*o.w, o.y, precision);
+    }
+    run_products(std::span<const RowProduct>(products, count), outputs[0].w->cols(), x, n, threads);
 }
 
 void matmul_f32(const float* w, std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y,
                 int threads) {
-    matmul_rows(WeightFormat::F32, reinterpret_cast<const std::byte*>(w), cols * sizeof(float), rows, cols, x, n, y,
-                threads);
+    if (rows == 0) return;
+    const RowProduct p{WeightFormat::F32, reinterpret_cast<const std::byte*>(w), cols * sizeof(float), rows, y};
+    run_products(std::span<const RowProduct>(&p, 1), cols, x, n, threads);
 }
 
 void matmul_int8_scalar(const WeightMatrix& w, const float* x, std::size_t n, float* y) {
@@ -367,8 +445,9 @@ void matmul_int8_scalar(const WeightMatrix& w, const float* x, std::size_t n, fl
                                      weight_format_name(w.format())));
     }
     if (w.rows() == 0) return;
-    detail::matmul_int8_rows(w.format(), w.row_data(0), w.row_bytes(), /*groups=*/nullptr, w.rows(), w.cols(), x,
-                             n, y, 1);
+    // No groups: the scalar kernel, reading the rows as stored.
+    const RowProduct p{w.format(), w.row_data(0), w.row_bytes(), w.rows(), y, /*int8=*/true, /*groups=*/nullptr};
+    run_products(std::span<const RowProduct>(&p, 1), w.cols(), x, n, 1);
 }
 
 void matmul_reference(const WeightMatrix& w, const float* x, std::size_t n, float* y) {

@@ -27,7 +27,6 @@
 #include <vector>
 
 #include "kvcache/detail/simd.hpp"
-#include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/element_types.hpp"
 
 namespace kvcache::detail {
@@ -38,7 +37,7 @@ constexpr std::size_t kBlock = 32;
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16;
 constexpr std::size_t kQ8_0Bytes = 2 + 32;
 constexpr std::size_t kRows = 8;           // weight rows per kernel call: the eight float lanes
-constexpr std::size_t kRowsPerTask = 16;   // rows one thread finishes before taking the next stretch (kRows x 2)
+static_assert(kInt8RowsPerTask % kRows == 0, "a task is whole groups of rows");
 constexpr int kTokensPerPass = 8;          // tokens that share one transposed weight block
 // One block of a group of eight interleaved rows (see interleave_rows). Q4_1: the rows' eight fp16 scales,
 // their eight fp16 mins, then four 32-byte registers' worth of codes. Q8_0: the eight scales, then eight
@@ -259,13 +258,8 @@ AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* b
     return out;
 }
 
-void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t row_stride, const std::byte* groups,
-                      std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y, int threads) {
-    if (n == 0 || rows == 0) return;
-#if !KVCACHE_HAVE_AVX2
-    groups = nullptr;
-#endif
-    // Every token's int8 row, once per product, in one fixed order (each token on its own).
+Int8Activations quantize_activations(const float* x, std::size_t n, std::size_t cols) {
+    // Every token's int8 row, once per call, in one fixed order (each token on its own).
     thread_local std::vector<std::int8_t> q_storage;  // (n, cols)
     thread_local std::vector<float> ds_storage;       // (n, 2, cols / 32): scales, then block sums
     const std::size_t nb = cols / kBlock;
@@ -275,58 +269,54 @@ void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t ro
         quantize_row(x + t * cols, cols, q_storage.data() + t * cols, ds_storage.data() + t * 2 * nb,
                      ds_storage.data() + t * 2 * nb + nb);
     }
-    const std::int8_t* qs = q_storage.data();
-    const float* ds = ds_storage.data();
+    return {q_storage.data(), ds_storage.data(), n, cols};
+}
 
-    const std::size_t tasks = (rows + kRowsPerTask - 1) / kRowsPerTask;
-    const int n_threads = thread_count(threads, tasks, rows * row_stride);
-    parallel_for(tasks, 1, n_threads, {.size = rows * row_stride * n},
-                 [&](std::size_t first_task, std::size_t end_task) {
-        for (std::size_t task = first_task; task < end_task; ++task) {
-            const std::size_t task_end = std::min(rows, (task + 1) * kRowsPerTask);
-            // kRowsPerTask is a multiple of kRows, so every r0 starts a group.
-            for (std::size_t r0 = task * kRowsPerTask; r0 < task_end; r0 += kRows) {
-                const std::size_t live = std::min(kRows, task_end - r0);
-                for (std::size_t t = 0; t < n; t += kTokensPerPass) {
-                    const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
-                    QuantizedRow xs[kTokensPerPass];
-                    alignas(32) float results[kTokensPerPass][kRows];
-                    float* outs[kTokensPerPass];
-                    for (int i = 0; i < nt; ++i) {
-                        const std::size_t tok = t + std::size_t(i);
-                        xs[i] = {qs + tok * cols, ds + tok * 2 * nb, ds + tok * 2 * nb + nb};
-                        outs[i] = results[i];
-                    }
-#if KVCACHE_HAVE_AVX2
-                    if (groups != nullptr) {
-                        const std::size_t group_bytes =
-                            nb * (format == WeightFormat::Q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes);
-                        avx2_kernel(format, nt)(groups + r0 / kRows * group_bytes, nb, xs, outs);
-                    }
+void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t row_stride, const std::byte* groups,
+                      std::size_t rows, const Int8Activations& x, float* y, std::size_t task) {
+#if !KVCACHE_HAVE_AVX2
+    groups = nullptr;
 #endif
-                    if (groups == nullptr) {
-                        // Past the last row the final row stands in, its extra results dropped (a row's result
-                        // does not depend on its neighbours).
-                        const std::byte* row_ptr[kRows];
-                        for (std::size_t i = 0; i < kRows; ++i) {
-                            row_ptr[i] = base + std::min(r0 + i, task_end - 1) * row_stride;
-                        }
-                        dot_rows_scalar(format, row_ptr, cols, xs, nt, outs);
-                    }
-                    for (int i = 0; i < nt; ++i) {
-                        float* dst = y + (t + std::size_t(i)) * rows + r0;
-                        // A whole group as one fixed-size copy: a variable-length one became `rep movs`, whose
-                        // start-up cost was ~8 % of an eight-token step.
-                        if (live == kRows) {
-                            std::memcpy(dst, results[i], kRows * sizeof(float));
-                        } else {
-                            std::memcpy(dst, results[i], live * sizeof(float));
-                        }
-                    }
+    const std::size_t cols = x.cols, n = x.n, nb = cols / kBlock;
+    const std::size_t task_end = std::min(rows, (task + 1) * kInt8RowsPerTask);
+    // kInt8RowsPerTask is a multiple of kRows, so every r0 starts a group.
+    for (std::size_t r0 = task * kInt8RowsPerTask; r0 < task_end; r0 += kRows) {
+        const std::size_t live = std::min(kRows, task_end - r0);
+        for (std::size_t t = 0; t < n; t += kTokensPerPass) {
+            const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
+            QuantizedRow xs[kTokensPerPass];
+            alignas(32) float results[kTokensPerPass][kRows];
+            float* outs[kTokensPerPass];
+            for (int i = 0; i < nt; ++i) {
+                const std::size_t tok = t + std::size_t(i);
+                xs[i] = {x.q + tok * cols, x.ds + tok * 2 * nb, x.ds + tok * 2 * nb + nb};
+                outs[i] = results[i];
+            }
+#if KVCACHE_HAVE_AVX2
+            if (groups != nullptr) {
+                const std::size_t group_bytes = nb * (format == WeightFormat::Q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes);
+                avx2_kernel(format, nt)(groups + r0 / kRows * group_bytes, nb, xs, outs);
+            }
+#endif
+            if (groups == nullptr) {
+                // Past the last row the final row stands in, its extra results dropped (a row's result
+                // does not depend on its neighbours).
+                const std::byte* row_ptr[kRows];
+                for (std::size_t i = 0; i < kRows; ++i) row_ptr[i] = base + std::min(r0 + i, task_end - 1) * row_stride;
+                dot_rows_scalar(format, row_ptr, cols, xs, nt, outs);
+            }
+            for (int i = 0; i < nt; ++i) {
+                float* dst = y + (t + std::size_t(i)) * rows + r0;
+                // A whole group as one fixed-size copy: a variable-length one became `rep movs`, whose
+                // start-up cost was ~8 % of an eight-token step.
+                if (live == kRows) {
+                    std::memcpy(dst, results[i], kRows * sizeof(float));
+                } else {
+                    std::memcpy(dst, results[i], live * sizeof(float));
                 }
             }
         }
-    });
+    }
 }
 
 }  // namespace kvcache::detail

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <mutex>
 
 #include "kvcache/detail/aligned_buffer.hpp"
@@ -22,10 +23,24 @@ struct Int8Layout {
 AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* base, std::size_t row_stride,
                                          std::size_t rows, std::size_t cols);
 
-/// y[t][r] = the int8 dot of weight row r (Q4_1 or Q8_0) with x[t]. With `groups` (interleave_rows of the same rows) and
-/// AVX2 compiled in, the vector kernel reads the groups; otherwise the scalar kernel reads the rows (row r at
-/// base + r * row_stride). Both give the same bits.
-void matmul_int8_rows(WeightFormat format, const std::byte* base, std::size_t row_stride, const std::byte* groups,
-                      std::size_t rows, std::size_t cols, const float* x, std::size_t n, float* y, int threads);
+/// Activations rounded to int8 for the kernels (per token: codes, block scales, float block sums). The storage is
+/// the calling thread's, reused by its next quantize_activations: a product's tasks read it while that thread
+/// waits for them.
+struct Int8Activations {
+    const std::int8_t* q;  // (n, cols)
+    const float* ds;       // (n, 2, cols / 32): scales, then block sums
+    std::size_t n, cols;
+};
+Int8Activations quantize_activations(const float* x, std::size_t n, std::size_t cols);
+
+/// Rows of one unit of parallel work of an int8 product (a multiple of the kernel's eight).
+inline constexpr std::size_t kInt8RowsPerTask = 16;
+
+/// y[t][r] = the int8 dot of weight row r (Q4_1 or Q8_0) with x's token t, for the rows of task `task`
+/// ([task * kInt8RowsPerTask, ...)) and every token; y is [n][rows]. With `groups` (interleave_rows of the same rows)
+/// and AVX2 compiled in, the vector kernel reads the groups; otherwise the scalar kernel reads the rows (row r at
+/// base + r * row_stride). Both give the same bits, and a task writes only its own rows.
+void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t row_stride, const std::byte* groups,
+                      std::size_t rows, const Int8Activations& x, float* y, std::size_t task);
 
 }  // namespace kvcache::detail

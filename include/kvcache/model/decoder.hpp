@@ -268,9 +268,9 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
 
         // Attention block: x += wo · attention(rope(wq · norm(x)), cache ∪ rope(wk · norm(x)), wv · norm(x))
         rms_norm(x_.data(), w.attn_norm.data(), n, c.d_model, c.norm_eps, xb_.data());  // xb (n, d_model)
-        matmul(w.wq, xb_.data(), n, q_.data(), threads, precision);                       // q  (n, n_heads*head_dim)
-        matmul(w.wk, xb_.data(), n, k_.data(), threads, precision);                       // k  (n, n_kv_heads*head_dim)
-        matmul(w.wv, xb_.data(), n, v_.data(), threads, precision);                       // v  (n, n_kv_heads*head_dim)
+        // q (n, n_heads*head_dim), k and v (n, n_kv_heads*head_dim): one dispatch for the three
+        const MatmulOutput qkv[] = {{&w.wq, q_.data()}, {&w.wk, k_.data()}, {&w.wv, v_.data()}};
+        matmul_shared_input(qkv, xb_.data(), n, threads, precision);
         if (c.qkv_bias) {
             add_bias(q_.data(), w.bq.data(), n, c.q_dim());
             add_bias(k_.data(), w.bk.data(), n, c.kv_dim());
@@ -310,8 +310,8 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
 
         // MLP block: x += w_down · (silu(w_gate · norm(x)) * (w_up · norm(x)))
         rms_norm(x_.data(), w.ffn_norm.data(), n, c.d_model, c.norm_eps, xb_.data());    // xb  (n, d_model)
-        matmul(w.w_gate, xb_.data(), n, hb_.data(), threads, precision);                  // hb  (n, d_ff)
-        matmul(w.w_up, xb_.data(), n, hb2_.data(), threads, precision);                   // hb2 (n, d_ff)
+        const MatmulOutput gate_up[] = {{&w.w_gate, hb_.data()}, {&w.w_up, hb2_.data()}};  // hb, hb2 (n, d_ff)
+        matmul_shared_input(gate_up, xb_.data(), n, threads, precision);
         swiglu(hb_.data(), hb2_.data(), n * c.d_ff);
         matmul(w.w_down, hb_.data(), n, xb_.data(), threads, precision);                  // xb  (n, d_model)
         add_into(x_.data(), xb_.data(), n * c.d_model);

@@ -103,6 +103,20 @@ private:
 void matmul(const WeightMatrix& w, const float* x, std::size_t n, float* y, int threads = 0,
             MatmulPrecision precision = MatmulPrecision::f32);
 
+/// One product of matmul_shared_input: y = w · x, y laid out [n][w->rows()].
+struct MatmulOutput {
+    const WeightMatrix* w = nullptr;
+    float* y = nullptr;
+};
+
+/// Several products of the same input x ([n][cols]): outputs[i].y = outputs[i].w · x for each i, bitwise what
+/// matmul gives for each alone, at any thread count. The products run as one parallel dispatch (one hand-off to the
+/// pool instead of one per matrix) and int8 rounds x once: a layer's Q, K and V, or its gate and up. Throws
+/// ShapeError, before anything is written, if an output has no matrix or no buffer, or if the matrices' column
+/// counts differ.
+void matmul_shared_input(std::span<const MatmulOutput> outputs, const float* x, std::size_t n, int threads = 0,
+                         MatmulPrecision precision = MatmulPrecision::f32);
+
 /// The float product over a bare row-major [rows][cols] array that the caller owns (no WeightMatrix, no copy):
 /// y[t][r] = sum_c w[r * cols + c] * x[t][c]. The same kernels and determinism contract as matmul on an F32
 /// WeightMatrix (bitwise the same results); used by the encoder-decoder, whose weights are PyTorch tensors.

@@ -11,6 +11,7 @@
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <span>
 #include <string>
 #include <vector>
@@ -407,4 +408,64 @@ TEST_CASE("a user's storage type plugs into caches and attention through Element
     attention(mixed, 0, 0, q, 2, QH, fast);
     attention_reference(mixed, 0, 0, q, 2, QH, ref);
     CHECK(relative_error(fast, ref) < 1e-5f);
+}
+
+TEST_CASE("q8_0 quantisation follows its definition on ties, signed zeros, NaN, infinities and tiny values",
+          "[element_types][quantised]") {
+    // The definition written out (gguf-py's Q8_0.quantize_blocks with np_roundf): d = max|x| / 127 (NaN ignored by
+    // the max), q = round-half-away(x * (1 / d)), and 0 where that is not a number. The library's vector path
+    // must give these bits.
+    const auto define = [](const float* x, q8_0& out) {
+        float amax = 0.0f;
+        for (int j = 0; j < 32; ++j) {
+            if (std::fabs(x[j]) > amax) amax = std::fabs(x[j]);
+        }
+        const float d = amax / 127.0f;
+        const float id = d != 0.0f ? 1.0f / d : 0.0f;
+        out.d = fp16(d);
+        for (int j = 0; j < 32; ++j) {
+            volatile float n = x[j] * id;  // rounded on its own, as numpy does
+            const float a = std::fabs(n), whole = std::floor(a);
+            const float b = whole + std::floor(2.0f * (a - whole));
+            const float q = n < 0.0f ? -b : b;
+            out.qs[j] = std::isfinite(q) && std::fabs(q) <= 127.0f ? static_cast<std::int8_t>(q) : std::int8_t{0};
+        }
+    };
+    const float nan = std::numeric_limits<float>::quiet_NaN(), inf = std::numeric_limits<float>::infinity();
+    std::vector<std::vector<float>> blocks;
+    // amax 127: the scale is 1, so x * id is x and the ties are exact
+    std::vector<float> ties = {127.0f, 0.5f, 1.5f, 2.5f, -0.5f, -1.5f, -2.5f, 126.5f, -126.5f, 0.49999997f,
+                               -0.49999997f, 0.0f, -0.0f, 1e-30f, -1e-30f, 3.5f, -3.5f, 64.5f, -64.5f, 100.49f};
+    ties.resize(32, -7.5f);
+    blocks.push_back(ties);
+    std::vector<float> with_nan = ties;
+    with_nan[3] = nan;
+    with_nan[20] = -nan;
+    blocks.push_back(with_nan);
+    std::vector<float> with_inf(32, 1.0f);
+    with_inf[7] = -inf;
+    with_inf[9] = 2.5f;
+    blocks.push_back(with_inf);
+    blocks.push_back(std::vector<float>(32, 0.0f));
+    blocks.push_back(std::vector<float>(32, nan));
+    std::vector<float> tiny(32);
+    for (int j = 0; j < 32; ++j) tiny[j] = static_cast<float>(j - 16) * 1e-40f;  // subnormal inputs
+    blocks.push_back(tiny);
+    const auto noise = random_normal(16 * 32, 11, 3.0f);
+    for (std::size_t b = 0; b < 16; ++b) blocks.emplace_back(noise.begin() + b * 32, noise.begin() + (b + 1) * 32);
+    std::vector<float> all;
+    for (const auto& b : blocks) all.insert(all.end(), b.begin(), b.end());
+    std::vector<q8_0> got(blocks.size()), expected(blocks.size());
+    convert_from_float(all.data(), got.data(), all.size());
+    for (std::size_t b = 0; b < blocks.size(); ++b) {
+        define(blocks[b].data(), expected[b]);
+        CAPTURE(b);
+        CHECK(std::memcmp(&got[b], &expected[b], sizeof(q8_0)) == 0);
+    }
+    CHECK(got[0].qs[1] == 1);   // 0.5 rounds away from zero
+    CHECK(got[0].qs[3] == 3);   // 2.5 too (not to even)
+    CHECK(got[0].qs[6] == -3);
+    CHECK(got[0].qs[9] == 0);   // just below a half
+    CHECK(got[1].qs[3] == 0);   // NaN
+    CHECK(got[2].qs[7] == 0);   // the infinity's own code; the others are 0 as well (their scale is inf)
 }

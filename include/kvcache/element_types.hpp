@@ -314,6 +314,12 @@ struct ElementTraits<q8_0> {
     static constexpr std::size_t block_values = q8_0::kValues;
     static constexpr std::uint32_t file_code = 4;
     static void encode(const float* src, q8_0* dst, std::size_t n) {
+#if defined(__AVX2__)
+        // The same steps eight lanes at a time: a cache append quantises every new row, and the scalar floors
+        // were ~4 % of an eight-sequence decode step. Every step is elementwise, or a max (exact in any order),
+        // so the bits are the scalar loop's.
+        for (std::size_t b = 0; b < n / block_values; ++b, src += block_values) encode_block_avx2(src, dst[b]);
+#else
         for (std::size_t b = 0; b < n / block_values; ++b, src += block_values) {
             float amax = 0.0f;
             for (std::size_t j = 0; j < block_values; ++j) amax = std::max(amax, std::fabs(src[j]));
@@ -325,7 +331,42 @@ struct ElementTraits<q8_0> {
                 dst[b].qs[j] = std::fabs(q) <= 127.0f ? static_cast<std::int8_t>(q) : std::int8_t{0};
             }
         }
+#endif
     }
+#if defined(__AVX2__)
+    static void encode_block_avx2(const float* src, q8_0& dst) {
+        const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
+        __m256 v[4];
+        __m256 m = zero;
+        for (int i = 0; i < 4; ++i) {
+            v[i] = _mm256_loadu_ps(src + 8 * i);
+            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);  // a NaN lane leaves m as it was, as std::max
+        }
+        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+        const float d = _mm_cvtss_f32(m4) / 127.0f;
+        const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
+        dst.d = fp16::from_bits(fp16::from_float(d));
+        __m256i q32[4];
+        for (int i = 0; i < 4; ++i) {
+            // round_half_away: floor(|x|) + floor(2 * (|x| - floor(|x|))), with x's sign
+            const __m256 x = _mm256_mul_ps(v[i], id);
+            const __m256 a = _mm256_andnot_ps(sign, x);
+            const __m256 whole = _mm256_floor_ps(a);
+            const __m256 r = _mm256_add_ps(whole, _mm256_floor_ps(_mm256_mul_ps(_mm256_set1_ps(2.0f), _mm256_sub_ps(a, whole))));
+            const __m256 q = _mm256_blendv_ps(r, _mm256_xor_ps(r, sign), _mm256_cmp_ps(x, zero, _CMP_LT_OQ));
+            // |q| <= 127 or 0 (false for NaN): so every lane converts and packs exactly
+            const __m256 fits = _mm256_cmp_ps(_mm256_andnot_ps(sign, q), _mm256_set1_ps(127.0f), _CMP_LE_OQ);
+            q32[i] = _mm256_cvttps_epi32(_mm256_and_ps(q, fits));
+        }
+        // 32 -> 16 -> 8 bits; packs interleave the 128-bit halves, the permute puts the values back in order
+        const __m256i q16a = _mm256_packs_epi32(q32[0], q32[1]), q16b = _mm256_packs_epi32(q32[2], q32[3]);
+        const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16a, q16b),
+                                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst.qs), q8);
+    }
+#endif
     static void decode(const q8_0* src, float* dst, std::size_t n) {
         for (std::size_t b = 0; b < n / block_values; ++b, dst += block_values) {
             const float d = fp16::to_float(src[b].d.bits);

@@ -295,6 +295,23 @@ inline float rounded(float x) {
 #endif
 }
 
+#if defined(__AVX2__)
+/// Loads 32 floats into v[0..3] and returns the largest magnitude among them, NaN ignored (as std::max(m, |x|)
+/// from m = 0 ignores it). A max is exact in any order, so this is the scalar loop's result.
+inline float load_block32_max_abs(const float* x, __m256* v) {
+    const __m256 sign = _mm256_set1_ps(-0.0f);
+    __m256 m = _mm256_setzero_ps();
+    for (int i = 0; i < 4; ++i) {
+        v[i] = _mm256_loadu_ps(x + 8 * i);
+        m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);  // a NaN lane leaves m as it was
+    }
+    __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
+    m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
+    return _mm_cvtss_f32(m4);
+}
+#endif
+
 /// gguf-py's np_roundf: round half away from zero, as floor(|x|) + floor(2 * (|x| - floor(|x|))) with the sign.
 inline float round_half_away(float x) {
     const float a = std::fabs(x);
@@ -337,15 +354,7 @@ struct ElementTraits<q8_0> {
     static void encode_block_avx2(const float* src, q8_0& dst) {
         const __m256 sign = _mm256_set1_ps(-0.0f), zero = _mm256_setzero_ps();
         __m256 v[4];
-        __m256 m = zero;
-        for (int i = 0; i < 4; ++i) {
-            v[i] = _mm256_loadu_ps(src + 8 * i);
-            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);  // a NaN lane leaves m as it was, as std::max
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        const float d = _mm_cvtss_f32(m4) / 127.0f;
+        const float d = detail::load_block32_max_abs(src, v) / 127.0f;
         const __m256 id = _mm256_set1_ps(d != 0.0f ? 1.0f / d : 0.0f);
         dst.d = fp16::from_bits(fp16::from_float(d));
         __m256i q32[4];

@@ -78,17 +78,8 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
 #if KVCACHE_HAVE_AVX2
         // The same steps eight lanes at a time: max is exact in any order, the rest is elementwise
         // (_MM_FROUND_TO_NEAREST_INT is nearbyint's round-to-nearest-even).
-        const __m256 sign = _mm256_set1_ps(-0.0f);
         __m256 v[4];
-        __m256 m = _mm256_setzero_ps();
-        for (int i = 0; i < 4; ++i) {
-            v[i] = _mm256_loadu_ps(xb + 8 * i);
-            m = _mm256_max_ps(_mm256_andnot_ps(sign, v[i]), m);  // a NaN lane leaves m as it was, as std::max
-        }
-        __m128 m4 = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
-        m4 = _mm_max_ps(m4, _mm_movehl_ps(m4, m4));
-        m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
-        const float amax = _mm_cvtss_f32(m4);
+        const float amax = load_block32_max_abs(xb, v);
         const float scale = amax / 127.0f;
         const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
         const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);

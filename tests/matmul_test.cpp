@@ -213,7 +213,10 @@ TEST_CASE("matmul_shared_input gives each product matmul's bits, in either preci
                     matmul_shared_input(outputs, x.data(), n, threads, precision);
                     for (std::size_t i = 0; i < ws.size(); ++i) {
                         CAPTURE(i, threads);
-                        CHECK(std::memcmp(got[i].data(), alone[i].data(), alone[i].size() * sizeof(float)) == 0);
+                        // (the empty matrix's result is empty: memcmp may not be handed its null data())
+                        if (!alone[i].empty()) {
+                            CHECK(std::memcmp(got[i].data(), alone[i].data(), alone[i].size() * sizeof(float)) == 0);
+                        }
                         CHECK(got[i].back() == -7.0f);
                     }
                 }

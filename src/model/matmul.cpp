@@ -24,7 +24,9 @@ namespace {
 constexpr std::size_t kBlock = 32;             // elements per quantised block
 constexpr std::size_t kQ8_0Bytes = 2 + 32;     // fp16 d, 32 x int8
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16; // fp16 d, fp16 m, 16 bytes of nibbles
-constexpr std::size_t kRowsPerTask = 16;       // rows one thread finishes before taking the next stretch
+// Rows one thread finishes before taking the next stretch: one constant for the f32 and the int8 tasks, which
+// run_products cuts alike.
+constexpr std::size_t kRowsPerTask = detail::kInt8RowsPerTask;
 // Tokens that share one decoded weight block: the batch width of one pass over the weights. Any value >= 1
 // gives the same bits (a token's arithmetic does not depend on its neighbours); wider decodes each block
 // fewer times per batch but needs one accumulator register per token. 8 is what AVX2's 16 registers hold
@@ -292,7 +294,6 @@ struct RowProduct {
     const std::byte* groups = nullptr;
     std::size_t tasks() const { return (rows + kRowsPerTask - 1) / kRowsPerTask; }
 };
-static_assert(kRowsPerTask == detail::kInt8RowsPerTask, "the driver cuts int8 and f32 products into the same tasks");
 
 /// Per-token block sums of x for Q4_1's min term in the f32 kernels: computed once per call, in one fixed order,
 /// and stored block-major within each pass of kTokensPerPass tokens (what dot_q4_1 loads as one vector).

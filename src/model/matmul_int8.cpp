@@ -12,6 +12,8 @@
 //   instruction; for Q4_1 the sums stay in 16-bit lanes for a whole block, for Q8_0 (signed codes: |w| times x
 //   carrying w's sign) they go to 32 bits per register. One float step per block finishes eight rows at once
 //   — no horizontal sums at all.
+// - With AVX-512 VNNI (+VL) compiled in, vpdpbusd does the byte products and their sum into 32 bits in one
+//   instruction per register; the integer sums, and so the bits, are the same.
 // - Per output the float arithmetic is: acc = 0; for each block b in order: acc = fma(dw_b * dx_b,
 //   float(isum_b), acc), and for Q4_1 then acc = fma(m_b, sum(x_b), acc). isum_b is an exact integer
 //   (|isum| < 2^24, so its float is exact too), so the vector lane and the scalar loop below compute the

@@ -182,7 +182,6 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
     constexpr std::size_t block_bytes = q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes;
     constexpr std::size_t codes_at = q4_1 ? 32 : 16;  // after the scales (and Q4_1's mins)
     const __m256i mask = _mm256_set1_epi8(0x0F);
-    [[maybe_unused]] const __m256i ones = _mm256_set1_epi16(1);
     __m256 acc[NT];
     for (int t = 0; t < NT; ++t) acc[t] = _mm256_setzero_ps();
     for (std::size_t b = 0; b < nb; ++b) {
@@ -227,6 +226,7 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
             }
             isum = _mm256_add_epi32(even, odd);
 #else
+            const __m256i ones = _mm256_set1_epi16(1);  // vpmaddwd by 1: adjacent 16-bit sums to 32 bits
             if constexpr (q4_1) {
                 __m256i p = _mm256_setzero_si256();
                 for (int g = 0; g < 8; ++g) {

@@ -3,8 +3,11 @@
 #include <catch2/catch.hpp>
 
 #include <cmath>
+#include <cstring>
+#include <limits>
 #include <vector>
 
+#include "kvcache/detail/simd.hpp"
 #include "kvcache/model/ops.hpp"
 
 using namespace kvcache;
@@ -90,4 +93,120 @@ TEST_CASE("rms_norm, swiglu, add_into, add_bias against their formulas", "[ops]"
     CHECK(acc == std::vector<float>{2, 3, 4, 5});
     add_bias(acc.data(), std::vector<float>{10, 20}.data(), 2, 2);
     CHECK(acc == std::vector<float>{12, 23, 14, 25});
+}
+
+TEST_CASE("exp1, the one-lane exp, gives exp8's and exp16's bits for every input, edges included", "[ops]") {
+    std::vector<float> x;
+    for (int i = -2000; i <= 2000; ++i) x.push_back(static_cast<float>(i) * 0.0467f);  // -93.4 .. 93.4
+    for (const float edge : {-87.3365447504019f, -87.33654f, -87.3366f, 88.3762626647949f, 88.37f, 88.38f, 0.0f, -0.0f,
+                             1e-30f, -1e-30f, std::numeric_limits<float>::denorm_min(),
+                             std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
+                             std::numeric_limits<float>::quiet_NaN()}) {
+        x.push_back(edge);
+    }
+    while (x.size() % 16 != 0) x.push_back(1.0f);
+    for (std::size_t i = 0; i < x.size(); ++i) {
+        const float e = detail::exp1(x[i]);
+        if (std::isfinite(x[i]) && x[i] > -87.0f && x[i] < 88.0f) {
+            REQUIRE(e == Approx(std::exp(double(x[i]))).epsilon(4e-7));  // exp8's accuracy, stated in simd.hpp
+        }
+        if (x[i] < -87.3365447504019f) REQUIRE(e == 0.0f);
+    }
+#if KVCACHE_HAVE_AVX2
+    for (std::size_t i = 0; i < x.size(); i += 8) {
+        alignas(32) float lanes[8];
+        _mm256_store_ps(lanes, detail::exp8(_mm256_loadu_ps(x.data() + i)));
+        for (std::size_t k = 0; k < 8; ++k) {
+            const float one = detail::exp1(x[i + k]);
+            INFO("x = " << x[i + k]);
+            REQUIRE(std::memcmp(&lanes[k], &one, sizeof one) == 0);
+        }
+    }
+#endif
+#if KVCACHE_HAVE_AVX512
+    for (std::size_t i = 0; i < x.size(); i += 16) {
+        alignas(64) float lanes[16];
+        _mm512_store_ps(lanes, detail::exp16(_mm512_loadu_ps(x.data() + i)));
+        for (std::size_t k = 0; k < 16; ++k) {
+            const float one = detail::exp1(x[i + k]);
+            INFO("x = " << x[i + k]);
+            REQUIRE(std::memcmp(&lanes[k], &one, sizeof one) == 0);
+        }
+    }
+#endif
+}
+
+TEST_CASE("swiglu: an element's bits do not depend on where it falls (vector, tail) or on the count", "[ops]") {
+    // A token's row of d_ff values is a tail when alone and the middle of a vector in a batch: every element
+    // must come out the same either way (batched == alone).
+    const std::size_t count = 53;  // 3 x 16 + 5: AVX-512, AVX2 and tail steps
+    std::vector<float> gate(count), up(count);
+    for (std::size_t i = 0; i < count; ++i) {
+        gate[i] = static_cast<float>(std::sin(1.3 * double(i)) * 12.0 - 2.0);
+        up[i] = static_cast<float>(std::cos(0.4 * double(i)) * 1.5);
+    }
+    gate[7] = -100.0f;  // e^100 is clamped to e^88.38: silu is about -4e-37 (true value -3.7e-42)
+    gate[8] = 100.0f;   // e^-100 underflows to 0: silu(g) = g
+    gate[9] = std::numeric_limits<float>::quiet_NaN();
+    auto all = gate;
+    swiglu(all.data(), up.data(), count);
+    for (std::size_t i = 0; i < count; ++i) {
+        float one = gate[i];
+        swiglu(&one, &up[i], 1);
+        INFO("element " << i);
+        REQUIRE(std::memcmp(&one, &all[i], sizeof one) == 0);
+        if (i == 9) {
+            CHECK(std::isnan(one));
+        } else {
+            const double g = gate[i];
+            CHECK(one == Approx(g / (1.0 + std::exp(-g)) * up[i]).margin(1e-6).epsilon(1e-6));
+        }
+    }
+    CHECK(all[8] == 100.0f * up[8]);
+    CHECK(std::fabs(all[7]) < 1e-30f);
+}
+
+TEST_CASE("apply_rope from a rope_table gives the bits of apply_rope from positions, both styles", "[ops]") {
+    const std::size_t n = 3, heads = 2, head_dim = 8, rope_dim = 6, first = 41;
+    const std::vector<double> inv_freq = {1.0, 0.1, 0.01};
+    for (const RopeStyle style : {RopeStyle::Interleaved, RopeStyle::Neox}) {
+        const auto x = rows(n * heads, head_dim);
+        auto from_positions = x, from_table = x;
+        apply_rope(from_positions.data(), n, heads, head_dim, rope_dim, first, inv_freq.data(), style);
+        std::vector<float> cos(n * rope_dim / 2), sin(n * rope_dim / 2);
+        rope_table(n, rope_dim, first, inv_freq.data(), cos.data(), sin.data());
+        CHECK(cos[1 * 3 + 2] == static_cast<float>(std::cos(42 * 0.01)));  // token 1 is at position 42
+        CHECK(sin[2 * 3 + 0] == static_cast<float>(std::sin(43 * 1.0)));
+        apply_rope(from_table.data(), n, heads, head_dim, rope_dim, cos.data(), sin.data(), style);
+        CHECK(std::memcmp(from_table.data(), from_positions.data(), x.size() * sizeof(float)) == 0);
+        // the rotation itself: a pair (a, b) turns by the angle; dimensions past rope_dim stay as they were
+        const std::size_t a = style == RopeStyle::Interleaved ? 2 : 1, b = style == RopeStyle::Interleaved ? 3 : 4;
+        const double angle = 41 * 0.1, x0 = x[a], x1 = x[b];
+        CHECK(from_table[a] == Approx(x0 * std::cos(angle) - x1 * std::sin(angle)).margin(1e-5));
+        CHECK(from_table[b] == Approx(x0 * std::sin(angle) + x1 * std::cos(angle)).margin(1e-5));
+        CHECK(from_table[6] == x[6]);
+        CHECK(from_table[7] == x[7]);
+    }
+}
+
+TEST_CASE("rms_norm: a row's bits do not depend on the other rows, at widths with and without a tail", "[ops]") {
+    for (const std::size_t dim : {std::size_t{3}, std::size_t{8}, std::size_t{13}, std::size_t{576}}) {
+        const std::size_t n = 4;
+        const auto x = rows(n, dim);
+        std::vector<float> w(dim), out(n * dim), one(dim);
+        for (std::size_t i = 0; i < dim; ++i) w[i] = 0.5f + 0.01f * float(i);
+        rms_norm(x.data(), w.data(), n, dim, 1e-5f, out.data());
+        for (std::size_t t = 0; t < n; ++t) {
+            rms_norm(x.data() + t * dim, w.data(), 1, dim, 1e-5f, one.data());
+            REQUIRE(std::memcmp(one.data(), out.data() + t * dim, dim * sizeof(float)) == 0);
+            double ss = 0;
+            for (std::size_t i = 0; i < dim; ++i) ss += double(x[t * dim + i]) * x[t * dim + i];
+            for (std::size_t i = 0; i < dim; ++i) {
+                CHECK(one[i] == Approx(x[t * dim + i] / std::sqrt(ss / double(dim) + 1e-5) * w[i]).margin(1e-5));
+            }
+        }
+        auto in_place = x;
+        rms_norm(in_place.data(), w.data(), n, dim, 1e-5f, in_place.data());
+        CHECK(in_place == out);
+    }
 }

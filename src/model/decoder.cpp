@@ -192,6 +192,8 @@ void Decoder::reserve_scratch(std::size_t n, std::size_t logit_rows) {
         att_.resize(rows(c.q_dim()));
         hb_.resize(rows(c.d_ff));
         hb2_.resize(rows(c.d_ff));
+        rope_cos_.resize(rows(c.rope_dim / 2));
+        rope_sin_.resize(rows(c.rope_dim / 2));
         x_.resize(rows(c.d_model));
     } catch (const std::bad_alloc&) {
         throw CapacityError(fmt::format("decoder: cannot allocate the scratch of a forward pass over {} tokens", n));

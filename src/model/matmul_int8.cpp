@@ -76,10 +76,21 @@ struct QuantizedRow {
 /// portable loop's bits.
 void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, float* s) {
     const std::size_t nb = cols / kBlock;
-    // The block sums as nb independent chains (block loop inside), each still x_0 + x_1 + ... in order.
-    for (std::size_t b = 0; b < nb; ++b) s[b] = 0.0f;
-    for (std::size_t j = 0; j < kBlock; ++j) {
-        for (std::size_t b = 0; b < nb; ++b) s[b] += x[b * kBlock + j];
+    // The block sums, each x_0 + x_1 + ... in order, eight blocks side by side: eight independent chains in
+    // local accumulators that stay in registers. (Summing into s[] itself, which may alias x, made every add a
+    // load and a store on one memory chain: three quarters of the time of this function.)
+    std::size_t b0 = 0;
+    for (; b0 + 8 <= nb; b0 += 8) {
+        float acc[8] = {};
+        for (std::size_t j = 0; j < kBlock; ++j) {
+            for (std::size_t k = 0; k < 8; ++k) acc[k] += x[(b0 + k) * kBlock + j];
+        }
+        for (std::size_t k = 0; k < 8; ++k) s[b0 + k] = acc[k];
+    }
+    for (; b0 < nb; ++b0) {
+        float acc = 0.0f;
+        for (std::size_t j = 0; j < kBlock; ++j) acc += x[b0 * kBlock + j];
+        s[b0] = acc;
     }
     for (std::size_t b = 0; b < nb; ++b) {
         const float* xb = x + b * kBlock;

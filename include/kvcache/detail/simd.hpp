@@ -10,6 +10,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "kvcache/element_types.hpp"
@@ -161,6 +162,32 @@ inline float fused_multiply_add(float a, float b, float c) {
 #else
     return a * b + c;  // no FMA instruction, so nothing can be fused
 #endif
+}
+
+/// exp8 for one float: the same clamp, reduction, polynomial and scaling, one IEEE operation for each of exp8's
+/// lanes, so a value gets the same bits from exp1, exp8 and exp16 (and in a build without AVX2). Elementwise
+/// code that runs its full vectors through exp8 and its tail through exp1 then gives every element the same
+/// result wherever it falls — which batching needs (a token's row may be a tail alone and a middle in a batch).
+inline float exp1(float x) {
+    const bool underflow = x < -87.3365447504019f;  // NaN: false, as _CMP_LT_OQ
+    // _mm256_max_ps(x, lo) returns lo when x is NaN, and min likewise: the NaN becomes lo here too.
+    x = x > -87.3365447504019f ? x : -87.3365447504019f;
+    x = x < 88.3762626647949f ? x : 88.3762626647949f;
+    const float n = std::nearbyint(x * 1.44269504088896341f);
+    float r = std::fma(-n, 0.693359375f, x);
+    r = std::fma(-n, -2.12194440e-4f, r);
+    float p = 1.9875691500e-4f;
+    p = std::fma(p, r, 1.3981999507e-3f);
+    p = std::fma(p, r, 8.3334519073e-3f);
+    p = std::fma(p, r, 4.1665795894e-2f);
+    p = std::fma(p, r, 1.6666665459e-1f);
+    p = std::fma(p, r, 5.0000001201e-1f);
+    const float r2 = r * r, r1 = r + 1.0f;
+    p = std::fma(p, r2, r1);
+    const auto bits = static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23;
+    float scale;
+    std::memcpy(&scale, &bits, sizeof scale);
+    return underflow ? 0.0f : p * scale;
 }
 
 #if KVCACHE_HAVE_AVX512

@@ -236,6 +236,8 @@ private:
     std::vector<float> att_;  // (n, q_dim) attention output, heads side by side
     std::vector<float> hb_;   // (n, d_ff) gate, then silu(gate) * up
     std::vector<float> hb2_;  // (n, d_ff) up
+    std::vector<float> rope_cos_;   // (n, rope_dim / 2) cos of each token's RoPE angles
+    std::vector<float> rope_sin_;   // (n, rope_dim / 2) their sin
     std::vector<float> logits_;             // (rows, vocab) logits of a batch with more than one item wanting them
     std::vector<std::size_t> positions_;    // (items) position of each item's first token
     std::vector<std::size_t> offsets_;      // (items) index of each item's first token among all
@@ -261,6 +263,13 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
         }
     }
 
+    // RoPE's cos and sin for every token's position, once for all layers (the angles are the same in each)
+    const std::size_t rope_half = c.rope_dim / 2;
+    for (std::size_t i = 0; i < items.size(); ++i) {
+        rope_table(items[i].tokens.size(), c.rope_dim, positions_[i], inv_freq_.data(),
+                   rope_cos_.data() + offsets_[i] * rope_half, rope_sin_.data() + offsets_[i] * rope_half);
+    }
+
     const std::size_t n = total;
     const ItemsAttention items_attention = plan_items_attention(items, threads);
     for (std::size_t l = 0; l < c.n_layers; ++l) {
@@ -281,8 +290,10 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
             if (ni == 0) continue;
             float* qi = q_.data() + off * c.q_dim();
             float* ki = k_.data() + off * c.kv_dim();
-            apply_rope(qi, ni, c.n_heads, c.head_dim, c.rope_dim, positions_[i], inv_freq_.data(), c.rope_style);
-            apply_rope(ki, ni, c.n_kv_heads, c.head_dim, c.rope_dim, positions_[i], inv_freq_.data(), c.rope_style);
+            const float* cos = rope_cos_.data() + off * rope_half;
+            const float* sin = rope_sin_.data() + off * rope_half;
+            apply_rope(qi, ni, c.n_heads, c.head_dim, c.rope_dim, cos, sin, c.rope_style);
+            apply_rope(ki, ni, c.n_kv_heads, c.head_dim, c.rope_dim, cos, sin, c.rope_style);
             // The item's cache now holds positions [0, pos + ni) of this layer; its queries are the last ni.
             items[i].cache->append(l, items[i].row, std::span<const float>(ki, ni * c.kv_dim()),
                                    std::span<const float>(v_.data() + off * c.kv_dim(), ni * c.kv_dim()), ni);

@@ -27,6 +27,16 @@ void rms_norm(const float* x, const float* weight, std::size_t n_tokens, std::si
 void layer_norm(const float* x, const float* weight, const float* bias, std::size_t n_tokens, std::size_t dim,
                 float eps, float* out);
 
+/// cos and sin of RoPE's angles (position × inv_freq[i], in double, then rounded to float) for n_tokens
+/// positions from first_position, into [n_tokens][rope_dim / 2] each: computed once per forward and used by
+/// every layer's apply_rope.
+void rope_table(std::size_t n_tokens, std::size_t rope_dim, std::size_t first_position, const double* inv_freq,
+                float* cos_out, float* sin_out);
+
+/// apply_rope with the angles' cos and sin from rope_table (the same bits as the overload below).
+void apply_rope(float* x, std::size_t n_tokens, std::size_t n_heads, std::size_t head_dim, std::size_t rope_dim,
+                const float* cos, const float* sin, RopeStyle style);
+
 /// Rotates the first rope_dim dimensions of every head of x ([n_tokens][n_heads][head_dim]) in place;
 /// token t is at position first_position + t. inv_freq has rope_dim / 2 entries: base^(-2i / rope_dim).
 void apply_rope(float* x, std::size_t n_tokens, std::size_t n_heads, std::size_t head_dim, std::size_t rope_dim,

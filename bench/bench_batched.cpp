@@ -1,7 +1,10 @@
 // bench_batched: batched decode on SmolLM2 — aggregate tokens/s with 1-16 sequences decoding together at
 // context 512, and the step latency of running streams while a 1024-token prompt is admitted in chunks.
 //
-//   bench_batched [--threads=N] [--quick] [google-benchmark flags, e.g. --benchmark_format=json]
+//   bench_batched [--threads=N] [--quick] [--context=N] [google-benchmark flags, e.g. --benchmark_format=json]
+//
+// --context: the positions each sequence holds (512 unless told). At a short context (16) attention costs
+// almost nothing and the curve is the weights' alone: how far batching can go before attention's share counts.
 //
 // Names (scripts/plot_bench.py parses them):
 //   BM_BatchedDecode/<S>    one Decoder::forward over S sequences, one new token each, every sequence holding
@@ -26,6 +29,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <memory>
@@ -46,7 +50,7 @@
 namespace {
 
 using Clock = std::chrono::steady_clock;
-constexpr std::size_t kContext = 512;
+std::size_t kContext = 512;  // --context=N: positions every sequence holds (512 unless told)
 constexpr std::size_t kAdmittedPrompt = 1024;
 constexpr std::size_t kMaxSequences = 16;
 int g_threads = 0;
@@ -148,7 +152,7 @@ void BM_BatchedDecode(benchmark::State& state) {
         w.decoder.forward(std::span<const kvcache::ForwardItem<kvcache::PagedSequence<T>>>(items), options);
         benchmark::DoNotOptimize(logits.data());
         state.PauseTiming();
-        for (auto id : ids) pool.truncate(id, kContext);  // every step at context 512
+        for (auto id : ids) pool.truncate(id, kContext);  // every step at the same context
         state.ResumeTiming();
     }
     const double steps = double(state.iterations());
@@ -257,6 +261,13 @@ int main(int argc, char** argv) {
         const std::string a = argv[i];
         if (a.rfind("--threads=", 0) == 0) {
             g_threads = std::atoi(a.c_str() + 10);
+        } else if (a.rfind("--context=", 0) == 0) {
+            const long context = std::atol(a.c_str() + 10);
+            if (context < 1 || context > 8192) {
+                std::fprintf(stderr, "bench_batched: --context takes 1..8192 positions, not '%s'\n", a.c_str() + 10);
+                return 2;
+            }
+            kContext = static_cast<std::size_t>(context);
         } else if (a == "--quick") {
             g_quick = true;
         } else {

@@ -37,6 +37,12 @@
 #else
 #define KVCACHE_HAVE_VNNI 0
 #endif
+// AVX-512 VNNI at 512 bits (with AVX512BW's byte steps): sixteen rows per register, see dot_group_avx512.
+#if KVCACHE_HAVE_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define KVCACHE_HAVE_VNNI512 1
+#else
+#define KVCACHE_HAVE_VNNI512 0
+#endif
 
 namespace kvcache::detail {
 
@@ -45,12 +51,16 @@ namespace {
 constexpr std::size_t kBlock = 32;
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16;
 constexpr std::size_t kQ8_0Bytes = 2 + 32;
-constexpr std::size_t kRows = 8;           // weight rows per kernel call: the eight float lanes
+// Weight rows per kernel call: the float lanes of one register — sixteen with 512-bit VNNI, else eight.
+constexpr std::size_t kRows = KVCACHE_HAVE_VNNI512 ? 16 : 8;
+// With 512-bit VNNI the interleaved copy stores Q8_0 codes plus 128 (as unsigned bytes: vpdpbusd's unsigned
+// side), and the kernel takes 128 x the activations' code sum back off (there is no 512-bit vpsignb for the
+// |w| and sign(x, w) of the 256-bit kernels).
+constexpr bool kBiasedQ8Codes = KVCACHE_HAVE_VNNI512;
 static_assert(kInt8RowsPerTask % kRows == 0, "a task is whole groups of rows");
 constexpr int kTokensPerPass = 8;          // tokens that share one transposed weight block
-// One block of a group of eight interleaved rows (see interleave_rows). Q4_1: the rows' eight fp16 scales,
-// their eight fp16 mins, then four 32-byte registers' worth of codes. Q8_0: the eight scales, then eight
-// registers of codes.
+// One block of a group of kRows interleaved rows (see interleave_rows). Q4_1: the rows' fp16 scales, their
+// fp16 mins, then four registers' worth of codes. Q8_0: the scales, then eight registers of codes.
 constexpr std::size_t kGroupBlockBytes = kRows * kQ4_1Bytes;
 constexpr std::size_t kQ8GroupBlockBytes = kRows * kQ8_0Bytes;
 // How far ahead of the block in hand the kernel asks for the group's stream (a group is one contiguous stream,
@@ -63,18 +73,20 @@ float half_at(const std::byte* p) {
     return fp16::to_float(bits);
 }
 
-/// One token's activations as int8 blocks: codes q (cols), scales d and float block sums s (cols / 32 each).
+/// One token's activations as int8 blocks: codes q (cols), scales d, float block sums s and code sums qs
+/// (cols / 32 each).
 struct QuantizedRow {
     const std::int8_t* q;
     const float* d;
     const float* s;
+    const std::int32_t* qs;
 };
 
 /// Rounds x (cols values) to int8 per block: d = max|x| / 127, q = round-to-nearest-even(x / d), so
 /// |q| <= 127 (which the kernels' 16-bit sums rely on). s_b = x_0 + ... + x_31 of the float values, in
 /// that order, for Q4_1's min term. Elementwise and order-free apart from s, so the AVX2 steps give the
-/// portable loop's bits.
-void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, float* s) {
+/// portable loop's bits. qs_b = q_0 + ... + q_31, an exact integer (the 512-bit kernel's Q8_0 correction).
+void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, float* s, std::int32_t* qs) {
     const std::size_t nb = cols / kBlock;
     // The block sums, each x_0 + x_1 + ... in order, eight blocks side by side: eight independent chains in
     // local accumulators that stay in registers. (Summing into s[] itself, which may alias x, made every add a
@@ -113,6 +125,10 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
         const __m256i i8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i16, j16),
                                                        _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
         _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb), i8);
+        const __m256i sum8 = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
+        const __m128i sum4 = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
+        const __m128i sum2 = _mm_add_epi32(sum4, _mm_unpackhi_epi64(sum4, sum4));
+        qs[b] = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
 #else
         float amax = 0.0f;
         for (std::size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
@@ -124,6 +140,9 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
             v = v < 127.0f ? v : 127.0f;
             qb[j] = static_cast<std::int8_t>(v);
         }
+        std::int32_t code_sum = 0;
+        for (std::size_t j = 0; j < kBlock; ++j) code_sum += qb[j];
+        qs[b] = code_sum;
 #endif
         d[b] = scale;
     }
@@ -264,11 +283,72 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
 }
 
+#if KVCACHE_HAVE_VNNI512
+/// dot_group_avx2 for sixteen rows in 512-bit registers, with vpdpbusd: the same integer sums per block, so the
+/// same bits. (On an AMD Zen 4, where 512-bit instructions take the 256-bit units twice, a 512-bit vpdpbusd
+/// still did 1.6x the multiply-adds per second of a 256-bit one — and the broadcasts and float steps per block
+/// and token now serve sixteen rows.) Q8_0: the copy holds each code plus 128 as an unsigned byte, so
+/// sum (w + 128) x - 128 sum x = sum w x, exactly.
+template <WeightFormat F, int NT>
+void dot_group_avx512(const std::byte* group, std::size_t nb, const QuantizedRow* xs, float* const* out) {
+    constexpr bool q4_1 = F == WeightFormat::Q4_1;
+    constexpr std::size_t block_bytes = q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes;
+    constexpr std::size_t codes_at = q4_1 ? 4 * kRows : 2 * kRows;  // after the scales (and Q4_1's mins)
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    __m512 acc[NT];
+    for (int t = 0; t < NT; ++t) acc[t] = _mm512_setzero_ps();
+    for (std::size_t b = 0; b < nb; ++b) {
+        const std::byte* blk = group + b * block_bytes;
+        for (std::size_t ahead = 0; ahead < block_bytes; ahead += 64) {
+            _mm_prefetch(reinterpret_cast<const char*>(blk + 2 * kPrefetchBytes + ahead), _MM_HINT_T0);
+        }
+        // (maskz forms with a full mask: GCC 12's plain ones start from an "undefined" register that
+        // -Wmaybe-uninitialized reports)
+        const __m512 dw = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk)));
+        [[maybe_unused]] __m512 mw;  // Q4_1's mins, once per block
+        if constexpr (q4_1) {
+            mw = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 2 * kRows)));
+        }
+        const std::byte* codes = blk + codes_at;
+        __m512i w[8];  // register g: values 4g..4g+3 of every row, as unsigned bytes
+        if constexpr (q4_1) {
+            for (int k = 0; k < 4; ++k) {
+                const __m512i packed = _mm512_loadu_si512(codes + 64 * k);
+                w[k] = _mm512_and_si512(packed, mask);
+                w[k + 4] = _mm512_and_si512(_mm512_srli_epi16(packed, 4), mask);
+            }
+        } else {
+            for (int g = 0; g < 8; ++g) w[g] = _mm512_loadu_si512(codes + 64 * g);
+        }
+        for (int t = 0; t < NT; ++t) {
+            const std::int8_t* q = xs[t].q + b * kBlock;
+            __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+            for (int g = 0; g < 8; g += 2) {
+                std::int32_t four[2];
+                std::memcpy(four, q + 4 * g, 8);
+                even = _mm512_dpbusd_epi32(even, w[g], _mm512_set1_epi32(four[0]));
+                odd = _mm512_dpbusd_epi32(odd, w[g + 1], _mm512_set1_epi32(four[1]));
+            }
+            __m512i isum = _mm512_add_epi32(even, odd);
+            if constexpr (!q4_1) isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(128 * xs[t].qs[b]));
+            const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(xs[t].d[b]));
+            acc[t] = _mm512_fmadd_ps(dd, _mm512_maskz_cvtepi32_ps(0xFFFF, isum), acc[t]);
+            if constexpr (q4_1) acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[t].s[b]), acc[t]);
+        }
+    }
+    for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out[t], acc[t]);
+}
+#endif
+
 using GroupFn = void (*)(const std::byte*, std::size_t, const QuantizedRow*, float* const*);
 
 template <WeightFormat F, std::size_t... I>
 constexpr std::array<GroupFn, sizeof...(I)> avx2_kernels(std::index_sequence<I...>) {
+#if KVCACHE_HAVE_VNNI512
+    return {dot_group_avx512<F, int(I) + 1>...};
+#else
     return {dot_group_avx2<F, int(I) + 1>...};
+#endif
 }
 
 GroupFn avx2_kernel(WeightFormat format, int nt) {
@@ -293,15 +373,23 @@ AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* b
             std::byte* dst = out.data() + (g * nb + b) * group_block_bytes;
             for (std::size_t r = 0; r < kRows; ++r) {
                 const std::byte* blk = base + std::min(g * kRows + r, rows - 1) * row_stride + b * block_bytes;
-                std::memcpy(dst + 2 * r, blk, 2);  // d
+                constexpr std::size_t reg = 4 * kRows;  // bytes of one register: four codes of every row
+                std::memcpy(dst + 2 * r, blk, 2);       // d
                 if (q4_1) {
-                    std::memcpy(dst + 16 + 2 * r, blk + 2, 2);  // m
+                    std::memcpy(dst + 2 * kRows + 2 * r, blk + 2, 2);  // m
                     // Code bytes 4k..4k+3 of row r (values 4k.. in the low nibbles, 4k+16.. in the high ones) go
                     // to lane r of register k, so that masking gives values 4k.. and shifting values 4(k+4)..
-                    for (std::size_t k = 0; k < 4; ++k) std::memcpy(dst + 32 + 32 * k + 4 * r, blk + 4 + 4 * k, 4);
+                    for (std::size_t k = 0; k < 4; ++k) std::memcpy(dst + 4 * kRows + reg * k + 4 * r, blk + 4 + 4 * k, 4);
                 } else {
-                    // Codes 4k..4k+3 of row r go to lane r of register k.
-                    for (std::size_t k = 0; k < 8; ++k) std::memcpy(dst + 16 + 32 * k + 4 * r, blk + 2 + 4 * k, 4);
+                    // Codes 4k..4k+3 of row r go to lane r of register k (plus 128, as unsigned bytes, for the
+                    // 512-bit kernel).
+                    for (std::size_t k = 0; k < 8; ++k) {
+                        std::byte* codes = dst + 2 * kRows + reg * k + 4 * r;
+                        std::memcpy(codes, blk + 2 + 4 * k, 4);
+                        if constexpr (kBiasedQ8Codes) {
+                            for (std::size_t j = 0; j < 4; ++j) codes[j] ^= std::byte{0x80};  // int8 c -> c + 128
+                        }
+                    }
                 }
             }
         }
@@ -313,14 +401,16 @@ Int8Activations quantize_activations(const float* x, std::size_t n, std::size_t 
     // Every token's int8 row, once per call, in one fixed order (each token on its own).
     thread_local std::vector<std::int8_t> q_storage;  // (n, cols)
     thread_local std::vector<float> ds_storage;       // (n, 2, cols / 32): scales, then block sums
+    thread_local std::vector<std::int32_t> qs_storage;  // (n, cols / 32): code sums
     const std::size_t nb = cols / kBlock;
     q_storage.resize(n * cols);
     ds_storage.resize(n * 2 * nb);
+    qs_storage.resize(n * nb);
     for (std::size_t t = 0; t < n; ++t) {
         quantize_row(x + t * cols, cols, q_storage.data() + t * cols, ds_storage.data() + t * 2 * nb,
-                     ds_storage.data() + t * 2 * nb + nb);
+                     ds_storage.data() + t * 2 * nb + nb, qs_storage.data() + t * nb);
     }
-    return {q_storage.data(), ds_storage.data(), n, cols};
+    return {q_storage.data(), ds_storage.data(), qs_storage.data(), n, cols};
 }
 
 void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t row_stride, const std::byte* groups,
@@ -336,11 +426,11 @@ void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t ro
         for (std::size_t t = 0; t < n; t += kTokensPerPass) {
             const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
             QuantizedRow xs[kTokensPerPass];
-            alignas(32) float results[kTokensPerPass][kRows];
+            alignas(64) float results[kTokensPerPass][kRows];
             float* outs[kTokensPerPass];
             for (int i = 0; i < nt; ++i) {
                 const std::size_t tok = t + std::size_t(i);
-                xs[i] = {x.q + tok * cols, x.ds + tok * 2 * nb, x.ds + tok * 2 * nb + nb};
+                xs[i] = {x.q + tok * cols, x.ds + tok * 2 * nb, x.ds + tok * 2 * nb + nb, x.qsum + tok * nb};
                 outs[i] = results[i];
             }
 #if KVCACHE_HAVE_AVX2

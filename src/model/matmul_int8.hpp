@@ -11,7 +11,7 @@
 
 namespace kvcache::detail {
 
-/// A Q4_1 or Q8_0 matrix's rows interleaved eight at a time for the vector kernel (layout: matmul_int8.cpp), built
+/// A Q4_1 or Q8_0 matrix's rows interleaved eight (sixteen with 512-bit VNNI) at a time for the vector kernel (layout: matmul_int8.cpp), built
 /// once by whichever thread asks first.
 struct Int8Layout {
     std::once_flag built;
@@ -19,7 +19,8 @@ struct Int8Layout {
 };
 
 /// The interleaved layout of `rows` Q4_1 or Q8_0 rows of `cols` values (row r at base + r * row_stride):
-/// ceil(rows/8) groups, the last one padded with copies of the last row.
+/// ceil(rows/8) groups of eight rows (of sixteen with 512-bit VNNI), the last one padded with copies of the
+/// last row.
 AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* base, std::size_t row_stride,
                                          std::size_t rows, std::size_t cols);
 
@@ -29,11 +30,12 @@ AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* b
 struct Int8Activations {
     const std::int8_t* q;  // (n, cols)
     const float* ds;       // (n, 2, cols / 32): scales, then block sums
+    const std::int32_t* qsum;  // (n, cols / 32): sums of the int8 codes of each block
     std::size_t n, cols;
 };
 Int8Activations quantize_activations(const float* x, std::size_t n, std::size_t cols);
 
-/// Rows of one unit of parallel work of an int8 product (a multiple of the kernel's eight).
+/// Rows of one unit of parallel work of an int8 product (a multiple of the kernel's eight or sixteen rows).
 inline constexpr std::size_t kInt8RowsPerTask = 16;
 
 /// y[t][r] = the int8 dot of weight row r (Q4_1 or Q8_0) with x's token t, for the rows of task `task`

@@ -7,7 +7,6 @@
 #include <limits>
 #include <vector>
 
-#include "kvcache/detail/simd.hpp"
 #include "kvcache/model/ops.hpp"
 
 using namespace kvcache;
@@ -93,47 +92,6 @@ TEST_CASE("rms_norm, swiglu, add_into, add_bias against their formulas", "[ops]"
     CHECK(acc == std::vector<float>{2, 3, 4, 5});
     add_bias(acc.data(), std::vector<float>{10, 20}.data(), 2, 2);
     CHECK(acc == std::vector<float>{12, 23, 14, 25});
-}
-
-TEST_CASE("exp1, the one-lane exp, gives exp8's and exp16's bits for every input, edges included", "[ops]") {
-    std::vector<float> x;
-    for (int i = -2000; i <= 2000; ++i) x.push_back(static_cast<float>(i) * 0.0467f);  // -93.4 .. 93.4
-    for (const float edge : {-87.3365447504019f, -87.33654f, -87.3366f, 88.3762626647949f, 88.37f, 88.38f, 0.0f, -0.0f,
-                             1e-30f, -1e-30f, std::numeric_limits<float>::denorm_min(),
-                             std::numeric_limits<float>::infinity(), -std::numeric_limits<float>::infinity(),
-                             std::numeric_limits<float>::quiet_NaN()}) {
-        x.push_back(edge);
-    }
-    while (x.size() % 16 != 0) x.push_back(1.0f);
-    for (std::size_t i = 0; i < x.size(); ++i) {
-        const float e = detail::exp1(x[i]);
-        if (std::isfinite(x[i]) && x[i] > -87.0f && x[i] < 88.0f) {
-            REQUIRE(e == Approx(std::exp(double(x[i]))).epsilon(4e-7));  // exp8's accuracy, stated in simd.hpp
-        }
-        if (x[i] < -87.3365447504019f) REQUIRE(e == 0.0f);
-    }
-#if KVCACHE_HAVE_AVX2
-    for (std::size_t i = 0; i < x.size(); i += 8) {
-        alignas(32) float lanes[8];
-        _mm256_store_ps(lanes, detail::exp8(_mm256_loadu_ps(x.data() + i)));
-        for (std::size_t k = 0; k < 8; ++k) {
-            const float one = detail::exp1(x[i + k]);
-            INFO("x = " << x[i + k]);
-            REQUIRE(std::memcmp(&lanes[k], &one, sizeof one) == 0);
-        }
-    }
-#endif
-#if KVCACHE_HAVE_AVX512
-    for (std::size_t i = 0; i < x.size(); i += 16) {
-        alignas(64) float lanes[16];
-        _mm512_store_ps(lanes, detail::exp16(_mm512_loadu_ps(x.data() + i)));
-        for (std::size_t k = 0; k < 16; ++k) {
-            const float one = detail::exp1(x[i + k]);
-            INFO("x = " << x[i + k]);
-            REQUIRE(std::memcmp(&lanes[k], &one, sizeof one) == 0);
-        }
-    }
-#endif
 }
 
 TEST_CASE("swiglu: an element's bits do not depend on where it falls (vector, tail) or on the count", "[ops]") {

@@ -124,6 +124,12 @@ inline typename Simd<W>::V load_stored(const T* row, std::size_t i) {
     }
 }
 
+/// Whether tile kernels read rows of T through Simd<W>::load_block, a whole 32-value block (two vectors) per
+/// call: the block's scale is converted once instead of once per vector — the same values, so the same bits.
+template <StorageElement T, std::size_t W>
+inline constexpr bool kLoadBlocks = KVCACHE_HAVE_AVX512 && W == 16 && !RotatedElement<T> &&
+                                    (std::is_same_v<T, q8_0> || std::is_same_v<T, q4_0>);
+
 /// scores[g * kAttentionTile + r] = q_g · k_r for the NB query heads q ([NB][d], pre-scaled) and rows
 /// r in [0, n). Four rows at a time; a short last group repeats row n-1 (its extra results are dropped),
 /// so every score is the same instruction sequence — and so the same bits — wherever its row falls.
@@ -139,7 +145,18 @@ inline void tile_scores(const float* q, std::size_t d, const Rows& k, std::size_
         typename S::V acc[NB][4];
         for (std::size_t g = 0; g < NB; ++g)
             for (std::size_t j = 0; j < 4; ++j) acc[g][j] = S::zero();
-        for (std::size_t i = 0; i < d; i += W) {
+        std::size_t i = 0;
+        if constexpr (kLoadBlocks<T, W>) {
+            for (; i + 2 * W <= d; i += 2 * W) {  // each accumulator still takes values i.. then i + W..
+                for (std::size_t j = 0; j < 4; ++j) {
+                    typename S::V x0, x1;
+                    S::template load_block<T>(row[j], i, x0, x1);
+                    for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i), x0, acc[g][j]);
+                    for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i + W), x1, acc[g][j]);
+                }
+            }
+        }
+        for (; i < d; i += W) {
             for (std::size_t j = 0; j < 4; ++j) {
                 const typename S::V x = load_stored<T, W>(row[j], i);
                 for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i), x, acc[g][j]);
@@ -167,9 +184,18 @@ inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float*
             const T* row = v[r];
             typename S::V w[NB];
             for (std::size_t g = 0; g < NB; ++g) w[g] = S::set1(p[g * kAttentionTile + r]);
-            for (std::size_t b = 0; b < kBlock; ++b) {
-                const typename S::V x = load_stored<T, W>(row, i + b * W);
-                for (std::size_t g = 0; g < NB; ++g) a[g][b] = S::fmadd(w[g], x, a[g][b]);
+            if constexpr (kLoadBlocks<T, W> && kBlock % 2 == 0) {  // i is a multiple of 4 W = 64: whole blocks
+                for (std::size_t b = 0; b < kBlock; b += 2) {
+                    typename S::V x0, x1;
+                    S::template load_block<T>(row, i + b * W, x0, x1);
+                    for (std::size_t g = 0; g < NB; ++g) a[g][b] = S::fmadd(w[g], x0, a[g][b]);
+                    for (std::size_t g = 0; g < NB; ++g) a[g][b + 1] = S::fmadd(w[g], x1, a[g][b + 1]);
+                }
+            } else {
+                for (std::size_t b = 0; b < kBlock; ++b) {
+                    const typename S::V x = load_stored<T, W>(row, i + b * W);
+                    for (std::size_t g = 0; g < NB; ++g) a[g][b] = S::fmadd(w[g], x, a[g][b]);
+                }
             }
         }
         for (std::size_t g = 0; g < NB; ++g)

@@ -308,6 +308,26 @@ struct Simd<16> {
             return _mm512_loadu_ps(v);
         }
     }
+    /// Values i..i+31 of a row of q8_0 or q4_0 blocks (i a multiple of 32: one whole block) as two vectors, with
+    /// the block's scale converted once: the bits of load(row, i) and load(row, i + 16).
+    template <StorageElement T>
+    static void load_block(const T* row, std::size_t i, V& lo, V& hi) {
+        static_assert(std::is_same_v<T, q8_0> || std::is_same_v<T, q4_0>, "a 32-value block type");
+        const T& b = row[i / T::kValues];
+        const __m512 d = _mm512_set1_ps(fp16::to_float(b.d.bits));
+        __m512i q0, q1;
+        if constexpr (std::is_same_v<T, q8_0>) {
+            q0 = _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
+            q1 = _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16)));
+        } else {
+            const __m512i wide = _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
+            const __m512i eight = _mm512_set1_epi32(8), nibble = _mm512_set1_epi32(0x0f);
+            q0 = _mm512_sub_epi32(_mm512_and_si512(wide, nibble), eight);
+            q1 = _mm512_sub_epi32(_mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, wide, 4), nibble), eight);
+        }
+        lo = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, q0), d);
+        hi = _mm512_mul_ps(_mm512_maskz_cvtepi32_ps(0xFFFF, q1), d);
+    }
     static void store(float* p, V v) { _mm512_storeu_ps(p, v); }
     static V fmadd(V a, V b, V c) { return _mm512_fmadd_ps(a, b, c); }
     static V add(V a, V b) { return _mm512_add_ps(a, b); }

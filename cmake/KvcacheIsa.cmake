@@ -16,7 +16,7 @@ function(_kvcache_detect_native_features out)
   set(CMAKE_REQUIRED_FLAGS -march=native)
   set(CMAKE_REQUIRED_QUIET ON)
   set(_flags "")
-  foreach(_feature avx avx2 fma f16c avx512f avx512bw avx512dq avx512vl)
+  foreach(_feature avx avx2 fma f16c avx512f avx512bw avx512dq avx512vl avx512vnni)
     string(TOUPPER ${_feature} _macro)
     check_cxx_source_compiles("#ifndef __${_macro}__\n#error not enabled\n#endif\nint main() { return 0; }"
                               KVCACHE_NATIVE_HAS_${_macro})

@@ -261,6 +261,9 @@ TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batchi
                    (KV_<q4_0, q8_0>), (KV_<q4_0h, q4_0h>), (KV_<q4_0h, q4_0>)) {
     using K = typename TestType::Key;
     using V = typename TestType::Value;
+    // both ways of forming q·k (integer scores apply to q8_0 keys; the others take the float path either way)
+    const ScorePrecision precision = GENERATE(ScorePrecision::f32, ScorePrecision::int8);
+    INFO("scores " << (precision == ScorePrecision::int8 ? "int8" : "f32"));
     for (const Shape s : kBlockShapes) {
         if (s.head_dim % block_values_v<K> != 0 || s.head_dim % block_values_v<V> != 0) continue;  // q4_0h: 64
         const std::size_t n = 1100, width = s.kv_heads * s.head_dim, qw = s.q_heads * s.head_dim;
@@ -270,7 +273,7 @@ TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batchi
         full.append(0, 0, k, v, n);
         for (const std::size_t window : {std::size_t(0), std::size_t(100)}) {
             INFO("head_dim " << s.head_dim << " window " << window);
-            const AttentionOptions opts{.window = window, .threads = 1};
+            const AttentionOptions opts{.window = window, .threads = 1, .scores = precision};
             const auto all_at_once = run(full, q, n, s.q_heads, opts);
             // (a) threads
             for (const int threads : {2, 3, 0}) {
@@ -318,5 +321,5 @@ TEMPLATE_TEST_CASE("attention determinism over quantised caches: threads, batchi
     fill(fixed, 700, 24);
     fill(runtime, 700, 24);
     const auto q1 = random_normal(9 * 64, 25);
-    CHECK(same_bits(run(fixed, q1, 1, 9, {}), run(runtime, q1, 1, 9, {})));
+    CHECK(same_bits(run(fixed, q1, 1, 9, {.scores = precision}), run(runtime, q1, 1, 9, {.scores = precision})));
 }

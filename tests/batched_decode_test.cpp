@@ -8,6 +8,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <vector>
 
@@ -50,12 +51,14 @@ struct Plan {
 /// Runs the plans batched (over caches made by make_cache(i)), items in an order that changes every step,
 /// and checks every logits row against the sequence alone. `all_logits_every`: every k-th item asks for every
 /// token's logits instead of the last one's.
+/// `alone` (when given) computes a sequence's one-pass logits instead of alone_logits (another cache type).
 template <class Cache, class MakeCache>
 void check_batched_equals_alone(Decoder& d, const std::vector<Plan>& plans, int threads, MakeCache&& make_cache,
-                                MatmulPrecision precision = MatmulPrecision::f32) {
+                                MatmulPrecision precision = MatmulPrecision::f32,
+                                const std::function<std::vector<float>(std::span<const std::int32_t>)>& alone = {}) {
     const std::size_t vocab = d.config().vocab_size;
     std::vector<std::vector<float>> expected;
-    for (const Plan& p : plans) expected.push_back(alone_logits(d, p.tokens, precision));
+    for (const Plan& p : plans) expected.push_back(alone ? alone(p.tokens) : alone_logits(d, p.tokens, precision));
 
     std::vector<Cache> caches;
     caches.reserve(plans.size());
@@ -184,6 +187,32 @@ TEST_CASE("batched forward, int8 matmuls (quantised random decoder): batched giv
     // and the int8 logits really are another computation than the f32 ones
     const auto tokens = numbered_prompt(5, 1);
     CHECK_FALSE(same_bits(alone_logits(d, tokens, MatmulPrecision::int8), alone_logits(d, tokens)));
+}
+
+TEST_CASE("batched forward, int8 matmuls and integer q·k over q8_0 pools: batched gives the logits alone, bitwise") {
+    Decoder& d = quantised_random_decoder();
+    const auto alone_q8 = [&](MatmulPrecision precision) {
+        return [&d, precision](std::span<const std::int32_t> tokens) {
+            PagedKVPool<q8_0> pool(d.cache_layers(), PagedKVPool<q8_0>::blocks_for(tokens.size(), 16));
+            auto seq = pool.sequence(pool.create_sequence());
+            std::vector<float> all(tokens.size() * d.config().vocab_size);
+            d.forward(tokens, seq, 0, all, ForwardOptions{.threads = 1, .precision = precision});
+            return all;
+        };
+    };
+    for (const std::size_t count : {1, 4, 9}) {
+        for (const int threads : {1, 2}) {
+            INFO(count << " sequences, " << threads << " threads");
+            const auto plans = plans_for(count, 70, 6);  // prompts past one 64-position tile
+            PagedKVPool<q8_0> pool(d.cache_layers(), count * PagedKVPool<q8_0>::blocks_for(90, 16));
+            check_batched_equals_alone<PagedSequence<q8_0>>(
+                d, plans, threads, [&](std::size_t) { return pool.sequence(pool.create_sequence()); },
+                MatmulPrecision::int8, alone_q8(MatmulPrecision::int8));
+        }
+    }
+    // int8 precision over q8_0 keys is its own computation (the queries rounded), not f32's
+    const auto tokens = numbered_prompt(40, 1);
+    CHECK_FALSE(same_bits(alone_q8(MatmulPrecision::int8)(tokens), alone_q8(MatmulPrecision::f32)(tokens)));
 }
 
 TEST_CASE("batched forward (random decoder): 1-16 sequences joining and leaving give their logits alone, bitwise") {

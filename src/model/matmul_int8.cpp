@@ -154,15 +154,11 @@ int weight_code(const std::byte* blk, std::size_t j) {
     return static_cast<int>(j < 16 ? (byte & 0x0Fu) : (byte >> 4));
 }
 
-// The two block dots below are kept out of GCC's vectoriser: GCC 12 with -march=native on a CPU with AVX-512
-// VNNI turned the Q8_0 loop (signed codes times signed activations) into vpdpbusd, which takes its first operand
-// as unsigned bytes, so a code of -1 counted as 255 (found by matmul_int8_test on an AMD Zen 4). The scalar
-// kernel is the definition the vector kernels are checked against; it has to be the plain arithmetic.
-#if defined(__GNUC__) && !defined(__clang__)
-#define KVCACHE_NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
-#else
-#define KVCACHE_NO_VECTORIZE
-#endif
+// The two block dots below are kept out of GCC's vectoriser (KVCACHE_NO_VECTORIZE, detail/simd.hpp): GCC 12
+// with -march=native on a CPU with AVX-512 VNNI turned the Q8_0 loop (signed codes times signed activations)
+// into vpdpbusd, which takes its first operand as unsigned bytes, so a code of -1 counted as 255 (found by
+// matmul_int8_test on an AMD Zen 4). The scalar kernel is the definition the vector kernels are checked
+// against; it has to be the plain arithmetic.
 
 /// sum over j of code_j * x_j for one Q4_1 block (codes 0..15).
 KVCACHE_NO_VECTORIZE std::int32_t block_dot_q4_1(const std::byte* blk, const std::int8_t* x) {

@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "kvcache/attention/attention_options.hpp"
+#include "kvcache/attention/int8_scores.hpp"
 #include "kvcache/cache/concept.hpp"
 #include "kvcache/detail/simd.hpp"
 #include "kvcache/detail/thread_pool.hpp"
@@ -232,13 +233,24 @@ inline void tile_softmax(float* scores, std::size_t n, const SoftmaxState& state
 /// Folds one tile of n rows into the state of `group` pre-scaled queries qs ([group][d]): scores for all
 /// heads, softmax per head, then values — each pass takes the heads kAttentionHeadBundle at a time, so a
 /// row is loaded (and converted from fp16/bf16 or dequantised) once per bundle rather than once per head.
+/// With iq (q8_0 keys, ScorePrecision::int8) the scores are integer ones from the rounded queries.
 template <StorageElement TK, StorageElement TV, std::size_t W, class KRows, class VRows>
 void fold_tile(const float* qs, std::size_t group, std::size_t d, const KRows& k, const VRows& v, std::size_t n,
-               float* scores, const SoftmaxState& state) {
+               float* scores, const SoftmaxState& state, const Int8Queries* iq) {
     for (std::size_t g0 = 0; g0 < group; g0 += kAttentionHeadBundle) {
         const std::size_t nb = std::min(kAttentionHeadBundle, group - g0);
         const float* q = qs + g0 * d;
         float* s = scores + g0 * kAttentionTile;
+        if constexpr (std::is_same_v<TK, q8_0>) {
+            if (iq != nullptr) {
+                const std::uint8_t* codes = iq->codes.data() + g0 * d;
+                const float* scales = iq->scales.data() + g0 * (d / q8_0::kValues);
+                if (nb == 3) int8_scores<3>(codes, scales, d, k, n, s, kAttentionTile);
+                else if (nb == 2) int8_scores<2>(codes, scales, d, k, n, s, kAttentionTile);
+                else int8_scores<1>(codes, scales, d, k, n, s, kAttentionTile);
+                continue;
+            }
+        }
         if (nb == 3) tile_scores<TK, W, 3>(q, d, k, n, s);
         else if (nb == 2) tile_scores<TK, W, 2>(q, d, k, n, s);
         else tile_scores<TK, W, 1>(q, d, k, n, s);
@@ -260,7 +272,7 @@ void fold_tile(const float* qs, std::size_t group, std::size_t d, const KRows& k
 /// one that spans chunks through gathered row pointers — the arithmetic is the same either way.
 template <StorageElement TK, StorageElement TV, std::size_t W, class Chunks>
 void attend_positions(const float* qs, std::size_t group, std::size_t d, const Chunks& chunks, std::size_t lo,
-                      std::size_t hi, const SoftmaxState& state) {
+                      std::size_t hi, const SoftmaxState& state, const Int8Queries* iq) {
     TileScratch& tmp = tile_scratch();
     tmp.reserve(group);
     float* scores = tmp.scores.data();
@@ -277,7 +289,7 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
             const TV* vrow = chunk.values + (pos - chunk.start) * vstride;
             if (n == 0 && tile_end <= end) {  // the whole tile lies in this chunk: read it through the stride
                 fold_tile<TK, TV, W>(qs, group, d, StridedRows<TK>{krow, kstride}, StridedRows<TV>{vrow, vstride},
-                                     tile_end - pos, scores, state);
+                                     tile_end - pos, scores, state, iq);
             } else {  // gather this chunk's part of the tile
                 const std::size_t stop = std::min(end, tile_end);
                 for (; pos < stop; ++pos, krow += kstride, vrow += vstride, ++n) {
@@ -286,7 +298,7 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
                 }
                 if (pos < tile_end) break;  // the tile goes on in the next chunk
                 fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data(), n},
-                                     GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state);
+                                     GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state, iq);
                 n = 0;
             }
             pos = tile_end;
@@ -296,22 +308,22 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
     }
     if (n) {  // only if the chunks ended before hi
         fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data(), n},
-                             GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state);
+                             GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state, iq);
     }
 }
 
 /// attend_positions with the widest Simd<W> that divides head_dim.
 template <StorageElement TK, StorageElement TV, class Chunks>
 void attend_positions_simd(const float* qs, std::size_t group, std::size_t d, const Chunks& chunks, std::size_t lo,
-                           std::size_t hi, const SoftmaxState& state) {
+                           std::size_t hi, const SoftmaxState& state, const Int8Queries* iq = nullptr) {
     switch (simd_lanes_for(d)) {
 #if KVCACHE_HAVE_AVX512
-        case 16: return attend_positions<TK, TV, 16>(qs, group, d, chunks, lo, hi, state);
+        case 16: return attend_positions<TK, TV, 16>(qs, group, d, chunks, lo, hi, state, iq);
 #endif
 #if KVCACHE_HAVE_AVX2
-        case 8: return attend_positions<TK, TV, 8>(qs, group, d, chunks, lo, hi, state);
+        case 8: return attend_positions<TK, TV, 8>(qs, group, d, chunks, lo, hi, state, iq);
 #endif
-        default: return attend_positions<TK, TV, 1>(qs, group, d, chunks, lo, hi, state);
+        default: return attend_positions<TK, TV, 1>(qs, group, d, chunks, lo, hi, state, iq);
     }
 }
 
@@ -391,15 +403,19 @@ void attention(const C& cache, std::size_t layer, std::size_t row, std::span<con
     // two-thread bandwidth, contiguous runs 78-86 %), and the items of a thread that starts late are taken from
     // the back of its run by the others, one at a time.
     const std::size_t chunk = 1;
+    // Integer scores: q8_0 keys and ScorePrecision::int8 (other key types keep the float path).
+    const bool int8_scores = std::is_same_v<TK, q8_0> && opts.scores == ScorePrecision::int8;
     // Each item writes only its own slot's state: the result does not depend on which thread runs it.
     detail::parallel_for(n_work, chunk, threads, {.size = bytes}, [&](std::size_t first, std::size_t end) {
+        thread_local detail::Int8Queries rounded;  // this thread's, reused
         for (std::size_t w = first; w < end; ++w) {
             const detail::AttentionWork& item = work[w];
             const detail::SoftmaxState state{states + item.slot * state_size, d};
             state.reset(s.group);
             const float* qs = qbase + (item.token * n_q_heads + item.kv_head * s.group) * d;
+            if (int8_scores) rounded.round(qs, s.group, d);
             detail::attend_positions_simd<TK, TV>(qs, s.group, d, cache.chunks(layer, row, item.kv_head), item.lo,
-                                                      item.hi, state);
+                                                  item.hi, state, int8_scores ? &rounded : nullptr);
         }
     });
 

@@ -13,6 +13,14 @@
 
 namespace kvcache {
 
+/// How attention forms q·k over q8_0 keys.
+enum class ScorePrecision {
+    f32,   ///< the keys dequantised to float, float multiply-adds (attention_reference's arithmetic, within 1e-5)
+    int8,  ///< each query head rounded to int8 per block of 32 (scale max|q| / 127, as llama.cpp's CPU attention
+           ///< rounds its queries), integer block dots with the stored codes, one float step per block: faster
+           ///< (AVX-512 VNNI) at the cost of the query's rounding. Same bits on every build. Other key types: f32.
+};
+
 struct AttentionOptions {
     /// Multiplies q·k; 0 means 1/sqrt(head_dim).
     float scale = 0.0f;
@@ -23,6 +31,8 @@ struct AttentionOptions {
     std::size_t window = 0;
     /// Threads for the fast kernel; 0 means all the hardware offers. The result does not depend on it.
     int threads = 0;
+    /// q·k over q8_0 keys (attention() only; attention_reference is always exact).
+    ScorePrecision scores = ScorePrecision::f32;
 };
 
 namespace detail {

@@ -26,6 +26,12 @@
 #else
 #define KVCACHE_HAVE_AVX512 0
 #endif
+// AVX-512 VNNI with AVX512BW: integer q·k over q8_0 keys (attention/int8_scores.hpp).
+#if KVCACHE_HAVE_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512BW__)
+#define KVCACHE_HAVE_AVX512_VNNI 1
+#else
+#define KVCACHE_HAVE_AVX512_VNNI 0
+#endif
 
 // The kernels are compiled with the includer's flags. On x86-64 without AVX2+FMA they quietly take the scalar
 // path, several times slower — so say so at build time. The package's targets (CMake kvcache::kvcache,
@@ -36,6 +42,19 @@
                 "slower). Compile with -mavx2 -mfma -mf16c or -march=native (the kvcache::kvcache target and " \
                 "`pkg-config --cflags kvcache` carry the library's flags), or define KVCACHE_ALLOW_SCALAR to keep " \
                 "the portable path without this message.")
+#endif
+
+// Keeps a function out of GCC's loop vectoriser. GCC 12 turns byte dot products whose operands are both signed
+// ((u8 - 128) * s8, or s8 * s8) into vpdpbusd when AVX-512 VNNI is enabled, and vpdpbusd reads its first
+// operand as unsigned bytes: a code of -1 counts as 255 (found on an AMD Zen 4: matmul_int8_test and
+// int8_scores_test failed). The portable integer kernels are the definitions the vector ones are checked
+// against, so they must stay the plain arithmetic.
+#if !defined(KVCACHE_NO_VECTORIZE)
+#if defined(__GNUC__) && !defined(__clang__)
+#define KVCACHE_NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
+#else
+#define KVCACHE_NO_VECTORIZE
+#endif
 #endif
 
 namespace kvcache::detail {

@@ -432,9 +432,9 @@ def load_batched(path):
 
 
 # llama.cpp's llama-batched-bench on SmolLM2-135M (S_TG, tok/s at context 512-544, 2 threads, f16 K/V), run on this
-# project's 2-core AMD EPYC VM on 2026-12-02 (command in docs/batching.md); the 4-sequence point (42.5) was an
-# outlier of a noisy host and is left out.
-LLAMA_CPP_BATCHED = {1: 77.8, 2: 79.0, 8: 105.3, 16: 129.2}
+# project's 2-core AMD EPYC VM (Zen 4, AVX-512 VNNI) on 2026-12-03, right before the curve in docs/images (command
+# in docs/batching.md).
+LLAMA_CPP_BATCHED = {1: 89.9, 2: 108.3, 4: 126.6, 8: 138.6}
 
 
 def plot_batched(batched, out, suffix, note, summary, before=None):
@@ -481,7 +481,7 @@ def plot_batched(batched, out, suffix, note, summary, before=None):
     ax.plot([8], [4], ls="", marker="*", markersize=12, color="0.2", label="goal of issue 11: 4x at 8 sequences")
     lx = sorted(LLAMA_CPP_BATCHED)
     ax.plot(lx, [LLAMA_CPP_BATCHED[x] / LLAMA_CPP_BATCHED[1] for x in lx], marker="D", ls="-.", color="#2ca02c",
-            label="llama.cpp llama-batched-bench (same machine, 2026-12-02)")
+            label="llama.cpp llama-batched-bench (same machine, 2026-12-03)")
     for x in lx:
         ax.annotate(f"{LLAMA_CPP_BATCHED[x]:.0f}", (x, LLAMA_CPP_BATCHED[x] / LLAMA_CPP_BATCHED[1]),
                     textcoords="offset points", xytext=(0, -13), ha="center", fontsize=7.5, color="#2ca02c")

@@ -153,7 +153,9 @@ inline void tile_scores(const float* q, std::size_t d, const Rows& k, std::size_
                     typename S::V x0, x1;
                     S::template load_block<T>(row[j], i, x0, x1);
                     for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i), x0, acc[g][j]);
-                    for (std::size_t g = 0; g < NB; ++g) acc[g][j] = S::fmadd(S::loadf(q + g * d + i + W), x1, acc[g][j]);
+                    for (std::size_t g = 0; g < NB; ++g) {
+                        acc[g][j] = S::fmadd(S::loadf(q + g * d + i + W), x1, acc[g][j]);
+                    }
                 }
             }
         }

@@ -56,8 +56,9 @@ struct Int8Queries {
 /// definition, one key at a time.
 /// (Out of GCC's vectoriser, which miscompiles the byte dot: see KVCACHE_NO_VECTORIZE.)
 template <std::size_t NB, class Rows>
-KVCACHE_NO_VECTORIZE inline void int8_scores_portable(const std::uint8_t* codes, const float* scales, std::size_t d, const Rows& k,
-                                 std::size_t n, float* scores, std::size_t stride) {
+KVCACHE_NO_VECTORIZE inline void int8_scores_portable(const std::uint8_t* codes, const float* scales, std::size_t d,
+                                                      const Rows& k, std::size_t n, float* scores,
+                                                      std::size_t stride) {
     const std::size_t blocks = d / q8_0::kValues;
     for (std::size_t r = 0; r < n; ++r) {
         const q8_0* row = k[r];
@@ -100,7 +101,8 @@ inline void int8_scores_vnni(const std::uint8_t* codes, const float* scales, std
             for (std::size_t j = 0; j < 8; ++j) {
                 const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[j][b].qs));
                 const __m256i hi = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[j + 8][b].qs));
-                z[j] = _mm512_maskz_inserti64x4(0xFF, _mm512_maskz_inserti64x4(0xFF, _mm512_setzero_si512(), lo, 0), hi, 1);
+                const __m512i low_half = _mm512_maskz_inserti64x4(0xFF, _mm512_setzero_si512(), lo, 0);
+                z[j] = _mm512_maskz_inserti64x4(0xFF, low_half, hi, 1);
             }
             for (std::size_t j = 0; j < 8; j += 2) {
                 t[j] = _mm512_maskz_unpacklo_epi32(0xFFFF, z[j], z[j + 1]);
@@ -142,6 +144,10 @@ inline void int8_scores_vnni(const std::uint8_t* codes, const float* scales, std
     }
 }
 #endif
+
+/// Whether this build has the vector kernel. Without it the portable loop is slower than the float path, so the
+/// decoder asks for integer scores only where this is true (attention() honours an explicit request anyway).
+inline constexpr bool kVectorInt8Scores = KVCACHE_HAVE_AVX512_VNNI;
 
 /// Integer scores of NB query heads over n keys: the vector kernel where the build has it, else the portable one
 /// (the same bits). scores[g * stride + r]; stride >= n rounded up to 16.

@@ -339,7 +339,8 @@ struct Simd<16> {
             q0 = _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
             q1 = _mm512_maskz_cvtepi8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs + 16)));
         } else {
-            const __m512i wide = _mm512_maskz_cvtepu8_epi32(0xFFFF, _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs)));
+            const __m128i bytes = _mm_loadu_si128(reinterpret_cast<const __m128i*>(b.qs));
+            const __m512i wide = _mm512_maskz_cvtepu8_epi32(0xFFFF, bytes);
             const __m512i eight = _mm512_set1_epi32(8), nibble = _mm512_set1_epi32(0x0f);
             q0 = _mm512_sub_epi32(_mm512_and_si512(wide, nibble), eight);
             q1 = _mm512_sub_epi32(_mm512_and_si512(_mm512_maskz_srli_epi32(0xFFFF, wide, 4), nibble), eight);

@@ -253,11 +253,12 @@ void Decoder::forward(std::span<const ForwardItem<Cache>> items, const ForwardOp
     if (total == 0) return;
     reserve_scratch(total, logit_rows);
     for (std::size_t i = 0, off = 0; i < items.size(); off += items[i].tokens.size(), ++i) offsets_[i] = off;
-    // int8 precision rounds the queries too where the keys are q8_0 (integer q·k, see attention/int8_scores.hpp)
+    // int8 precision rounds the queries too where the keys are q8_0 and the build has the vector kernel for it
+    // (integer q·k, attention/int8_scores.hpp; the portable loop would be slower than the float path)
+    const bool int8_scores = precision == MatmulPrecision::int8 && detail::kVectorInt8Scores;
     const AttentionOptions attn_opts{.window = c.sliding_window,
                                      .threads = threads,
-                                     .scores = precision == MatmulPrecision::int8 ? ScorePrecision::int8
-                                                                                 : ScorePrecision::f32};
+                                     .scores = int8_scores ? ScorePrecision::int8 : ScorePrecision::f32};
 
     // Embedding: x[t] = token_embd[tokens[t]]
     for (std::size_t i = 0; i < items.size(); ++i) {

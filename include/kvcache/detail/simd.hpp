@@ -59,6 +59,13 @@
 
 namespace kvcache::detail {
 
+/// The constants of exp8, exp16 and exp1 (one set, so that the three compute the same function): the clamp
+/// bounds, the two-part ln 2 of the range reduction, the degree-6 polynomial for e^r on [-ln2/2, ln2/2].
+inline constexpr float kExpMaxX = 88.3762626647949f, kExpMinX = -87.3365447504019f;
+inline constexpr float kExpLog2e = 1.44269504088896341f, kExpLn2Hi = 0.693359375f, kExpLn2Lo = -2.12194440e-4f;
+inline constexpr float kExpP0 = 1.9875691500e-4f, kExpP1 = 1.3981999507e-3f, kExpP2 = 8.3334519073e-3f,
+                       kExpP3 = 4.1665795894e-2f, kExpP4 = 1.6666665459e-1f, kExpP5 = 5.0000001201e-1f;
+
 /// W values of a row of a storage type without a kernel of its own (a user's ElementTraits type), from value
 /// i on: the objects holding them are decoded into a small buffer on the stack.
 template <StorageElement T, std::size_t W>
@@ -150,21 +157,21 @@ inline float hsum(__m256 v) {
 /// e^x for 8 floats: range reduction x = n ln2 + r, a degree-6 polynomial for e^r, scaled by 2^n.
 /// Relative error below 2e-7 over the float range; e^x for x < -87.3 is 0 (what softmax wants).
 inline __m256 exp8(__m256 x) {
-    const __m256 max_x = _mm256_set1_ps(88.3762626647949f);
-    const __m256 min_x = _mm256_set1_ps(-87.3365447504019f);
+    const __m256 max_x = _mm256_set1_ps(kExpMaxX);
+    const __m256 min_x = _mm256_set1_ps(kExpMinX);
     const __m256 underflow = _mm256_cmp_ps(x, min_x, _CMP_LT_OQ);
     x = _mm256_min_ps(_mm256_max_ps(x, min_x), max_x);
-    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+    const __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(kExpLog2e)),
                                      _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     // r = x - n*ln2 in two parts so r stays accurate
-    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-    __m256 p = _mm256_set1_ps(1.9875691500e-4f);
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
-    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+    __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpLn2Hi), x);
+    r = _mm256_fnmadd_ps(n, _mm256_set1_ps(kExpLn2Lo), r);
+    __m256 p = _mm256_set1_ps(kExpP0);
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP1));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP2));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP3));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP4));
+    p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(kExpP5));
     p = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
     const __m256i bits = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
     const __m256 result = _mm256_mul_ps(p, _mm256_castsi256_ps(bits));
@@ -188,19 +195,19 @@ inline float fused_multiply_add(float a, float b, float c) {
 /// code that runs its full vectors through exp8 and its tail through exp1 then gives every element the same
 /// result wherever it falls — which batching needs (a token's row may be a tail alone and a middle in a batch).
 inline float exp1(float x) {
-    const bool underflow = x < -87.3365447504019f;  // NaN: false, as _CMP_LT_OQ
+    const bool underflow = x < kExpMinX;  // NaN: false, as _CMP_LT_OQ
     // _mm256_max_ps(x, lo) returns lo when x is NaN, and min likewise: the NaN becomes lo here too.
-    x = x > -87.3365447504019f ? x : -87.3365447504019f;
-    x = x < 88.3762626647949f ? x : 88.3762626647949f;
-    const float n = std::nearbyint(x * 1.44269504088896341f);
-    float r = std::fma(-n, 0.693359375f, x);
-    r = std::fma(-n, -2.12194440e-4f, r);
-    float p = 1.9875691500e-4f;
-    p = std::fma(p, r, 1.3981999507e-3f);
-    p = std::fma(p, r, 8.3334519073e-3f);
-    p = std::fma(p, r, 4.1665795894e-2f);
-    p = std::fma(p, r, 1.6666665459e-1f);
-    p = std::fma(p, r, 5.0000001201e-1f);
+    x = x > kExpMinX ? x : kExpMinX;
+    x = x < kExpMaxX ? x : kExpMaxX;
+    const float n = std::nearbyint(x * kExpLog2e);
+    float r = std::fma(-n, kExpLn2Hi, x);
+    r = std::fma(-n, kExpLn2Lo, r);
+    float p = kExpP0;
+    p = std::fma(p, r, kExpP1);
+    p = std::fma(p, r, kExpP2);
+    p = std::fma(p, r, kExpP3);
+    p = std::fma(p, r, kExpP4);
+    p = std::fma(p, r, kExpP5);
     const float r2 = r * r, r1 = r + 1.0f;
     p = std::fma(p, r2, r1);
     const auto bits = static_cast<std::uint32_t>(static_cast<std::int32_t>(n) + 127) << 23;
@@ -212,20 +219,20 @@ inline float exp1(float x) {
 #if KVCACHE_HAVE_AVX512
 /// exp8 for 16 floats (the same reduction and polynomial).
 inline __m512 exp16(__m512 x) {
-    const __m512 max_x = _mm512_set1_ps(88.3762626647949f);
-    const __m512 min_x = _mm512_set1_ps(-87.3365447504019f);
+    const __m512 max_x = _mm512_set1_ps(kExpMaxX);
+    const __m512 min_x = _mm512_set1_ps(kExpMinX);
     const __mmask16 underflow = _mm512_cmp_ps_mask(x, min_x, _CMP_LT_OQ);
     x = _mm512_maskz_min_ps(0xFFFF, _mm512_maskz_max_ps(0xFFFF, x, min_x), max_x);  // (maskz: see Simd<16>::load)
-    const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(x, _mm512_set1_ps(1.44269504088896341f)),
+    const __m512 n = _mm512_maskz_roundscale_ps(0xFFFF, _mm512_mul_ps(x, _mm512_set1_ps(kExpLog2e)),
                                                 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), x);
-    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
-    __m512 p = _mm512_set1_ps(1.9875691500e-4f);
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073e-3f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894e-2f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459e-1f));
-    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201e-1f));
+    __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpLn2Hi), x);
+    r = _mm512_fnmadd_ps(n, _mm512_set1_ps(kExpLn2Lo), r);
+    __m512 p = _mm512_set1_ps(kExpP0);
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP1));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP2));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP3));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP4));
+    p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(kExpP5));
     p = _mm512_fmadd_ps(p, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
     const __m512i e = _mm512_add_epi32(_mm512_maskz_cvtps_epi32(0xFFFF, n), _mm512_set1_epi32(127));
     const __m512 result = _mm512_mul_ps(p, _mm512_castsi512_ps(_mm512_maskz_slli_epi32(0xFFFF, e, 23)));

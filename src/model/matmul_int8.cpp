@@ -37,12 +37,6 @@
 #else
 #define KVCACHE_HAVE_VNNI 0
 #endif
-// AVX-512 VNNI at 512 bits (with AVX512BW's byte steps): sixteen rows per register, see dot_group_avx512.
-#if KVCACHE_HAVE_AVX512 && defined(__AVX512VNNI__) && defined(__AVX512BW__)
-#define KVCACHE_HAVE_VNNI512 1
-#else
-#define KVCACHE_HAVE_VNNI512 0
-#endif
 
 namespace kvcache::detail {
 
@@ -51,12 +45,13 @@ namespace {
 constexpr std::size_t kBlock = 32;
 constexpr std::size_t kQ4_1Bytes = 2 + 2 + 16;
 constexpr std::size_t kQ8_0Bytes = 2 + 32;
-// Weight rows per kernel call: the float lanes of one register — sixteen with 512-bit VNNI, else eight.
-constexpr std::size_t kRows = KVCACHE_HAVE_VNNI512 ? 16 : 8;
+// Weight rows per kernel call: the float lanes of one register — sixteen with 512-bit VNNI (AVX512BW's byte steps
+// too: KVCACHE_HAVE_AVX512_VNNI, detail/simd.hpp), else eight.
+constexpr std::size_t kRows = KVCACHE_HAVE_AVX512_VNNI ? 16 : 8;
 // With 512-bit VNNI the interleaved copy stores Q8_0 codes plus 128 (as unsigned bytes: vpdpbusd's unsigned
 // side), and the kernel takes 128 x the activations' code sum back off (there is no 512-bit vpsignb for the
 // |w| and sign(x, w) of the 256-bit kernels).
-constexpr bool kBiasedQ8Codes = KVCACHE_HAVE_VNNI512;
+constexpr bool kBiasedQ8Codes = KVCACHE_HAVE_AVX512_VNNI;
 static_assert(kInt8RowsPerTask % kRows == 0, "a task is whole groups of rows");
 constexpr int kTokensPerPass = 8;          // tokens that share one transposed weight block
 // One block of a group of kRows interleaved rows (see interleave_rows). Q4_1: the rows' fp16 scales, their
@@ -279,7 +274,7 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
 }
 
-#if KVCACHE_HAVE_VNNI512
+#if KVCACHE_HAVE_AVX512_VNNI
 /// dot_group_avx2 for sixteen rows in 512-bit registers, with vpdpbusd: the same integer sums per block, so the
 /// same bits. (On an AMD Zen 4, where 512-bit instructions take the 256-bit units twice, a 512-bit vpdpbusd
 /// still did 1.6x the multiply-adds per second of a 256-bit one — and the broadcasts and float steps per block
@@ -339,17 +334,17 @@ void dot_group_avx512(const std::byte* group, std::size_t nb, const QuantizedRow
 using GroupFn = void (*)(const std::byte*, std::size_t, const QuantizedRow*, float* const*);
 
 template <WeightFormat F, std::size_t... I>
-constexpr std::array<GroupFn, sizeof...(I)> avx2_kernels(std::index_sequence<I...>) {
-#if KVCACHE_HAVE_VNNI512
+constexpr std::array<GroupFn, sizeof...(I)> vector_kernels(std::index_sequence<I...>) {
+#if KVCACHE_HAVE_AVX512_VNNI
     return {dot_group_avx512<F, int(I) + 1>...};
 #else
     return {dot_group_avx2<F, int(I) + 1>...};
 #endif
 }
 
-GroupFn avx2_kernel(WeightFormat format, int nt) {
-    static constexpr auto q4_1 = avx2_kernels<WeightFormat::Q4_1>(std::make_index_sequence<kTokensPerPass>{});
-    static constexpr auto q8_0 = avx2_kernels<WeightFormat::Q8_0>(std::make_index_sequence<kTokensPerPass>{});
+GroupFn vector_kernel(WeightFormat format, int nt) {
+    static constexpr auto q4_1 = vector_kernels<WeightFormat::Q4_1>(std::make_index_sequence<kTokensPerPass>{});
+    static constexpr auto q8_0 = vector_kernels<WeightFormat::Q8_0>(std::make_index_sequence<kTokensPerPass>{});
     return (format == WeightFormat::Q4_1 ? q4_1 : q8_0)[std::size_t(nt - 1)];
 }
 #endif
@@ -375,7 +370,9 @@ AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* b
                     std::memcpy(dst + 2 * kRows + 2 * r, blk + 2, 2);  // m
                     // Code bytes 4k..4k+3 of row r (values 4k.. in the low nibbles, 4k+16.. in the high ones) go
                     // to lane r of register k, so that masking gives values 4k.. and shifting values 4(k+4)..
-                    for (std::size_t k = 0; k < 4; ++k) std::memcpy(dst + 4 * kRows + reg * k + 4 * r, blk + 4 + 4 * k, 4);
+                    for (std::size_t k = 0; k < 4; ++k) {
+                        std::memcpy(dst + 4 * kRows + reg * k + 4 * r, blk + 4 + 4 * k, 4);
+                    }
                 } else {
                     // Codes 4k..4k+3 of row r go to lane r of register k (plus 128, as unsigned bytes, for the
                     // 512-bit kernel).
@@ -432,7 +429,7 @@ void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t ro
 #if KVCACHE_HAVE_AVX2
             if (groups != nullptr) {
                 const std::size_t group_bytes = nb * (format == WeightFormat::Q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes);
-                avx2_kernel(format, nt)(groups + r0 / kRows * group_bytes, nb, xs, outs);
+                vector_kernel(format, nt)(groups + r0 / kRows * group_bytes, nb, xs, outs);
             }
 #endif
             if (groups == nullptr) {

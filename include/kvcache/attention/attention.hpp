@@ -187,7 +187,7 @@ inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float*
             const T* row = v[r];
             typename S::V w[NB];
             for (std::size_t g = 0; g < NB; ++g) w[g] = S::set1(p[g * kAttentionTile + r]);
-            if constexpr (kLoadBlocks<T, W> && kBlock % 2 == 0) {  // i is a multiple of 4 W = 64: whole blocks
+            if constexpr (kLoadBlocks<T, W>) {  // W = 16, kBlock = 4: i is a multiple of 64, b even: whole blocks
                 for (std::size_t b = 0; b < kBlock; b += 2) {
                     typename S::V x0, x1;
                     S::template load_block<T>(row, i + b * W, x0, x1);

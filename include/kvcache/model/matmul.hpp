@@ -39,8 +39,8 @@ class WeightMatrix;
 namespace detail {
 struct Int8Layout;
 /// The int8 kernel's copy of a Q4_1 or Q8_0 matrix: its rows interleaved eight (sixteen with AVX-512 VNNI) at a
-/// time (src/model/matmul_int8.cpp),
-/// built on the first int8 product and kept (thread-safe). Internal to matmul; null for other formats.
+/// time (src/model/matmul_int8.cpp), built on the first int8 product and kept (thread-safe). Internal to matmul;
+/// null for other formats.
 const std::byte* int8_layout(const WeightMatrix& w);
 }  // namespace detail
 
@@ -52,10 +52,9 @@ const std::byte* int8_layout(const WeightMatrix& w);
 /// steps per output run in one fixed order, the same in the vector kernel and the scalar one. It applies to
 /// Q4_1 and Q8_0 matrices (F32 ones take the f32 path in either mode); a decoder running int8 on a build with
 /// AVX-512 VNNI also rounds its queries for integer q·k over q8_0 keys (ScorePrecision::int8,
-/// attention/int8_scores.hpp; elsewhere its attention stays f32). The vector kernel
-/// reads a second copy of each such matrix, its rows interleaved eight (or sixteen) at a time, made on the
-/// matrix's first int8 product and kept:
-/// int8 holds the quantised weights twice.
+/// attention/int8_scores.hpp; elsewhere its attention stays f32). The vector kernel reads a second copy of each
+/// such matrix, its rows interleaved eight (or sixteen) at a time, made on the matrix's first int8 product and
+/// kept: int8 holds the quantised weights twice.
 enum class MatmulPrecision { f32, int8 };
 
 /// "f32" / "int8"; parse_matmul_precision is its inverse and throws ConfigError on anything else.

@@ -15,6 +15,11 @@
 // single call (robust when other processes share the cores); bw_GB/s = the best 1 GiB read-bandwidth pass on the
 // same thread count, measured once at start in this process; %bw = GB/s / bw_GB/s * 100; best_%bw = best_GB/s
 // over the fastest 8 MiB block of that sum (both immune to being descheduled now and then); GFLOP/s.
+// BM_DecodeAttentionPaged reads like a batched decode step: kPagedSequences sequences of one PagedKVPool (blocks of
+// 16 positions), one query token each, items side by side over the threads as the decoder runs them; one call
+// reads one layer of every sequence. Argument `whole`: 1 = each sequence's positions appended in one go (a prompt:
+// consecutive block ids, one long run per head in the pool's arenas), 0 = a block of each sequence in turn (as
+// sequences that grew side by side token by token: a head's rows are 16-position runs spread over the arena). Its /int8 variant asks for integer q·k (q8_0 keys).
 // BM_DecodeAttentionReference runs attention_reference (double precision, one thread) at small contexts for
 // comparison.
 //
@@ -35,6 +40,8 @@
 #include "kvcache/attention/attention.hpp"
 #include "kvcache/attention/reference.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
+#include "kvcache/cache/paged_kv_cache.hpp"
+#include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/testing/random.hpp"
 #include "read_bandwidth.hpp"
 
@@ -142,6 +149,94 @@ void BM_Decode(benchmark::State& state, bool cold, Kernel kernel) {
     }
 }
 
+constexpr std::size_t kPagedSequences = 8;
+
+/// kPagedSequences sequences of `context` positions in one pool, over as many layers as the cold set needs.
+template <class T>
+struct PagedCaches {
+    std::size_t context = 0;
+    bool whole = false;
+    std::size_t layers = 0;
+    std::unique_ptr<PagedKVPool<T>> pool;
+    std::vector<PagedSequence<T>> sequences;
+    std::size_t next_layer = 0;
+};
+
+template <class T>
+PagedCaches<T>& paged_caches(std::size_t context, bool whole) {
+    static PagedCaches<T> c;
+    if (c.context == context && c.whole == whole && c.pool) return c;
+    c.sequences.clear();
+    c.pool.reset();
+    c.context = context;
+    c.whole = whole;
+    c.next_layer = 0;
+    const std::size_t step_bytes = kPagedSequences * layer_bytes<T>(context);
+    c.layers = std::max<std::size_t>(1, (g_cold_bytes + step_bytes - 1) / step_bytes);
+    const std::size_t block = PagedKVPool<T>::kDefaultBlockSize;
+    c.pool = std::make_unique<PagedKVPool<T>>(CacheShape{c.layers, kKVHeads, kHeadDim},
+                                              kPagedSequences * PagedKVPool<T>::blocks_for(context, block), block);
+    for (std::size_t s = 0; s < kPagedSequences; ++s) c.sequences.emplace_back(*c.pool, c.pool->create_sequence());
+    const std::size_t width = kKVHeads * kHeadDim;
+    const auto k = testing::random_normal(context * width, 21), v = testing::random_normal(context * width, 22);
+    const std::size_t step = whole ? context : block;  // positions a sequence takes at once
+    for (std::size_t pos = 0; pos < context; pos += step) {
+        const std::size_t n = std::min(step, context - pos);
+        for (auto& seq : c.sequences) {
+            for (std::size_t l = 0; l < c.layers; ++l) {
+                seq.append(l, 0, std::span<const float>(k).subspan(pos * width, n * width),
+                           std::span<const float>(v).subspan(pos * width, n * width), n);
+            }
+        }
+    }
+    return c;
+}
+
+template <class T>
+void BM_DecodePaged(benchmark::State& state, ScorePrecision scores) {
+    const auto context = static_cast<std::size_t>(state.range(0));
+    const int threads = static_cast<int>(state.range(1));
+    PagedCaches<T>& c = paged_caches<T>(context, state.range(2) != 0);
+    const auto q = testing::random_normal(kPagedSequences * kQHeads * kHeadDim, 13);
+    std::vector<float> out(q.size());
+    const AttentionOptions opts{.threads = 1, .scores = scores};
+    const std::size_t qsize = kQHeads * kHeadDim;
+    const auto step = [&](std::size_t layer) {
+        // the decoder's "items side by side": one sequence per claim, each on one thread
+        detail::parallel_for(kPagedSequences, 1, threads, {.size = kPagedSequences * layer_bytes<T>(context)},
+                             [&](std::size_t first, std::size_t end) {
+            for (std::size_t s = first; s < end; ++s) {
+                attention(c.sequences[s], layer, 0, std::span<const float>(q).subspan(s * qsize, qsize), 1, kQHeads,
+                          std::span<float>(out).subspan(s * qsize, qsize), opts);
+            }
+        });
+    };
+    step(c.next_layer);  // warm-up: scratch and thread pool in place
+    c.next_layer = (c.next_layer + 1) % c.layers;
+    double seconds = 0, fastest = 1e30;
+    for (auto _ : state) {
+        const std::size_t layer = c.next_layer;
+        c.next_layer = (c.next_layer + 1) % c.layers;
+        const auto t0 = std::chrono::steady_clock::now();
+        step(layer);
+        const auto t1 = std::chrono::steady_clock::now();
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+        const double s = std::chrono::duration<double>(t1 - t0).count();
+        state.SetIterationTime(s);
+        seconds += s;
+        fastest = std::min(fastest, s);
+    }
+    const double bytes = double(kPagedSequences * layer_bytes<T>(context));
+    const double gbps = double(state.iterations()) * bytes / seconds / 1e9;
+    state.counters["GB/s"] = gbps;
+    state.counters["best_GB/s"] = bytes / fastest / 1e9;
+    state.counters["layers"] = double(c.layers);
+    if (threads <= 2 && g_read_bw[threads].best_gbps > 0) {
+        state.counters["%bw"] = 100.0 * gbps / g_read_bw[threads].best_gbps;
+    }
+}
+
 std::vector<std::int64_t> contexts(std::int64_t hi) {
     std::vector<std::int64_t> out;
     for (std::int64_t c = 128; c <= hi; c *= 2) out.push_back(c);
@@ -166,6 +261,20 @@ void register_type() {
         ->ArgNames({"context", "threads"})
         ->UseManualTime()
         ->Unit(benchmark::kMicrosecond);
+    benchmark::RegisterBenchmark(("BM_DecodeAttentionPaged/" + t).c_str(),
+                                 [](benchmark::State& s) { BM_DecodePaged<T>(s, ScorePrecision::f32); })
+        ->ArgsProduct({{512, 4096}, thread_counts, {0, 1}})
+        ->ArgNames({"context", "threads", "whole"})
+        ->UseManualTime()
+        ->Unit(benchmark::kMicrosecond);
+    if constexpr (std::is_same_v<T, q8_0>) {
+        benchmark::RegisterBenchmark(("BM_DecodeAttentionPaged/" + t + "/int8").c_str(),
+                                     [](benchmark::State& s) { BM_DecodePaged<T>(s, ScorePrecision::int8); })
+            ->ArgsProduct({{512, 4096}, thread_counts, {0, 1}})
+            ->ArgNames({"context", "threads", "whole"})
+            ->UseManualTime()
+            ->Unit(benchmark::kMicrosecond);
+    }
     benchmark::RegisterBenchmark(("BM_DecodeAttentionReference/" + t).c_str(),
                                  [](benchmark::State& s) { BM_Decode<T>(s, true, Kernel::Reference); })
         ->ArgsProduct({contexts(1024), {1}})

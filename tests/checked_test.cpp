@@ -6,6 +6,7 @@
 #include <limits>
 #include <optional>
 #include <string>
+#include <utility>
 
 #include "kvcache/detail/aligned_buffer.hpp"
 #include "kvcache/detail/checked.hpp"
@@ -68,6 +69,26 @@ TEST_CASE("AlignedBuffer sizes go through checked_mul and stay a ConfigError (wh
     const auto msg = message_of<kvcache::ConfigError>([] { (void)kvcache::detail::AlignedBuffer<std::uint64_t>(kMax / 4); });
     CHECK(msg.find("AlignedBuffer") != std::string::npos);
     CHECK(msg.find(std::to_string(kMax / 4)) != std::string::npos);
+}
+
+TEST_CASE("AlignedBuffer: zeroed, cache-line aligned, huge-page aligned from 2 MiB on; moves and copies keep it",
+          "[checked]") {
+    using kvcache::detail::AlignedBuffer;
+    const AlignedBuffer<float> small(100);
+    CHECK(reinterpret_cast<std::uintptr_t>(small.data()) % kvcache::detail::kAlignment == 0);
+    CHECK(kvcache::detail::alignment_for(small.bytes()) == kvcache::detail::kAlignment);
+    AlignedBuffer<std::byte> big(kvcache::detail::kHugePage + 4096);  // a huge page and a bit: the tail is zeroed too
+    CHECK(kvcache::detail::alignment_for(big.bytes()) == kvcache::detail::kHugePage);
+    CHECK(reinterpret_cast<std::uintptr_t>(big.data()) % kvcache::detail::kHugePage == 0);
+    bool zero = true;
+    for (std::size_t i = 0; i < big.size(); ++i) zero = zero && big.data()[i] == std::byte{0};
+    CHECK(zero);
+    big.data()[big.size() - 1] = std::byte{7};
+    const AlignedBuffer<std::byte> copied = big.copy();
+    CHECK(reinterpret_cast<std::uintptr_t>(copied.data()) % kvcache::detail::kHugePage == 0);
+    CHECK(copied.data()[copied.size() - 1] == std::byte{7});
+    AlignedBuffer<std::byte> moved = std::move(big);  // freed with the alignment it was allocated with (ASan checks)
+    CHECK(moved.size() == kvcache::detail::kHugePage + 4096);
 }
 
 TEST_CASE("checked helpers throw the error type a file reader asks for", "[checked]") {

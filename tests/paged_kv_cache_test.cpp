@@ -199,6 +199,38 @@ TEMPLATE_TEST_CASE("PagedKVPool: append_elements stores rows bit for bit, like a
     CHECK_THROWS_AS(sb.append_elements(3, 0, nullptr, nullptr, 0), IndexError);
 }
 
+TEMPLATE_TEST_CASE("PagedKVPool: a head's rows in consecutive blocks are adjacent; freed blocks come back in order",
+                   "[paged]", float, q8_0) {
+    using Pool = PagedKVPool<TestType>;
+    const std::vector<LayerShape> shapes{{2, 32}, {3, 64}};
+    Pool pool(shapes, 12, 4);
+    const auto a = pool.create_sequence();
+    for (std::size_t l = 0; l < shapes.size(); ++l) {
+        const auto rows = testing::random_normal(10 * shapes[l].token_width(), 40 + l);
+        pool.append(a, l, rows, rows, 10);  // a prompt in one go: blocks 0, 1, 2
+    }
+    for (std::size_t l = 0; l < shapes.size(); ++l) {
+        const std::size_t row = storage_units<TestType>(shapes[l].head_dim);
+        for (std::size_t h = 0; h < shapes[l].kv_heads; ++h) {
+            const auto range = pool.chunks(a, l, h);
+            REQUIRE(range.size() == 3);
+            for (std::size_t i = 1; i < range.size(); ++i) {  // one run per head: where block i - 1 ends, i begins
+                CHECK(range[i].keys == range[i - 1].keys + 4 * row);
+                CHECK(range[i].values == range[i - 1].values + 4 * row);
+            }
+        }
+    }
+    // Freed, the blocks go back so that the next prompt takes them in ascending order again.
+    pool.free_sequence(a);
+    const auto b = pool.create_sequence();
+    const auto rows = testing::random_normal(12 * shapes[0].token_width(), 50);
+    pool.append(b, 0, rows, rows, 12);
+    const auto range = pool.chunks(b, 0, 1);
+    for (std::size_t i = 1; i < range.size(); ++i) {
+        CHECK(range[i].keys == range[i - 1].keys + 4 * storage_units<TestType>(32));
+    }
+}
+
 TEMPLATE_TEST_CASE("PagedKVPool: fork shares blocks; copy-on-write leaves the parent unchanged", "[paged]", float,
                    fp16, bf16) {
     PagedKVPool<TestType> pool(kShapes, 20, 4);

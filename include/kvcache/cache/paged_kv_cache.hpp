@@ -1,13 +1,17 @@
 // PagedKVPool<K, V = K> and PagedSequence<K, V>: a KV cache cut into fixed-size token blocks that many sequences
 // share — block tables, reference counts, fork with copy-on-write.
 //
-// Memory: one allocation made at construction, `num_blocks` blocks of `block_size` positions. A block
-// holds those positions for every layer, K and V:
-//     block b: for each layer l: keys as [kv_head][block_size][head_dim] stored as K, then values likewise as V
-//              (each region starting where its type may start: no padding when K == V)
-// so one block id covers a run of positions in the whole model (what a prefix tree needs), and within a
-// block each head's rows are packed (a KVChunk with stride 0). Nothing is allocated after construction
-// except the block tables (a few bytes per block) and sequence slots.
+// Memory: one allocation made at construction, `num_blocks` blocks of `block_size` positions. A block id covers
+// a run of positions in the whole model, every layer, K and V (what a prefix tree needs); in memory each
+// (layer, kv head) has its own arena of every block's rows:
+//     for each layer l: keys as [kv_head][num_blocks][block_size][head_dim] stored as K, then values likewise as V
+//                       (each region starting where its type may start: no padding when K == V)
+// so within a block each head's rows are packed (a KVChunk with stride 0), and the rows of blocks b and b + 1
+// of one (layer, kv head) are adjacent. A sequence whose blocks have consecutive ids — a prompt appended in one
+// go takes them from the free list in order — is one long run per head, which the hardware prefetcher follows:
+// with every layer of a block side by side instead, a head's rows were 16-position runs a block apart, and
+// attention over eight sequences read them at a third of the bandwidth (bench_attention's BM_DecodeAttentionPaged).
+// Nothing is allocated after construction except the block tables (a few bytes per block) and sequence slots.
 //
 // Sharing: a block may appear in several block tables (fork, prefix reuse); its reference count says in how
 // many, plus one for each other holder that called retain() (the prefix cache). A block is written in place
@@ -67,15 +71,16 @@ public:
         const BlockId* table = nullptr;   // the sequence's block table
         std::size_t length = 0;           // positions of this layer
         std::size_t block_size = 1;
-        std::size_t block_bytes = 0;      // bytes from one block to the next
-        std::size_t key_offset = 0;       // bytes from a block's start to this (layer, head)'s keys
-        std::size_t value_offset = 0;     // ... and values
+        std::size_t key_offset = 0;       // bytes from the storage's start to this (layer, head)'s key arena
+        std::size_t key_block_bytes = 0;  // bytes of one block's rows in it
+        std::size_t value_offset = 0;     // ... and the value arena
+        std::size_t value_block_bytes = 0;
 
         KVChunk<K, V> chunk(std::size_t i) const {
-            const std::byte* block = base + std::size_t{table[i]} * block_bytes;
+            const std::size_t block = table[i];
             const std::size_t start = i * block_size;
-            return KVChunk<K, V>{reinterpret_cast<const K*>(block + key_offset),
-                                 reinterpret_cast<const V*>(block + value_offset), start,
+            return KVChunk<K, V>{reinterpret_cast<const K*>(base + key_offset + block * key_block_bytes),
+                                 reinterpret_cast<const V*>(base + value_offset + block * value_block_bytes), start,
                                  std::min(block_size, length - start), 0};
         }
     };
@@ -156,17 +161,16 @@ public:
             const std::size_t heads = shapes_[l].kv_heads, dim = shapes_[l].head_dim;
             // keys then values, each region starting where its type may start (no padding when K == V)
             bytes = place(bytes, alignof(K),
-                          detail::checked_product<ConfigError>("PagedKVPool", block_size, heads, storage_units<K>(dim),
-                                                               sizeof(K)),
+                          detail::checked_product<ConfigError>("PagedKVPool", num_blocks, block_size, heads,
+                                                               storage_units<K>(dim), sizeof(K)),
                           key_offsets_);
             bytes = place(bytes, alignof(V),
-                          detail::checked_product<ConfigError>("PagedKVPool", block_size, heads, storage_units<V>(dim),
-                                                               sizeof(V)),
+                          detail::checked_product<ConfigError>("PagedKVPool", num_blocks, block_size, heads,
+                                                               storage_units<V>(dim), sizeof(V)),
                           value_offsets_);
         }
-        block_bytes_ = place(bytes, std::max(alignof(K), alignof(V)), 0, value_offsets_, false);
-        storage_ = detail::AlignedBuffer<std::byte>(
-            detail::checked_product<ConfigError>("PagedKVPool", num_blocks, block_bytes_));
+        block_bytes_ = block_bytes_for(shapes_, block_size);  // what a block holds, for accounting
+        storage_ = detail::AlignedBuffer<std::byte>(place(bytes, std::max(alignof(K), alignof(V)), 0, value_offsets_, false));
         refs_.assign(num_blocks, 0);
         free_.reserve(num_blocks);
         for (std::size_t b = num_blocks; b-- > 0;) free_.push_back(static_cast<BlockId>(b));  // block 0 first
@@ -285,7 +289,9 @@ public:
     /// Returns the sequence's blocks (those nobody else holds go back to the pool); the id becomes invalid.
     void free_sequence(SequenceId id) {
         Slot& s = slot(id);
-        for (BlockId b : s.table) release(b);
+        // last block first: the free list is a stack, so the next sequence takes these back in ascending order
+        // (consecutive ids are one run per head in every arena, see the top of this file)
+        for (auto b = s.table.rbegin(); b != s.table.rend(); ++b) release(*b);
         s.table.clear();
         s.lengths.clear();
         s.live = false;
@@ -448,10 +454,12 @@ public:
         detail::check_index("layer", layer, shapes_.size());
         detail::check_index("kv head", head, shapes_[layer].kv_heads);
         const std::size_t dim = shapes_[layer].head_dim;
-        const std::size_t key_offset = key_offsets_[layer] + head * block_size_ * storage_units<K>(dim) * sizeof(K);
-        const std::size_t value_offset = value_offsets_[layer] + head * block_size_ * storage_units<V>(dim) * sizeof(V);
+        const std::size_t key_block = block_size_ * storage_units<K>(dim) * sizeof(K);
+        const std::size_t value_block = block_size_ * storage_units<V>(dim) * sizeof(V);
         return PagedChunkRange<K, V>(typename PagedChunkRange<K, V>::Layout{
-            storage_.data(), s.table.data(), s.lengths[layer], block_size_, block_bytes_, key_offset, value_offset});
+            storage_.data(), s.table.data(), s.lengths[layer], block_size_,
+            key_offsets_[layer] + head * num_blocks_ * key_block, key_block,
+            value_offsets_[layer] + head * num_blocks_ * value_block, value_block});
     }
 
     /// A view of one sequence that satisfies KVCacheLike (attention and the decoder take it).
@@ -550,7 +558,7 @@ private:
                 s.table.push_back(take_block());
             } else if (refs_[s.table[b]] > 1) {  // copy-on-write: the other holders keep the original
                 const BlockId copy = take_block();
-                std::memcpy(block_ptr(copy), block_ptr(s.table[b]), block_bytes());
+                copy_block(s.table[b], copy);
                 --refs_[s.table[b]];
                 s.table[b] = copy;
             }
@@ -563,15 +571,28 @@ private:
         s.lengths[layer] = static_cast<std::uint32_t>(length + n_tokens);
     }
 
-    std::byte* block_ptr(BlockId b) { return storage_.data() + std::size_t{b} * block_bytes_; }
+    /// Row index of (kv head, block b, position) in a layer's [kv_head][num_blocks][block_size] arena.
+    std::size_t arena_row(BlockId b, std::size_t head, std::size_t pos) const {
+        return (head * num_blocks_ + b) * block_size_ + pos % block_size_;
+    }
     /// The key row of (layer, kv head, position) in block b, which holds that position.
     K* key_row(BlockId b, std::size_t layer, std::size_t head, std::size_t pos) {
         const std::size_t d = storage_units<K>(shapes_[layer].head_dim);
-        return reinterpret_cast<K*>(block_ptr(b) + key_offsets_[layer]) + (head * block_size_ + pos % block_size_) * d;
+        return reinterpret_cast<K*>(storage_.data() + key_offsets_[layer]) + arena_row(b, head, pos) * d;
     }
     V* value_row(BlockId b, std::size_t layer, std::size_t head, std::size_t pos) {
         const std::size_t d = storage_units<V>(shapes_[layer].head_dim);
-        return reinterpret_cast<V*>(block_ptr(b) + value_offsets_[layer]) + (head * block_size_ + pos % block_size_) * d;
+        return reinterpret_cast<V*>(storage_.data() + value_offsets_[layer]) + arena_row(b, head, pos) * d;
+    }
+    /// Every row of block `from` (all layers and heads, K and V) into block `to`.
+    void copy_block(BlockId from, BlockId to) {
+        for (std::size_t l = 0; l < shapes_.size(); ++l) {
+            const std::size_t dk = storage_units<K>(shapes_[l].head_dim), dv = storage_units<V>(shapes_[l].head_dim);
+            for (std::size_t h = 0; h < shapes_[l].kv_heads; ++h) {
+                std::memcpy(key_row(to, l, h, 0), key_row(from, l, h, 0), block_size_ * dk * sizeof(K));
+                std::memcpy(value_row(to, l, h, 0), value_row(from, l, h, 0), block_size_ * dv * sizeof(V));
+            }
+        }
     }
 
     template <StorageElement T>
@@ -594,10 +615,10 @@ private:
     std::vector<LayerShape> shapes_;
     std::size_t block_size_;
     std::size_t num_blocks_;
-    std::vector<std::size_t> key_offsets_;    // bytes from a block's start to layer l's keys [kv_head][block_size][row]
+    std::vector<std::size_t> key_offsets_;    // bytes from the storage's start to layer l's keys [kv_head][num_blocks][block_size][row]
     std::vector<std::size_t> value_offsets_;  // ... and to its values
-    std::size_t block_bytes_ = 0;
-    detail::AlignedBuffer<std::byte> storage_;  // [num_blocks][block_bytes]
+    std::size_t block_bytes_ = 0;             // bytes one block holds over all the arenas
+    detail::AlignedBuffer<std::byte> storage_;  // every layer's key and value arenas
     std::vector<std::uint32_t> refs_;         // per block; 0 = free
     std::vector<BlockId> free_;               // free blocks, the next one to take at the back
     std::vector<Slot> slots_;

@@ -9,6 +9,10 @@
 
 #include <fmt/format.h>
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #include "kvcache/detail/checked.hpp"
 #include "kvcache/error.hpp"
 
@@ -16,6 +20,13 @@ namespace kvcache::detail {
 
 /// 64-byte alignment: a cache line, and enough for any AVX-512 load.
 inline constexpr std::size_t kAlignment = 64;
+/// Buffers of at least this size (a transparent huge page on x86-64 and most arm64 Linux) are aligned to it and
+/// asked to be backed by huge pages: a step reads a model's weights and a pool's blocks spread over tens of MB,
+/// and with 4 KiB pages every few KB of that read is another TLB miss and page walk.
+inline constexpr std::size_t kHugePage = std::size_t{2} << 20;
+
+/// The alignment of a buffer of `bytes` bytes.
+inline constexpr std::size_t alignment_for(std::size_t bytes) { return bytes >= kHugePage ? kHugePage : kAlignment; }
 
 template <class T>
 class AlignedBuffer {
@@ -27,14 +38,20 @@ public:
         if (count == 0) return;
         const std::size_t bytes = checked_mul<ConfigError>(count, sizeof(T), "AlignedBuffer");
         void* p = nullptr;
+        const std::size_t alignment = alignment_for(bytes);
         try {
-            p = ::operator new(bytes, std::align_val_t{kAlignment});
+            p = ::operator new(bytes, std::align_val_t{alignment});
         } catch (const std::bad_alloc&) {
             throw CapacityError(fmt::format("cannot allocate {} bytes ({:.2f} GiB) for a cache", bytes,
                                             static_cast<double>(bytes) / (1 << 30)));
         }
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+        // Before the first touch (the memset), so the pages are faulted in huge. Only a hint: where transparent
+        // huge pages are off it fails and nothing changes.
+        if (alignment == kHugePage) (void)::madvise(p, bytes / kHugePage * kHugePage, MADV_HUGEPAGE);
+#endif
         std::memset(p, 0, bytes);
-        data_.reset(static_cast<T*>(p));
+        data_ = std::unique_ptr<T, Free>(static_cast<T*>(p), Free{alignment});
     }
     AlignedBuffer(AlignedBuffer&&) noexcept = default;
     AlignedBuffer& operator=(AlignedBuffer&&) noexcept = default;
@@ -53,7 +70,8 @@ public:
 
 private:
     struct Free {
-        void operator()(T* p) const { ::operator delete(static_cast<void*>(p), std::align_val_t{kAlignment}); }
+        std::size_t alignment = kAlignment;  // what the buffer was allocated with
+        void operator()(T* p) const { ::operator delete(static_cast<void*>(p), std::align_val_t{alignment}); }
     };
     std::unique_ptr<T, Free> data_;
     std::size_t size_ = 0;

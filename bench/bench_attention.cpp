@@ -106,6 +106,31 @@ Caches<T>& caches(std::size_t context, bool cold) {
 
 enum class Kernel { Fast, Reference };
 
+/// Total and fastest seconds of the calls a benchmark timed.
+struct Timing {
+    double seconds = 0;
+    double fastest = 1e30;
+};
+
+/// One call(layer) per benchmark iteration, timed by hand (the layer is picked outside the timed part).
+template <class NextLayer, class Call>
+Timing time_calls(benchmark::State& state, NextLayer&& next_layer, Call&& call, const std::vector<float>& out) {
+    Timing t;
+    for (auto _ : state) {
+        const std::size_t layer = next_layer();
+        const auto t0 = std::chrono::steady_clock::now();
+        call(layer);
+        const auto t1 = std::chrono::steady_clock::now();
+        benchmark::DoNotOptimize(out.data());
+        benchmark::ClobberMemory();
+        const double s = std::chrono::duration<double>(t1 - t0).count();
+        state.SetIterationTime(s);
+        t.seconds += s;
+        t.fastest = std::min(t.fastest, s);
+    }
+    return t;
+}
+
 template <class T>
 void BM_Decode(benchmark::State& state, bool cold, Kernel kernel) {
     const auto context = static_cast<std::size_t>(state.range(0));
@@ -117,23 +142,16 @@ void BM_Decode(benchmark::State& state, bool cold, Kernel kernel) {
     opts.threads = threads;
     attention(*c.cache, c.take_layer(), 0, q, 1, kQHeads, out, opts);  // warm-up: scratch and thread pool in place
 
-    double seconds = 0, fastest = 1e30;
-    for (auto _ : state) {
-        const std::size_t layer = c.take_layer();
-        const auto t0 = std::chrono::steady_clock::now();
-        if (kernel == Kernel::Fast) {
-            attention(*c.cache, layer, 0, q, 1, kQHeads, out, opts);
-        } else {
-            attention_reference(*c.cache, layer, 0, q, 1, kQHeads, out, opts);
-        }
-        const auto t1 = std::chrono::steady_clock::now();
-        benchmark::DoNotOptimize(out.data());
-        benchmark::ClobberMemory();
-        const double s = std::chrono::duration<double>(t1 - t0).count();
-        state.SetIterationTime(s);
-        seconds += s;
-        fastest = std::min(fastest, s);
-    }
+    const auto [seconds, fastest] = time_calls(
+        state, [&] { return c.take_layer(); },
+        [&](std::size_t layer) {
+            if (kernel == Kernel::Fast) {
+                attention(*c.cache, layer, 0, q, 1, kQHeads, out, opts);
+            } else {
+                attention_reference(*c.cache, layer, 0, q, 1, kQHeads, out, opts);
+            }
+        },
+        out);
     const double calls = double(state.iterations());
     const double gbps = calls * double(layer_bytes<T>(context)) / seconds / 1e9;
     state.SetBytesProcessed(static_cast<std::int64_t>(state.iterations()) * static_cast<std::int64_t>(layer_bytes<T>(context)));
@@ -211,22 +229,13 @@ void BM_DecodePaged(benchmark::State& state, ScorePrecision scores) {
             }
         });
     };
-    step(c.next_layer);  // warm-up: scratch and thread pool in place
-    c.next_layer = (c.next_layer + 1) % c.layers;
-    double seconds = 0, fastest = 1e30;
-    for (auto _ : state) {
-        const std::size_t layer = c.next_layer;
+    const auto next_layer = [&] {
+        const std::size_t l = c.next_layer;
         c.next_layer = (c.next_layer + 1) % c.layers;
-        const auto t0 = std::chrono::steady_clock::now();
-        step(layer);
-        const auto t1 = std::chrono::steady_clock::now();
-        benchmark::DoNotOptimize(out.data());
-        benchmark::ClobberMemory();
-        const double s = std::chrono::duration<double>(t1 - t0).count();
-        state.SetIterationTime(s);
-        seconds += s;
-        fastest = std::min(fastest, s);
-    }
+        return l;
+    };
+    step(next_layer());  // warm-up: scratch and thread pool in place
+    const auto [seconds, fastest] = time_calls(state, next_layer, step, out);
     const double bytes = double(kPagedSequences * layer_bytes<T>(context));
     const double gbps = double(state.iterations()) * bytes / seconds / 1e9;
     state.counters["GB/s"] = gbps;

@@ -19,7 +19,8 @@
 // 16 positions), one query token each, items side by side over the threads as the decoder runs them; one call
 // reads one layer of every sequence. Argument `whole`: 1 = each sequence's positions appended in one go (a prompt:
 // consecutive block ids, one long run per head in the pool's arenas), 0 = a block of each sequence in turn (as
-// sequences that grew side by side token by token: a head's rows are 16-position runs spread over the arena). Its /int8 variant asks for integer q·k (q8_0 keys).
+// sequences that grew side by side token by token: a head's rows are 16-position runs spread over the arena).
+// Its /int8 variant asks for integer q·k (q8_0 keys).
 // BM_DecodeAttentionReference runs attention_reference (double precision, one thread) at small contexts for
 // comparison.
 //

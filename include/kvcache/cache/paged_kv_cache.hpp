@@ -454,12 +454,12 @@ public:
         detail::check_index("layer", layer, shapes_.size());
         detail::check_index("kv head", head, shapes_[layer].kv_heads);
         const std::size_t dim = shapes_[layer].head_dim;
-        const std::size_t key_block = block_size_ * storage_units<K>(dim) * sizeof(K);
-        const std::size_t value_block = block_size_ * storage_units<V>(dim) * sizeof(V);
+        const std::size_t key_row_bytes = storage_units<K>(dim) * sizeof(K);
+        const std::size_t value_row_bytes = storage_units<V>(dim) * sizeof(V);
         return PagedChunkRange<K, V>(typename PagedChunkRange<K, V>::Layout{
             storage_.data(), s.table.data(), s.lengths[layer], block_size_,
-            key_offsets_[layer] + head * num_blocks_ * key_block, key_block,
-            value_offsets_[layer] + head * num_blocks_ * value_block, value_block});
+            key_offsets_[layer] + arena_row(0, head, 0) * key_row_bytes, block_size_ * key_row_bytes,
+            value_offsets_[layer] + arena_row(0, head, 0) * value_row_bytes, block_size_ * value_row_bytes});
     }
 
     /// A view of one sequence that satisfies KVCacheLike (attention and the decoder take it).

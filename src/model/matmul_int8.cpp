@@ -53,7 +53,8 @@ constexpr std::size_t kRows = KVCACHE_HAVE_AVX512_VNNI ? 16 : 8;
 // |w| and sign(x, w) of the 256-bit kernels).
 constexpr bool kBiasedQ8Codes = KVCACHE_HAVE_AVX512_VNNI;
 static_assert(kInt8RowsPerTask % kRows == 0, "a task is whole groups of rows");
-constexpr int kTokensPerPass = 8;          // tokens that share one transposed weight block
+constexpr int kTokensPerPass = int(kInt8TokensPerPass);  // tokens that share one transposed weight block
+constexpr std::size_t kPassBlockCodes = kInt8TokensPerPass * 32;  // one block of every token of a pass
 // One block of a group of kRows interleaved rows (see interleave_rows). Q4_1: the rows' fp16 scales, their
 // fp16 mins, then four registers' worth of codes. Q8_0: the scales, then eight registers of codes.
 constexpr std::size_t kGroupBlockBytes = kRows * kQ4_1Bytes;
@@ -68,9 +69,9 @@ float half_at(const std::byte* p) {
     return fp16::to_float(bits);
 }
 
-/// One token's activations as int8 blocks: codes q (cols), scales d, float block sums s and code sums qs
-/// (cols / 32 each).
-struct QuantizedRow {
+/// One pass of int8 activations (Int8Activations' layout from the pass's first block): token slot t of block b
+/// has its codes at q + b * kPassBlockCodes + t * 32 and its scale, float sum and code sum at [b * 8 + t].
+struct PassBlocks {
     const std::int8_t* q;
     const float* d;
     const float* s;
@@ -81,7 +82,10 @@ struct QuantizedRow {
 /// |q| <= 127 (which the kernels' 16-bit sums rely on). s_b = x_0 + ... + x_31 of the float values, in
 /// that order, for Q4_1's min term. Elementwise and order-free apart from s, so the AVX2 steps give the
 /// portable loop's bits. qs_b = q_0 + ... + q_31, an exact integer (the 512-bit kernel's Q8_0 correction).
+/// Block b's codes go to q + b * kPassBlockCodes and its scalars to d, s, qs [b * kInt8TokensPerPass]: one
+/// token slot of Int8Activations' pass layout.
 void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, float* s, std::int32_t* qs) {
+    constexpr std::size_t stride = kInt8TokensPerPass;
     const std::size_t nb = cols / kBlock;
     // The block sums, each x_0 + x_1 + ... in order, eight blocks side by side: eight independent chains in
     // local accumulators that stay in registers. (Summing into s[] itself, which may alias x, made every add a
@@ -92,16 +96,16 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
         for (std::size_t j = 0; j < kBlock; ++j) {
             for (std::size_t k = 0; k < 8; ++k) acc[k] += x[(b0 + k) * kBlock + j];
         }
-        for (std::size_t k = 0; k < 8; ++k) s[b0 + k] = acc[k];
+        for (std::size_t k = 0; k < 8; ++k) s[(b0 + k) * stride] = acc[k];
     }
     for (; b0 < nb; ++b0) {
         float acc = 0.0f;
         for (std::size_t j = 0; j < kBlock; ++j) acc += x[b0 * kBlock + j];
-        s[b0] = acc;
+        s[b0 * stride] = acc;
     }
     for (std::size_t b = 0; b < nb; ++b) {
         const float* xb = x + b * kBlock;
-        std::int8_t* qb = q + b * kBlock;
+        std::int8_t* qb = q + b * kPassBlockCodes;
 #if KVCACHE_HAVE_AVX2
         // The same steps eight lanes at a time: max is exact in any order, the rest is elementwise
         // (_MM_FROUND_TO_NEAREST_INT is nearbyint's round-to-nearest-even).
@@ -123,7 +127,7 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
         const __m256i sum8 = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
         const __m128i sum4 = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
         const __m128i sum2 = _mm_add_epi32(sum4, _mm_unpackhi_epi64(sum4, sum4));
-        qs[b] = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
+        qs[b * stride] = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
 #else
         float amax = 0.0f;
         for (std::size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
@@ -137,9 +141,9 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
         }
         std::int32_t code_sum = 0;
         for (std::size_t j = 0; j < kBlock; ++j) code_sum += qb[j];
-        qs[b] = code_sum;
+        qs[b * stride] = code_sum;
 #endif
-        d[b] = scale;
+        d[b * stride] = scale;
     }
 }
 
@@ -170,7 +174,7 @@ KVCACHE_NO_VECTORIZE std::int32_t block_dot_q8_0(const std::byte* blk, const std
 }
 
 /// The scalar kernel: the definition of the int8 product (see the file comment for its float steps).
-void dot_rows_scalar(WeightFormat format, const std::byte* const* rows, std::size_t cols, const QuantizedRow* xs,
+void dot_rows_scalar(WeightFormat format, const std::byte* const* rows, std::size_t cols, const PassBlocks& x,
                      int nt, float* const* out) {
     const bool q4_1 = format == WeightFormat::Q4_1;
     const std::size_t block_bytes = q4_1 ? kQ4_1Bytes : kQ8_0Bytes;
@@ -179,11 +183,12 @@ void dot_rows_scalar(WeightFormat format, const std::byte* const* rows, std::siz
             float acc = 0.0f;
             for (std::size_t b = 0; b < cols / kBlock; ++b) {
                 const std::byte* blk = rows[r] + b * block_bytes;
-                const std::int8_t* xq = xs[t].q + b * kBlock;
+                const std::size_t slot = b * kInt8TokensPerPass + std::size_t(t);
+                const std::int8_t* xq = x.q + slot * kBlock;
                 const std::int32_t isum = q4_1 ? block_dot_q4_1(blk, xq) : block_dot_q8_0(blk, xq);
-                const float dd = half_at(blk) * xs[t].d[b];
+                const float dd = half_at(blk) * x.d[slot];
                 acc = std::fma(dd, static_cast<float>(isum), acc);
-                if (q4_1) acc = std::fma(half_at(blk + 2), xs[t].s[b], acc);
+                if (q4_1) acc = std::fma(half_at(blk + 2), x.s[slot], acc);
             }
             out[t][r] = acc;
         }
@@ -198,7 +203,7 @@ void dot_rows_scalar(WeightFormat format, const std::byte* const* rows, std::siz
 /// - Q8_0: signed codes meet signed activations, so vpmaddubsw takes |w| and x carrying w's sign (|w| <= 128,
 ///   |x| <= 127: a pair sums to at most 32512), and every register's pairs go to 32 bits at once.
 template <WeightFormat F, int NT>
-void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* xs, float* const* out) {
+void dot_group_avx2(const std::byte* group, std::size_t nb, const PassBlocks& x, float* const* out) {
     constexpr bool q4_1 = F == WeightFormat::Q4_1;
     constexpr std::size_t block_bytes = q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes;
     constexpr std::size_t codes_at = q4_1 ? 32 : 16;  // after the scales (and Q4_1's mins)
@@ -227,7 +232,8 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
             for (int g = 0; g < 8; ++g) w[g] = _mm256_abs_epi8(_mm256_loadu_si256(codes + g));
         }
         for (int t = 0; t < NT; ++t) {
-            const std::int8_t* q = xs[t].q + b * kBlock;
+            const std::size_t slot = b * kInt8TokensPerPass + std::size_t(t);
+            const std::int8_t* q = x.q + slot * kBlock;
             __m256i isum;
 #if KVCACHE_HAVE_VNNI
             // vpdpbusd: four unsigned-times-signed byte products added straight into each 32-bit lane (no 16-bit
@@ -266,9 +272,9 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
                 }
             }
 #endif
-            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(xs[t].d[b]));
+            const __m256 dd = _mm256_mul_ps(dw, _mm256_set1_ps(x.d[slot]));
             acc[t] = _mm256_fmadd_ps(dd, _mm256_cvtepi32_ps(isum), acc[t]);
-            if constexpr (q4_1) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(xs[t].s[b]), acc[t]);
+            if constexpr (q4_1) acc[t] = _mm256_fmadd_ps(mw, _mm256_set1_ps(x.s[slot]), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) _mm256_storeu_ps(out[t], acc[t]);
@@ -280,8 +286,15 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const QuantizedRow* 
 /// still did 1.6x the multiply-adds per second of a 256-bit one — and the broadcasts and float steps per block
 /// and token now serve sixteen rows.) Q8_0: the copy holds each code plus 128 as an unsigned byte, so
 /// sum (w + 128) x - 128 sum x = sum w x, exactly.
+/// acc + vpdpbusd(w, the four bytes at p in every lane), the four bytes as the instruction's broadcast memory
+/// operand ({1to16}): GCC 12 loads a _mm512_set1_epi32 of memory with a vpbroadcastd of its own.
+inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const std::int8_t* p) {
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const std::int32_t*>(p)));
+    return acc;
+}
+
 template <WeightFormat F, int NT>
-void dot_group_avx512(const std::byte* group, std::size_t nb, const QuantizedRow* xs, float* const* out) {
+void dot_group_avx512(const std::byte* group, std::size_t nb, const PassBlocks& x, float* const* out) {
     constexpr bool q4_1 = F == WeightFormat::Q4_1;
     constexpr std::size_t block_bytes = q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes;
     constexpr std::size_t codes_at = q4_1 ? 4 * kRows : 2 * kRows;  // after the scales (and Q4_1's mins)
@@ -311,27 +324,34 @@ void dot_group_avx512(const std::byte* group, std::size_t nb, const QuantizedRow
         } else {
             for (int g = 0; g < 8; ++g) w[g] = _mm512_loadu_si512(codes + 64 * g);
         }
+        // Every token's codes of this block are at fixed offsets from one pointer, so each four-code broadcast is
+        // the memory operand of its vpdpbusd ({1to16}) rather than a load, a shift and a move to a register.
+        const std::int8_t* qb = x.q + b * kPassBlockCodes;
+        const float* db = x.d + b * kInt8TokensPerPass;
+        // Register g of the weights meets every token before register g + 1 does: the tokens' sums are
+        // independent chains, so one chain per token keeps the unit busy without a second chain to add.
+        __m512i isum[NT];
         for (int t = 0; t < NT; ++t) {
-            const std::int8_t* q = xs[t].q + b * kBlock;
-            __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
-            for (int g = 0; g < 8; g += 2) {
-                std::int32_t four[2];
-                std::memcpy(four, q + 4 * g, 8);
-                even = _mm512_dpbusd_epi32(even, w[g], _mm512_set1_epi32(four[0]));
-                odd = _mm512_dpbusd_epi32(odd, w[g + 1], _mm512_set1_epi32(four[1]));
+            if constexpr (q4_1) {
+                isum[t] = _mm512_setzero_si512();
+            } else {
+                isum[t] = _mm512_set1_epi32(-128 * x.qs[b * kInt8TokensPerPass + t]);
             }
-            __m512i isum = _mm512_add_epi32(even, odd);
-            if constexpr (!q4_1) isum = _mm512_sub_epi32(isum, _mm512_set1_epi32(128 * xs[t].qs[b]));
-            const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(xs[t].d[b]));
-            acc[t] = _mm512_fmadd_ps(dd, _mm512_maskz_cvtepi32_ps(0xFFFF, isum), acc[t]);
-            if constexpr (q4_1) acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(xs[t].s[b]), acc[t]);
+        }
+        for (int g = 0; g < 8; ++g) {
+            for (int t = 0; t < NT; ++t) isum[t] = dpbusd_broadcast(isum[t], w[g], qb + t * kBlock + 4 * g);
+        }
+        for (int t = 0; t < NT; ++t) {
+            const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(db[t]));
+            acc[t] = _mm512_fmadd_ps(dd, _mm512_maskz_cvtepi32_ps(0xFFFF, isum[t]), acc[t]);
+            if constexpr (q4_1) acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x.s[b * kInt8TokensPerPass + t]), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out[t], acc[t]);
 }
 #endif
 
-using GroupFn = void (*)(const std::byte*, std::size_t, const QuantizedRow*, float* const*);
+using GroupFn = void (*)(const std::byte*, std::size_t, const PassBlocks&, float* const*);
 
 template <WeightFormat F, std::size_t... I>
 constexpr std::array<GroupFn, sizeof...(I)> vector_kernels(std::index_sequence<I...>) {
@@ -391,19 +411,24 @@ AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* b
 }
 
 Int8Activations quantize_activations(const float* x, std::size_t n, std::size_t cols) {
-    // Every token's int8 row, once per call, in one fixed order (each token on its own).
-    thread_local std::vector<std::int8_t> q_storage;  // (n, cols)
-    thread_local std::vector<float> ds_storage;       // (n, 2, cols / 32): scales, then block sums
-    thread_local std::vector<std::int32_t> qs_storage;  // (n, cols / 32): code sums
+    // Every token's int8 row, once per call, in one fixed order (each token on its own), into its slot of the
+    // pass layout (Int8Activations).
+    thread_local std::vector<std::int8_t> q_storage;    // (passes, nb, 8, 32)
+    thread_local std::vector<float> d_storage, s_storage;  // (passes, nb, 8)
+    thread_local std::vector<std::int32_t> qs_storage;  // (passes, nb, 8)
     const std::size_t nb = cols / kBlock;
-    q_storage.resize(n * cols);
-    ds_storage.resize(n * 2 * nb);
-    qs_storage.resize(n * nb);
+    const std::size_t passes = (n + kInt8TokensPerPass - 1) / kInt8TokensPerPass;
+    const std::size_t slots = passes * nb * kInt8TokensPerPass;
+    q_storage.resize(slots * kBlock);
+    d_storage.resize(slots);
+    s_storage.resize(slots);
+    qs_storage.resize(slots);
     for (std::size_t t = 0; t < n; ++t) {
-        quantize_row(x + t * cols, cols, q_storage.data() + t * cols, ds_storage.data() + t * 2 * nb,
-                     ds_storage.data() + t * 2 * nb + nb, qs_storage.data() + t * nb);
+        const std::size_t first = t / kInt8TokensPerPass * nb * kInt8TokensPerPass + t % kInt8TokensPerPass;
+        quantize_row(x + t * cols, cols, q_storage.data() + first * kBlock, d_storage.data() + first,
+                     s_storage.data() + first, qs_storage.data() + first);
     }
-    return {q_storage.data(), ds_storage.data(), qs_storage.data(), n, cols};
+    return {q_storage.data(), d_storage.data(), s_storage.data(), qs_storage.data(), n, cols};
 }
 
 void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t row_stride, const std::byte* groups,
@@ -418,14 +443,11 @@ void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t ro
         const std::size_t live = std::min(kRows, task_end - r0);
         for (std::size_t t = 0; t < n; t += kTokensPerPass) {
             const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
-            QuantizedRow xs[kTokensPerPass];
+            const std::size_t first = t * nb;  // the pass's first slot (t is a multiple of kTokensPerPass)
+            const PassBlocks xs{x.q + first * kBlock, x.d + first, x.s + first, x.qsum + first};
             alignas(64) float results[kTokensPerPass][kRows];
             float* outs[kTokensPerPass];
-            for (int i = 0; i < nt; ++i) {
-                const std::size_t tok = t + std::size_t(i);
-                xs[i] = {x.q + tok * cols, x.ds + tok * 2 * nb, x.ds + tok * 2 * nb + nb, x.qsum + tok * nb};
-                outs[i] = results[i];
-            }
+            for (int i = 0; i < nt; ++i) outs[i] = results[i];
 #if KVCACHE_HAVE_AVX2
             if (groups != nullptr) {
                 const std::size_t group_bytes = nb * (format == WeightFormat::Q4_1 ? kGroupBlockBytes : kQ8GroupBlockBytes);

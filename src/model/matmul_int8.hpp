@@ -24,13 +24,20 @@ struct Int8Layout {
 AlignedBuffer<std::byte> interleave_rows(WeightFormat format, const std::byte* base, std::size_t row_stride,
                                          std::size_t rows, std::size_t cols);
 
-/// Activations rounded to int8 for the kernels (per token: codes, block scales, float block sums). The storage is
-/// the calling thread's, reused by its next quantize_activations: a product's tasks read it while that thread
-/// waits for them.
+/// Tokens that share one pass over a weight block (the kernels' widest token count).
+inline constexpr std::size_t kInt8TokensPerPass = 8;
+
+/// Activations rounded to int8 for the kernels, block-major within each pass of kInt8TokensPerPass tokens: for
+/// pass p, block b and token slot i (token p * 8 + i), the 32 codes sit at q + ((p * nb + b) * 8 + i) * 32 and
+/// the scalars at [(p * nb + b) * 8 + i]. So one pointer per block reaches every token's codes at fixed offsets,
+/// and the vector kernel takes them as broadcast memory operands instead of holding eight tokens' pointers.
+/// Slots past the last token are never read. The storage is the calling thread's, reused by its next
+/// quantize_activations: a product's tasks read it while that thread waits for them.
 struct Int8Activations {
-    const std::int8_t* q;  // (n, cols)
-    const float* ds;       // (n, 2, cols / 32): scales, then block sums
-    const std::int32_t* qsum;  // (n, cols / 32): sums of the int8 codes of each block
+    const std::int8_t* q;      // (passes, nb, 8, 32) codes
+    const float* d;            // (passes, nb, 8) block scales
+    const float* s;            // (passes, nb, 8) float block sums (Q4_1's min term)
+    const std::int32_t* qsum;  // (passes, nb, 8) sums of each block's codes (the 512-bit Q8_0 correction)
     std::size_t n, cols;
 };
 Int8Activations quantize_activations(const float* x, std::size_t n, std::size_t cols);

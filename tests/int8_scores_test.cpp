@@ -42,21 +42,23 @@ TEST_CASE("int8 scores: the portable definition is the stated integer and float 
     std::vector<const void*> ptrs(n);
     for (std::size_t r = 0; r < n; ++r) ptrs[r] = keys.data() + r * (d / 32);
     std::vector<float> scores(group * 64);
-    detail::int8_scores_portable<group>(rounded.codes.data(), rounded.scales.data(), d,
-                                        detail::GatheredRows<q8_0>{ptrs.data(), n}, n, scores.data(), 64);
+    detail::int8_scores_portable<group>(rounded.view(), d, detail::GatheredRows<q8_0>{ptrs.data(), n}, n,
+                                        scores.data(), 64);
     for (std::size_t g = 0; g < group; ++g) {
         for (std::size_t r = 0; r < n; ++r) {
             float acc = 0.0f;
             for (std::size_t b = 0; b < d / 32; ++b) {
                 const float dq = rounded.scales[g * 2 + b];
                 const q8_0& blk = keys[r * 2 + b];
-                std::int32_t isum = 0;
+                std::int32_t isum = 0, code_sum = 0;
                 for (std::size_t j = 0; j < 32; ++j) {
                     const float x = q[g * d + b * 32 + j];
                     const int code = dq > 0.0f ? int(std::nearbyint(x / dq)) : 0;  // x * (1 / dq) may differ by one
-                    CHECK(std::abs(int(rounded.codes[g * d + b * 32 + j]) - 128 - code) <= 1);
-                    isum += (int(rounded.codes[g * d + b * 32 + j]) - 128) * blk.qs[j];
+                    CHECK(std::abs(int(rounded.codes[g * d + b * 32 + j]) - code) <= 1);
+                    isum += int(rounded.codes[g * d + b * 32 + j]) * blk.qs[j];
+                    code_sum += rounded.codes[g * d + b * 32 + j];
                 }
+                CHECK(rounded.offsets[g * 2 + b] == -128 * code_sum);
                 acc = std::fma(static_cast<float>(blk.d) * dq, static_cast<float>(isum), acc);
             }
             INFO("head " << g << " key " << r);
@@ -86,14 +88,14 @@ TEST_CASE("int8 scores: the vector kernel gives the portable kernel's bits for e
         for (const std::size_t n : {std::size_t{1}, std::size_t{15}, std::size_t{16}, std::size_t{17}, std::size_t{64}}) {
             const detail::GatheredRows<q8_0> rows{ptrs.data(), n};
             std::vector<float> vec(3 * 64, -1.0f), port(3 * 64, -1.0f);
-            detail::int8_scores_vnni<3>(rounded.codes.data(), rounded.scales.data(), d, rows, n, vec.data(), 64);
-            detail::int8_scores_portable<3>(rounded.codes.data(), rounded.scales.data(), d, rows, n, port.data(), 64);
+            detail::int8_scores_vnni<3>(rounded.view(), d, rows, n, vec.data(), 64);
+            detail::int8_scores_portable<3>(rounded.view(), d, rows, n, port.data(), 64);
             INFO("head_dim " << d << ", " << n << " keys");
             for (std::size_t g = 0; g < 3; ++g) {
                 REQUIRE(std::memcmp(vec.data() + g * 64, port.data() + g * 64, n * sizeof(float)) == 0);
             }
             std::vector<float> one(64, -1.0f);
-            detail::int8_scores_vnni<1>(rounded.codes.data() + d, rounded.scales.data() + d / 32, d, rows, n, one.data(), 64);
+            detail::int8_scores_vnni<1>(rounded.view().from(1, d), d, rows, n, one.data(), 64);
             REQUIRE(std::memcmp(one.data(), vec.data() + 64, n * sizeof(float)) == 0);  // head 1, alone
         }
     }

@@ -286,13 +286,6 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const PassBlocks& x,
 /// still did 1.6x the multiply-adds per second of a 256-bit one — and the broadcasts and float steps per block
 /// and token now serve sixteen rows.) Q8_0: the copy holds each code plus 128 as an unsigned byte, so
 /// sum (w + 128) x - 128 sum x = sum w x, exactly.
-/// acc + vpdpbusd(w, the four bytes at p in every lane), the four bytes as the instruction's broadcast memory
-/// operand ({1to16}): GCC 12 loads a _mm512_set1_epi32 of memory with a vpbroadcastd of its own.
-inline __m512i dpbusd_broadcast(__m512i acc, __m512i w, const std::int8_t* p) {
-    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(w), "m"(*reinterpret_cast<const std::int32_t*>(p)));
-    return acc;
-}
-
 template <WeightFormat F, int NT>
 void dot_group_avx512(const std::byte* group, std::size_t nb, const PassBlocks& x, float* const* out) {
     constexpr bool q4_1 = F == WeightFormat::Q4_1;

@@ -245,11 +245,10 @@ void fold_tile(const float* qs, std::size_t group, std::size_t d, const KRows& k
         float* s = scores + g0 * kAttentionTile;
         if constexpr (std::is_same_v<TK, q8_0>) {
             if (iq != nullptr) {
-                const std::uint8_t* codes = iq->codes.data() + g0 * d;
-                const float* scales = iq->scales.data() + g0 * (d / q8_0::kValues);
-                if (nb == 3) int8_scores<3>(codes, scales, d, k, n, s, kAttentionTile);
-                else if (nb == 2) int8_scores<2>(codes, scales, d, k, n, s, kAttentionTile);
-                else int8_scores<1>(codes, scales, d, k, n, s, kAttentionTile);
+                const Int8QueryView heads = iq->view().from(g0, d);
+                if (nb == 3) int8_scores<3>(heads, d, k, n, s, kAttentionTile);
+                else if (nb == 2) int8_scores<2>(heads, d, k, n, s, kAttentionTile);
+                else int8_scores<1>(heads, d, k, n, s, kAttentionTile);
                 continue;
             }
         }
@@ -269,9 +268,18 @@ void fold_tile(const float* qs, std::size_t group, std::size_t d, const KRows& k
     }
 }
 
+/// Whether chunk b continues chunk a in memory: its positions, key rows and value rows follow a's, at the same
+/// stride. A paged pool's consecutive block ids do (each (layer, kv head) has one arena of all the blocks' rows).
+template <StorageElement TK, StorageElement TV>
+bool continues(const KVChunk<TK, TV>& a, const KVChunk<TK, TV>& b, std::size_t d) {
+    return b.start == a.start + a.length && b.stride == a.stride &&
+           b.keys == a.keys + a.length * a.key_row_stride(d) && b.values == a.values + a.length * a.value_row_stride(d);
+}
+
 /// Reads positions [lo, hi) of one kv head (from any chunk range) into the state, tile by tile, with
-/// tiles cut at absolute multiples of kAttentionTile. A tile inside one chunk is read through its stride;
-/// one that spans chunks through gathered row pointers — the arithmetic is the same either way.
+/// tiles cut at absolute multiples of kAttentionTile. Chunks that continue each other in memory are read as one
+/// run. A tile inside one run is read through its stride; one that spans runs through gathered row pointers —
+/// the arithmetic is the same either way.
 template <StorageElement TK, StorageElement TV, std::size_t W, class Chunks>
 void attend_positions(const float* qs, std::size_t group, std::size_t d, const Chunks& chunks, std::size_t lo,
                       std::size_t hi, const SoftmaxState& state, const Int8Queries* iq) {
@@ -279,26 +287,25 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
     tmp.reserve(group);
     float* scores = tmp.scores.data();
     std::size_t next = lo;  // next position to read
-    std::size_t n = 0;      // rows of the current tile gathered so far (when it spans chunks)
+    std::size_t n = 0;      // rows of the current tile gathered so far (when it spans runs)
     std::size_t tile_end = std::min(hi, (lo / kAttentionTile + 1) * kAttentionTile);
-    for (const KVChunk<TK, TV>& chunk : chunks) {
-        if (chunk.start >= hi) break;
+    const auto read_run = [&](const KVChunk<TK, TV>& chunk) {
         const std::size_t end = std::min(hi, chunk.start + chunk.length);
         std::size_t pos = std::max(next, chunk.start);
         const std::size_t kstride = chunk.key_row_stride(d), vstride = chunk.value_row_stride(d);
         while (pos < end) {
             const TK* krow = chunk.keys + (pos - chunk.start) * kstride;
             const TV* vrow = chunk.values + (pos - chunk.start) * vstride;
-            if (n == 0 && tile_end <= end) {  // the whole tile lies in this chunk: read it through the stride
+            if (n == 0 && tile_end <= end) {  // the whole tile lies in this run: read it through the stride
                 fold_tile<TK, TV, W>(qs, group, d, StridedRows<TK>{krow, kstride}, StridedRows<TV>{vrow, vstride},
                                      tile_end - pos, scores, state, iq);
-            } else {  // gather this chunk's part of the tile
+            } else {  // gather this run's part of the tile
                 const std::size_t stop = std::min(end, tile_end);
                 for (; pos < stop; ++pos, krow += kstride, vrow += vstride, ++n) {
                     tmp.krows[n] = krow;
                     tmp.vrows[n] = vrow;
                 }
-                if (pos < tile_end) break;  // the tile goes on in the next chunk
+                if (pos < tile_end) break;  // the tile goes on in the next run
                 fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data(), n},
                                      GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state, iq);
                 n = 0;
@@ -307,7 +314,20 @@ void attend_positions(const float* qs, std::size_t group, std::size_t d, const C
             tile_end = std::min(hi, tile_end + kAttentionTile);
         }
         next = std::max(next, pos);
+    };
+    KVChunk<TK, TV> run{};
+    bool have_run = false;
+    for (const KVChunk<TK, TV>& chunk : chunks) {
+        if (chunk.start >= hi) break;
+        if (have_run && continues(run, chunk, d)) {
+            run.length += chunk.length;
+            continue;
+        }
+        if (have_run) read_run(run);
+        run = chunk;
+        have_run = true;
     }
+    if (have_run) read_run(run);
     if (n) {  // only if the chunks ended before hi
         fold_tile<TK, TV, W>(qs, group, d, GatheredRows<TK>{tmp.krows.data(), n},
                              GatheredRows<TV>{tmp.vrows.data(), n}, n, scores, state, iq);

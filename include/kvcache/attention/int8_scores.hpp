@@ -8,7 +8,7 @@
 //
 // Why it is faster: the float path dequantises every key value (widen, convert, scale) before its multiply-add;
 // here sixteen keys' codes are transposed once per block so that lane r holds key r, and vpdpbusd takes four
-// byte products per lane per instruction with the query's four codes broadcast. No horizontal sums.
+// byte products per lane per instruction with the query's four codes broadcast from memory. No horizontal sums.
 #pragma once
 
 #include <algorithm>
@@ -23,16 +23,32 @@
 
 namespace kvcache::detail {
 
-/// The query heads of one (token, kv head), rounded for integer scores: codes [group][d] as q + 128 (unsigned
-/// bytes: vpdpbusd's unsigned side), scales [group][d / 32].
+/// Rounded query heads as the kernels read them, from one head on: codes [head][d], and per block of 32 its scale
+/// and -128 times its code sum (the vector kernel's correction for the +128 it gives the keys' codes).
+struct Int8QueryView {
+    const std::int8_t* codes;
+    const float* scales;
+    const std::int32_t* offsets;
+
+    /// The view from head g on (heads of d values).
+    Int8QueryView from(std::size_t g, std::size_t d) const {
+        const std::size_t blocks = d / q8_0::kValues;
+        return {codes + g * d, scales + g * blocks, offsets + g * blocks};
+    }
+};
+
+/// The query heads of one (token, kv head), rounded for integer scores: codes [group][d], scales and offsets
+/// [group][d / 32] (Int8QueryView).
 struct Int8Queries {
-    std::vector<std::uint8_t> codes;
+    std::vector<std::int8_t> codes;
     std::vector<float> scales;
+    std::vector<std::int32_t> offsets;
 
     void round(const float* qs, std::size_t group, std::size_t d) {
         const std::size_t blocks = d / q8_0::kValues;
         codes.resize(group * d);
         scales.resize(group * blocks);
+        offsets.resize(group * blocks);
         for (std::size_t g = 0; g < group; ++g) {
             for (std::size_t b = 0; b < blocks; ++b) {
                 const float* x = qs + g * d + b * q8_0::kValues;
@@ -40,35 +56,39 @@ struct Int8Queries {
                 for (std::size_t j = 0; j < q8_0::kValues; ++j) amax = std::max(amax, std::fabs(x[j]));
                 const float scale = amax / 127.0f;
                 const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+                std::int32_t sum = 0;
                 for (std::size_t j = 0; j < q8_0::kValues; ++j) {
                     float v = std::nearbyint(x[j] * inv);
                     v = v > -127.0f ? v : -127.0f;  // NaN -> -127
                     v = v < 127.0f ? v : 127.0f;
-                    codes[g * d + b * q8_0::kValues + j] = static_cast<std::uint8_t>(static_cast<int>(v) + 128);
+                    codes[g * d + b * q8_0::kValues + j] = static_cast<std::int8_t>(v);
+                    sum += static_cast<int>(v);
                 }
                 scales[g * blocks + b] = scale;
+                offsets[g * blocks + b] = -128 * sum;
             }
         }
     }
+
+    Int8QueryView view() const { return {codes.data(), scales.data(), offsets.data()}; }
 };
 
 /// scores[g * stride + r] for NB query heads and keys r < n (rows of q8_0 blocks through `k[r]`): the portable
 /// definition, one key at a time.
 /// (Out of GCC's vectoriser, which miscompiles the byte dot: see KVCACHE_NO_VECTORIZE.)
 template <std::size_t NB, class Rows>
-KVCACHE_NO_VECTORIZE inline void int8_scores_portable(const std::uint8_t* codes, const float* scales, std::size_t d,
-                                                      const Rows& k, std::size_t n, float* scores,
-                                                      std::size_t stride) {
+KVCACHE_NO_VECTORIZE inline void int8_scores_portable(const Int8QueryView& q, std::size_t d, const Rows& k,
+                                                      std::size_t n, float* scores, std::size_t stride) {
     const std::size_t blocks = d / q8_0::kValues;
     for (std::size_t r = 0; r < n; ++r) {
         const q8_0* row = k[r];
         for (std::size_t g = 0; g < NB; ++g) {
             float acc = 0.0f;
             for (std::size_t b = 0; b < blocks; ++b) {
-                const std::uint8_t* qc = codes + g * d + b * q8_0::kValues;
+                const std::int8_t* qc = q.codes + g * d + b * q8_0::kValues;
                 std::int32_t isum = 0;
-                for (std::size_t j = 0; j < q8_0::kValues; ++j) isum += (int(qc[j]) - 128) * int(row[b].qs[j]);
-                const float dd = fp16::to_float(row[b].d.bits) * scales[g * blocks + b];
+                for (std::size_t j = 0; j < q8_0::kValues; ++j) isum += int(qc[j]) * int(row[b].qs[j]);
+                const float dd = fp16::to_float(row[b].d.bits) * q.scales[g * blocks + b];
                 acc = std::fma(dd, static_cast<float>(isum), acc);
             }
             scores[g * stride + r] = acc;
@@ -79,9 +99,11 @@ KVCACHE_NO_VECTORIZE inline void int8_scores_portable(const std::uint8_t* codes,
 #if KVCACHE_HAVE_AVX512_VNNI
 /// int8_scores_portable sixteen keys at a time: the same integers and float steps per key (lane), so the same
 /// bits. A short last group repeats key n-1; its extra results land in scores past n (room the caller has).
+/// The keys' codes go in as unsigned bytes (code + 128, one xor after the transpose) and the query's as the
+/// signed broadcast memory operand of vpdpbusd; sum (k + 128) q - 128 sum q = sum k q, exactly.
 template <std::size_t NB, class Rows>
-inline void int8_scores_vnni(const std::uint8_t* codes, const float* scales, std::size_t d, const Rows& k,
-                             std::size_t n, float* scores, std::size_t stride) {
+inline void int8_scores_vnni(const Int8QueryView& q, std::size_t d, const Rows& k, std::size_t n, float* scores,
+                             std::size_t stride) {
     const std::size_t blocks = d / q8_0::kValues;
     // After the transpose lane L holds key kLaneKey[L] (a swap of keys 4-7 and 8-11, its own inverse).
     static constexpr int kLaneKey[16] = {0, 1, 2, 3, 8, 9, 10, 11, 4, 5, 6, 7, 12, 13, 14, 15};
@@ -96,7 +118,7 @@ inline void int8_scores_vnni(const std::uint8_t* codes, const float* scales, std
         for (std::size_t b = 0; b < blocks; ++b) {
             // (maskz forms with every lane selected: GCC 12 warns that the plain ones read an uninitialised register)
             // z[j]: the 32 codes of key j, then of key j + 8. Transposed (as two 8x8 dword blocks side by side)
-            // into x[p]: codes 4p..4p+3 of every key, lane L = key kLaneKey[L].
+            // into x[p]: codes 4p..4p+3 of every key, lane L = key kLaneKey[L], plus 128.
             __m512i z[8], t[8], u[8], x[8];
             for (std::size_t j = 0; j < 8; ++j) {
                 const __m256i lo = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(row[j][b].qs));
@@ -115,27 +137,22 @@ inline void int8_scores_vnni(const std::uint8_t* codes, const float* scales, std
                 u[h + 3] = _mm512_maskz_unpackhi_epi64(0xFF, t[h + 1], t[h + 3]);
             }
             for (std::size_t p = 0; p < 4; ++p) {
-                x[p] = _mm512_maskz_shuffle_i32x4(0xFFFF, u[p], u[p + 4], _MM_SHUFFLE(2, 0, 2, 0));
-                x[p + 4] = _mm512_maskz_shuffle_i32x4(0xFFFF, u[p], u[p + 4], _MM_SHUFFLE(3, 1, 3, 1));
+                x[p] = _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(0xFFFF, u[p], u[p + 4], _MM_SHUFFLE(2, 0, 2, 0)), bias);
+                x[p + 4] =
+                    _mm512_xor_si512(_mm512_maskz_shuffle_i32x4(0xFFFF, u[p], u[p + 4], _MM_SHUFFLE(3, 1, 3, 1)), bias);
             }
-            // 128 x the sum of each key's codes: what the query's +128 adds, taken back off below
-            __m512i offset = _mm512_setzero_si512();
-            for (std::size_t p = 0; p < 8; ++p) offset = _mm512_dpbusd_epi32(offset, bias, x[p]);
             alignas(32) std::uint16_t dbits[16];
             for (std::size_t lane = 0; lane < 16; ++lane) dbits[lane] = row[kLaneKey[lane]][b].d.bits;
             const __m512 dk = _mm512_maskz_cvtph_ps(0xFFFF, _mm256_load_si256(reinterpret_cast<const __m256i*>(dbits)));
             for (std::size_t g = 0; g < NB; ++g) {
-                const std::uint8_t* qc = codes + g * d + b * q8_0::kValues;
-                __m512i even = _mm512_setzero_si512(), odd = _mm512_setzero_si512();
+                const std::int8_t* qc = q.codes + g * d + b * q8_0::kValues;
+                __m512i even = _mm512_set1_epi32(q.offsets[g * blocks + b]), odd = _mm512_setzero_si512();
                 for (std::size_t p = 0; p < 8; p += 2) {
-                    std::int32_t four[2];
-                    std::memcpy(four, qc + 4 * p, 8);
-                    even = _mm512_dpbusd_epi32(even, _mm512_set1_epi32(four[0]), x[p]);
-                    odd = _mm512_dpbusd_epi32(odd, _mm512_set1_epi32(four[1]), x[p + 1]);
+                    even = dpbusd_broadcast(even, x[p], qc + 4 * p);
+                    odd = dpbusd_broadcast(odd, x[p + 1], qc + 4 * p + 4);
                 }
-                const __m512i isum = _mm512_sub_epi32(_mm512_add_epi32(even, odd), offset);
-                const __m512 dd = _mm512_mul_ps(dk, _mm512_set1_ps(scales[g * blocks + b]));
-                acc[g] = _mm512_fmadd_ps(dd, _mm512_maskz_cvtepi32_ps(0xFFFF, isum), acc[g]);
+                const __m512 dd = _mm512_mul_ps(dk, _mm512_set1_ps(q.scales[g * blocks + b]));
+                acc[g] = _mm512_fmadd_ps(dd, _mm512_maskz_cvtepi32_ps(0xFFFF, _mm512_add_epi32(even, odd)), acc[g]);
             }
         }
         for (std::size_t g = 0; g < NB; ++g) {
@@ -152,12 +169,12 @@ inline constexpr bool kVectorInt8Scores = KVCACHE_HAVE_AVX512_VNNI;
 /// Integer scores of NB query heads over n keys: the vector kernel where the build has it, else the portable one
 /// (the same bits). scores[g * stride + r]; stride >= n rounded up to 16.
 template <std::size_t NB, class Rows>
-inline void int8_scores(const std::uint8_t* codes, const float* scales, std::size_t d, const Rows& k,
-                        std::size_t n, float* scores, std::size_t stride) {
+inline void int8_scores(const Int8QueryView& q, std::size_t d, const Rows& k, std::size_t n, float* scores,
+                        std::size_t stride) {
 #if KVCACHE_HAVE_AVX512_VNNI
-    int8_scores_vnni<NB>(codes, scales, d, k, n, scores, stride);
+    int8_scores_vnni<NB>(q, d, k, n, scores, stride);
 #else
-    int8_scores_portable<NB>(codes, scales, d, k, n, scores, stride);
+    int8_scores_portable<NB>(q, d, k, n, scores, stride);
 #endif
 }
 

@@ -59,6 +59,16 @@
 
 namespace kvcache::detail {
 
+#if KVCACHE_HAVE_AVX512_VNNI
+/// acc + vpdpbusd(u, the four signed bytes at p in every lane): u's unsigned bytes times p's, four products per
+/// 32-bit lane. The four bytes are the instruction's broadcast memory operand ({1to16}); GCC 12 compiles a
+/// _mm512_set1_epi32 of memory into a vpbroadcastd of its own (and of a register, a move and a shift too).
+inline __m512i dpbusd_broadcast(__m512i acc, __m512i u, const std::int8_t* p) {
+    asm("vpdpbusd %2%{1to16%}, %1, %0" : "+v"(acc) : "v"(u), "m"(*reinterpret_cast<const std::int32_t*>(p)));
+    return acc;
+}
+#endif
+
 /// The constants of exp8, exp16 and exp1 (one set, so that the three compute the same function): the clamp
 /// bounds, the two-part ln 2 of the range reduction, the degree-6 polynomial for e^r on [-ln2/2, ln2/2].
 inline constexpr float kExpMaxX = 88.3762626647949f, kExpMinX = -87.3365447504019f;

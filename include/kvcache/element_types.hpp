@@ -310,7 +310,54 @@ inline float load_block32_max_abs(const float* x, __m256* v) {
     m4 = _mm_max_ss(m4, _mm_shuffle_ps(m4, m4, 1));
     return _mm_cvtss_f32(m4);
 }
+
+/// 32 int32 values in -128..127 (four vectors of eight, in order) as 32 bytes in order.
+inline __m256i pack_block32_int8(const __m256i* q32) {
+    // 32 -> 16 -> 8 bits; packs interleave the 128-bit halves, the permute puts the values back in order
+    const __m256i q16a = _mm256_packs_epi32(q32[0], q32[1]), q16b = _mm256_packs_epi32(q32[2], q32[3]);
+    return _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16a, q16b), _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
+}
 #endif
+
+/// Rounds a block of 32 floats to int8 codes the way the int8 products round their activations and queries:
+/// scale = max|x| / 127, code = round-to-nearest-even(x * (1 / scale)) clamped to [-127, 127] (NaN -> -127;
+/// all codes 0 when the scale is 0). Writes the codes and their sum (*code_sum) and returns the scale. The AVX2
+/// steps are elementwise (max is exact in any order), so both paths give the same bits.
+inline float round_block32_int8(const float* x, std::int8_t* codes, std::int32_t* code_sum) {
+#if defined(__AVX2__)
+    __m256 v[4];
+    const float scale = load_block32_max_abs(x, v) / 127.0f;
+    const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
+    const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
+    __m256i q32[4];
+    for (int i = 0; i < 4; ++i) {
+        // _MM_FROUND_TO_NEAREST_INT is nearbyint's round-to-nearest-even; max(NaN, lo) is lo
+        const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], inv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+        q32[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
+    }
+    _mm256_storeu_si256(reinterpret_cast<__m256i*>(codes), pack_block32_int8(q32));
+    const __m256i sum8 = _mm256_add_epi32(_mm256_add_epi32(q32[0], q32[1]), _mm256_add_epi32(q32[2], q32[3]));
+    const __m128i sum4 = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
+    const __m128i sum2 = _mm_add_epi32(sum4, _mm_unpackhi_epi64(sum4, sum4));
+    *code_sum = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
+    return scale;
+#else
+    float amax = 0.0f;
+    for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
+    const float scale = amax / 127.0f;
+    const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
+    std::int32_t sum = 0;
+    for (std::size_t j = 0; j < 32; ++j) {
+        float v = std::nearbyint(x[j] * inv);
+        v = v > -127.0f ? v : -127.0f;  // NaN -> -127, as the vector path's max
+        v = v < 127.0f ? v : 127.0f;
+        codes[j] = static_cast<std::int8_t>(v);
+        sum += codes[j];
+    }
+    *code_sum = sum;
+    return scale;
+#endif
+}
 
 /// gguf-py's np_roundf: round half away from zero, as floor(|x|) + floor(2 * (|x| - floor(|x|))) with the sign.
 inline float round_half_away(float x) {
@@ -369,11 +416,7 @@ struct ElementTraits<q8_0> {
             const __m256 fits = _mm256_cmp_ps(_mm256_andnot_ps(sign, q), _mm256_set1_ps(127.0f), _CMP_LE_OQ);
             q32[i] = _mm256_cvttps_epi32(_mm256_and_ps(q, fits));
         }
-        // 32 -> 16 -> 8 bits; packs interleave the 128-bit halves, the permute puts the values back in order
-        const __m256i q16a = _mm256_packs_epi32(q32[0], q32[1]), q16b = _mm256_packs_epi32(q32[2], q32[3]);
-        const __m256i q8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(q16a, q16b),
-                                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst.qs), q8);
+        _mm256_storeu_si256(reinterpret_cast<__m256i*>(dst.qs), detail::pack_block32_int8(q32));
     }
 #endif
     static void decode(const q8_0* src, float* dst, std::size_t n) {

@@ -104,46 +104,7 @@ void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, fl
         s[b0 * stride] = acc;
     }
     for (std::size_t b = 0; b < nb; ++b) {
-        const float* xb = x + b * kBlock;
-        std::int8_t* qb = q + b * kPassBlockCodes;
-#if KVCACHE_HAVE_AVX2
-        // The same steps eight lanes at a time: max is exact in any order, the rest is elementwise
-        // (_MM_FROUND_TO_NEAREST_INT is nearbyint's round-to-nearest-even).
-        __m256 v[4];
-        const float amax = load_block32_max_abs(xb, v);
-        const float scale = amax / 127.0f;
-        const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-        const __m256 vinv = _mm256_set1_ps(inv), lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
-        __m256i i32[4];
-        for (int i = 0; i < 4; ++i) {
-            const __m256 r = _mm256_round_ps(_mm256_mul_ps(v[i], vinv), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-            i32[i] = _mm256_cvtps_epi32(_mm256_min_ps(_mm256_max_ps(r, lo), hi));
-        }
-        // 32 -> 16 -> 8 bits; packs interleave the 128-bit halves, the permute puts the values back in order
-        const __m256i i16 = _mm256_packs_epi32(i32[0], i32[1]), j16 = _mm256_packs_epi32(i32[2], i32[3]);
-        const __m256i i8 = _mm256_permutevar8x32_epi32(_mm256_packs_epi16(i16, j16),
-                                                       _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
-        _mm256_storeu_si256(reinterpret_cast<__m256i*>(qb), i8);
-        const __m256i sum8 = _mm256_add_epi32(_mm256_add_epi32(i32[0], i32[1]), _mm256_add_epi32(i32[2], i32[3]));
-        const __m128i sum4 = _mm_add_epi32(_mm256_castsi256_si128(sum8), _mm256_extracti128_si256(sum8, 1));
-        const __m128i sum2 = _mm_add_epi32(sum4, _mm_unpackhi_epi64(sum4, sum4));
-        qs[b * stride] = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
-#else
-        float amax = 0.0f;
-        for (std::size_t j = 0; j < kBlock; ++j) amax = std::max(amax, std::fabs(xb[j]));
-        const float scale = amax / 127.0f;
-        const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
-        for (std::size_t j = 0; j < kBlock; ++j) {
-            float v = std::nearbyint(xb[j] * inv);
-            v = v > -127.0f ? v : -127.0f;  // NaN -> -127, as the vector path's max
-            v = v < 127.0f ? v : 127.0f;
-            qb[j] = static_cast<std::int8_t>(v);
-        }
-        std::int32_t code_sum = 0;
-        for (std::size_t j = 0; j < kBlock; ++j) code_sum += qb[j];
-        qs[b * stride] = code_sum;
-#endif
-        d[b * stride] = scale;
+        d[b * stride] = round_block32_int8(x + b * kBlock, q + b * kPassBlockCodes, qs + b * stride);
     }
 }
 

@@ -51,20 +51,9 @@ struct Int8Queries {
         offsets.resize(group * blocks);
         for (std::size_t g = 0; g < group; ++g) {
             for (std::size_t b = 0; b < blocks; ++b) {
-                const float* x = qs + g * d + b * q8_0::kValues;
-                float amax = 0.0f;
-                for (std::size_t j = 0; j < q8_0::kValues; ++j) amax = std::max(amax, std::fabs(x[j]));
-                const float scale = amax / 127.0f;
-                const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
                 std::int32_t sum = 0;
-                for (std::size_t j = 0; j < q8_0::kValues; ++j) {
-                    float v = std::nearbyint(x[j] * inv);
-                    v = v > -127.0f ? v : -127.0f;  // NaN -> -127
-                    v = v < 127.0f ? v : 127.0f;
-                    codes[g * d + b * q8_0::kValues + j] = static_cast<std::int8_t>(v);
-                    sum += static_cast<int>(v);
-                }
-                scales[g * blocks + b] = scale;
+                scales[g * blocks + b] =
+                    round_block32_int8(qs + g * d + b * q8_0::kValues, codes.data() + g * d + b * q8_0::kValues, &sum);
                 offsets[g * blocks + b] = -128 * sum;
             }
         }

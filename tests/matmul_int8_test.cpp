@@ -82,11 +82,14 @@ std::vector<float> int8_by_definition(const WeightMatrix& w, const std::vector<f
             float acc = 0.0f;
             for (std::size_t b = 0; b < cols / 32; ++b) {
                 const float* xb = x.data() + t * cols + b * 32;
-                float amax = 0.0f, sum = 0.0f;
-                for (std::size_t j = 0; j < 32; ++j) {
-                    amax = std::max(amax, std::fabs(xb[j]));
-                    sum += xb[j];
-                }
+                float amax = 0.0f;
+                for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(xb[j]));
+                // the block's sum in its fixed tree order: lanes i and i + 8, 16, 24, then halving
+                float lanes[8];
+                for (std::size_t i = 0; i < 8; ++i) lanes[i] = (xb[i] + xb[8 + i]) + (xb[16 + i] + xb[24 + i]);
+                for (std::size_t i = 0; i < 4; ++i) lanes[i] += lanes[4 + i];
+                for (std::size_t i = 0; i < 2; ++i) lanes[i] += lanes[2 + i];
+                const float sum = lanes[0] + lanes[1];
                 const float scale = amax / 127.0f;
                 const float inv = scale > 0.0f ? 1.0f / scale : 0.0f;
                 const std::byte* blk = w.row_data(r) + b * bb;

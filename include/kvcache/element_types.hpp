@@ -323,10 +323,20 @@ inline __m256i pack_block32_int8(const __m256i* q32) {
 /// scale = max|x| / 127, code = round-to-nearest-even(x * (1 / scale)) clamped to [-127, 127] (NaN -> -127;
 /// all codes 0 when the scale is 0). Writes the codes and their sum (*code_sum) and returns the scale. The AVX2
 /// steps are elementwise (max is exact in any order), so both paths give the same bits.
-inline float round_block32_int8(const float* x, std::int8_t* codes, std::int32_t* code_sum) {
+/// With value_sum, also the float sum of x in one fixed order, a tree over eight lanes:
+/// t_i = (x_i + x_{8+i}) + (x_{16+i} + x_{24+i}), u_i = t_i + t_{4+i}, w_i = u_i + u_{2+i}, sum = w_0 + w_1
+/// (four vector adds where a sum in index order took 31 dependent ones).
+inline float round_block32_int8(const float* x, std::int8_t* codes, std::int32_t* code_sum,
+                                float* value_sum = nullptr) {
 #if defined(__AVX2__)
     __m256 v[4];
     const float scale = load_block32_max_abs(x, v) / 127.0f;
+    if (value_sum != nullptr) {
+        const __m256 t = _mm256_add_ps(_mm256_add_ps(v[0], v[1]), _mm256_add_ps(v[2], v[3]));
+        const __m128 u = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+        const __m128 w = _mm_add_ps(u, _mm_movehl_ps(u, u));
+        *value_sum = _mm_cvtss_f32(_mm_add_ss(w, _mm_movehdup_ps(w)));
+    }
     const __m256 inv = _mm256_set1_ps(scale > 0.0f ? 1.0f / scale : 0.0f);
     const __m256 lo = _mm256_set1_ps(-127.0f), hi = _mm256_set1_ps(127.0f);
     __m256i q32[4];
@@ -342,6 +352,13 @@ inline float round_block32_int8(const float* x, std::int8_t* codes, std::int32_t
     *code_sum = _mm_cvtsi128_si32(_mm_add_epi32(sum2, _mm_shuffle_epi32(sum2, 1)));
     return scale;
 #else
+    if (value_sum != nullptr) {
+        float t[8], u[4], w[2];
+        for (std::size_t i = 0; i < 8; ++i) t[i] = (x[i] + x[8 + i]) + (x[16 + i] + x[24 + i]);
+        for (std::size_t i = 0; i < 4; ++i) u[i] = t[i] + t[4 + i];
+        for (std::size_t i = 0; i < 2; ++i) w[i] = u[i] + u[2 + i];
+        *value_sum = w[0] + w[1];
+    }
     float amax = 0.0f;
     for (std::size_t j = 0; j < 32; ++j) amax = std::max(amax, std::fabs(x[j]));
     const float scale = amax / 127.0f;

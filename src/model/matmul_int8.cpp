@@ -15,9 +15,9 @@
 // - With AVX-512 VNNI (+VL) compiled in, vpdpbusd does the byte products and their sum into 32 bits in one
 //   instruction per register; the integer sums, and so the bits, are the same.
 // - Per output the float arithmetic is: acc = 0; for each block b in order: acc = fma(dw_b * dx_b,
-//   float(isum_b), acc), and for Q4_1 then acc = fma(m_b, sum(x_b), acc). isum_b is an exact integer
-//   (|isum| < 2^24, so its float is exact too), so the vector lane and the scalar loop below compute the
-//   same bits, alone or batched, at any thread count.
+//   float(isum_b), acc), and for Q4_1 then acc = fma(m_b, sum(x_b), acc) (the sum in one fixed order, see
+//   quantize_row). isum_b is an exact integer (|isum| < 2^24, so its float is exact too), so the vector lane
+//   and the scalar loop below compute the same bits, alone or batched, at any thread count.
 #include "matmul_int8.hpp"
 
 #include <algorithm>
@@ -78,33 +78,15 @@ struct PassBlocks {
     const std::int32_t* qs;
 };
 
-/// Rounds x (cols values) to int8 per block: d = max|x| / 127, q = round-to-nearest-even(x / d), so
-/// |q| <= 127 (which the kernels' 16-bit sums rely on). s_b = x_0 + ... + x_31 of the float values, in
-/// that order, for Q4_1's min term. Elementwise and order-free apart from s, so the AVX2 steps give the
-/// portable loop's bits. qs_b = q_0 + ... + q_31, an exact integer (the 512-bit kernel's Q8_0 correction).
-/// Block b's codes go to q + b * kPassBlockCodes and its scalars to d, s, qs [b * kInt8TokensPerPass]: one
-/// token slot of Int8Activations' pass layout.
+/// Rounds x (cols values) to int8 per block (round_block32_int8): d = max|x| / 127, q = round-to-nearest-even(x / d),
+/// so |q| <= 127 (which the kernels' 16-bit sums rely on); qs_b = q_0 + ... + q_31, an exact integer (the 512-bit
+/// kernel's Q8_0 correction); s_b = the float sum of the block in round_block32_int8's fixed tree order, for Q4_1's
+/// min term. Block b's codes go to q + b * kPassBlockCodes and its scalars to d, s, qs [b * kInt8TokensPerPass]:
+/// one token slot of Int8Activations' pass layout.
 void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, float* s, std::int32_t* qs) {
     constexpr std::size_t stride = kInt8TokensPerPass;
-    const std::size_t nb = cols / kBlock;
-    // The block sums, each x_0 + x_1 + ... in order, eight blocks side by side: eight independent chains in
-    // local accumulators that stay in registers. (Summing into s[] itself, which may alias x, made every add a
-    // load and a store on one memory chain: three quarters of the time of this function.)
-    std::size_t b0 = 0;
-    for (; b0 + 8 <= nb; b0 += 8) {
-        float acc[8] = {};
-        for (std::size_t j = 0; j < kBlock; ++j) {
-            for (std::size_t k = 0; k < 8; ++k) acc[k] += x[(b0 + k) * kBlock + j];
-        }
-        for (std::size_t k = 0; k < 8; ++k) s[(b0 + k) * stride] = acc[k];
-    }
-    for (; b0 < nb; ++b0) {
-        float acc = 0.0f;
-        for (std::size_t j = 0; j < kBlock; ++j) acc += x[b0 * kBlock + j];
-        s[b0 * stride] = acc;
-    }
-    for (std::size_t b = 0; b < nb; ++b) {
-        d[b * stride] = round_block32_int8(x + b * kBlock, q + b * kPassBlockCodes, qs + b * stride);
+    for (std::size_t b = 0; b < cols / kBlock; ++b) {
+        d[b * stride] = round_block32_int8(x + b * kBlock, q + b * kPassBlockCodes, qs + b * stride, s + b * stride);
     }
 }
 

@@ -538,6 +538,51 @@ TEMPLATE_TEST_CASE("attention over a paged sequence equals attention over a cont
     }
 }
 
+TEMPLATE_TEST_CASE("attention over runs of consecutive blocks broken anywhere equals the contiguous cache",
+                   "[paged][attention]", float, q8_0) {
+    // Attention reads chunks that continue each other in memory as one run. Two sequences grown by turns in
+    // pieces of uneven length give runs of one, two or more consecutive blocks, broken at every offset within a
+    // 64-position tile, so tiles go through the stride, through gathered rows, and across run boundaries.
+    const std::vector<LayerShape> shapes{{2, 64}};
+    for (std::size_t block_size : {16u, 7u}) {
+        const std::size_t context = 300;
+        PagedKVPool<TestType> pool(shapes, 2 * PagedKVPool<TestType>::blocks_for(context, block_size) + 2, block_size);
+        const SequenceId a_id = pool.create_sequence(), b_id = pool.create_sequence();
+        auto paged = pool.sequence(a_id);
+        MultiLayerKVCache<TestType> flat(shapes, 1, context);
+        const std::size_t width = 2 * 64;
+        std::size_t held = 0, turn = 0;
+        while (held < context) {
+            const std::size_t piece = std::min(context - held, std::size_t{5 + (turn * 23) % 41});
+            const auto k = testing::random_uniform(piece * width, 100 + turn, -2.0f, 2.0f);
+            const auto v = testing::random_uniform(piece * width, 200 + turn, -2.0f, 2.0f);
+            paged.append(0, 0, k, v, piece);
+            flat.append(0, 0, k, v, piece);
+            const auto other = testing::random_uniform((turn % 3) * block_size * width, 300 + turn, -1.0f, 1.0f);
+            pool.append(b_id, 0, other, other, (turn % 3) * block_size);  // takes the next ids, breaking the run
+            held += piece;
+            ++turn;
+        }
+        std::size_t runs = 1;
+        const auto chunks = pool.chunks(a_id, 0, 0);
+        for (std::size_t i = 1; i < chunks.size(); ++i) {
+            runs += chunks[i].keys != chunks[i - 1].keys + chunks[i - 1].length * storage_units<TestType>(64);
+        }
+        INFO("block " << block_size << ": " << chunks.size() << " blocks in " << runs << " runs");
+        REQUIRE(runs > 3);
+        REQUIRE(runs < chunks.size());  // some runs are longer than a block
+        for (const ScorePrecision scores : {ScorePrecision::f32, ScorePrecision::int8}) {
+            for (std::size_t n : {std::size_t{1}, std::size_t{37}}) {
+                const auto q = testing::random_uniform(n * 6 * 64, 7 * n + block_size, -1.0f, 1.0f);
+                std::vector<float> a(q.size()), b(q.size());
+                attention(paged, 0, 0, q, n, 6, a, {.scores = scores});
+                attention(flat, 0, 0, q, n, 6, b, {.scores = scores});
+                CHECK(same_bits(a, b));
+            }
+        }
+    }
+}
+
 TEST_CASE("attention over a fork reads the shared blocks and its own copy", "[paged][attention]") {
     const std::vector<LayerShape> shapes{{2, 32}};
     PagedKVPool<float> pool(shapes, 16, 16);

@@ -140,6 +140,11 @@ if [[ ",$MODELS," == *",real,"* ]]; then
   BATCHED_ARGS=(--batched "$BATCHED_OUT" --batched-out "$ROOT/docs/images")
 fi
 
+echo "== bench_matmul --quick (int8 product vs the vpdpbusd peak) -> $RESULTS/matmul$SUFFIX.json [$(elapsed)]"
+cmake --build "$BUILD" --target bench_matmul -j2 >/dev/null &&
+  "$BUILD/bench/bench_matmul" --quick --benchmark_out="$RESULTS/matmul$SUFFIX.json" --benchmark_out_format=json |
+  grep -E '^BM_' || echo "   bench_matmul failed (exit $?)"
+
 echo "== plots [$(elapsed)]"
 PLOT_ARGS=(--generation "$OUT" "${MEMORY_ARGS[@]}" "${BATCHED_ARGS[@]+"${BATCHED_ARGS[@]}"}" --out "$PLOTS" --note "$NOTE")
 [[ $QUICK == 1 ]] && PLOT_ARGS+=(--suffix _quick)

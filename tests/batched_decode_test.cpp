@@ -91,9 +91,23 @@ void check_batched_equals_alone(Decoder& d, const std::vector<Plan>& plans, int 
                 std::reverse(who.begin(), who.end());
             }
         }
+        // Every other step the items' logits are one array in item order (as a scheduler's are), which the
+        // decoder writes straight into; on the others each item has a buffer of its own.
+        std::vector<float> one_array;
+        if (step % 2 == 0) {
+            std::size_t total = 0;
+            for (const auto& item : items) total += item.logits.size();
+            one_array.assign(total, 0.0f);
+            std::size_t at = 0;
+            for (auto& item : items) {
+                item.logits = std::span<float>(one_array).subspan(at, item.logits.size());
+                at += item.logits.size();
+            }
+        }
         d.forward(std::span<const ForwardItem<Cache>>(items), ForwardOptions{.threads = threads, .precision = precision});
         for (std::size_t k = 0; k < items.size(); ++k) {
             const std::size_t i = who[k];
+            if (!one_array.empty()) std::copy(items[k].logits.begin(), items[k].logits.end(), out[i].begin());
             const std::size_t n = items[k].tokens.size();
             const std::size_t rows = out[i].size() / vocab;
             const std::size_t first_row = fed[i] + n - rows;

@@ -443,18 +443,22 @@ void Decoder::write_logits(std::span<const ForwardItem<Cache>> items, std::size_
     // Final norm of the rows whose logits are wanted (every token's or the last), gathered item after item.
     if (logit_rows == 0) return;
     std::size_t row_out = 0;
-    std::size_t only = items.size();  // the item wanting logits, if exactly one does
+    // Whether the wanted buffers are one array in item order (one item's; or a scheduler's rows): then the
+    // product writes straight into it instead of into scratch and a copy (8 x 49152 floats a step for SmolLM2).
+    float* one_array = nullptr;
+    bool contiguous = true;
     for (std::size_t i = 0; i < items.size(); ++i) {
         if (wanted_[i] == LogitsWanted::None) continue;
-        only = row_out == 0 ? i : items.size();
         const std::size_t ni = items[i].tokens.size();
         const std::size_t first = wanted_[i] == LogitsWanted::All ? 0 : ni - 1;
+        if (row_out == 0) one_array = items[i].logits.data();
+        contiguous = contiguous && items[i].logits.data() == one_array + row_out * c.vocab_size;
         rms_norm(x_.data() + (offsets_[i] + first) * c.d_model, weights_.output_norm.data(), ni - first, c.d_model,
                  c.norm_eps, xb_.data() + row_out * c.d_model);                            // xb (rows, d_model)
         row_out += ni - first;
     }
-    if (only < items.size()) {  // one item: straight into its buffer
-        matmul(weights_.output_matrix(), xb_.data(), logit_rows, items[only].logits.data(), threads, precision);
+    if (contiguous) {
+        matmul(weights_.output_matrix(), xb_.data(), logit_rows, one_array, threads, precision);
         return;
     }
     matmul(weights_.output_matrix(), xb_.data(), logit_rows, logits_.data(), threads, precision);   // logits (rows, vocab)

@@ -54,7 +54,6 @@ constexpr std::size_t kRows = KVCACHE_HAVE_AVX512_VNNI ? 16 : 8;
 constexpr bool kBiasedQ8Codes = KVCACHE_HAVE_AVX512_VNNI;
 static_assert(kInt8RowsPerTask % kRows == 0, "a task is whole groups of rows");
 constexpr int kTokensPerPass = int(kInt8TokensPerPass);  // tokens that share one transposed weight block
-constexpr std::size_t kPassBlockCodes = kInt8TokensPerPass * 32;  // one block of every token of a pass
 // One block of a group of kRows interleaved rows (see interleave_rows). Q4_1: the rows' fp16 scales, their
 // fp16 mins, then four registers' worth of codes. Q8_0: the scales, then eight registers of codes.
 constexpr std::size_t kGroupBlockBytes = kRows * kQ4_1Bytes;
@@ -70,23 +69,33 @@ float half_at(const std::byte* p) {
 }
 
 /// One pass of int8 activations (Int8Activations' layout from the pass's first block): token slot t of block b
-/// has its codes at q + b * kPassBlockCodes + t * 32 and its scale, float sum and code sum at [b * 8 + t].
+/// has its codes at q + (b * 8 + t) * 32 and its scale, float sum and code sum at [b * 8 + t] (slot, codes).
 struct PassBlocks {
     const std::int8_t* q;
     const float* d;
     const float* s;
     const std::int32_t* qs;
+
+    /// Index of token slot t of block b among the pass's scalars (times kBlock: among its codes).
+    static std::size_t slot(std::size_t b, std::size_t t) { return b * kInt8TokensPerPass + t; }
+    /// Token slot t's codes of block b.
+    const std::int8_t* codes(std::size_t b, std::size_t t) const { return q + slot(b, t) * kBlock; }
 };
+
+/// The slot of token t's first block in Int8Activations (cols / 32 blocks per token).
+std::size_t first_slot(std::size_t t, std::size_t nb) {
+    return PassBlocks::slot(t / kInt8TokensPerPass * nb, t % kInt8TokensPerPass);
+}
 
 /// Rounds x (cols values) to int8 per block (round_block32_int8): d = max|x| / 127, q = round-to-nearest-even(x / d),
 /// so |q| <= 127 (which the kernels' 16-bit sums rely on); qs_b = q_0 + ... + q_31, an exact integer (the 512-bit
 /// kernel's Q8_0 correction); s_b = the float sum of the block in round_block32_int8's fixed tree order, for Q4_1's
-/// min term. Block b's codes go to q + b * kPassBlockCodes and its scalars to d, s, qs [b * kInt8TokensPerPass]:
+/// min term. Block b's codes go to q + slot(b, 0) * 32 and its scalars to d, s, qs [slot(b, 0)] (PassBlocks):
 /// one token slot of Int8Activations' pass layout.
 void quantize_row(const float* x, std::size_t cols, std::int8_t* q, float* d, float* s, std::int32_t* qs) {
-    constexpr std::size_t stride = kInt8TokensPerPass;
     for (std::size_t b = 0; b < cols / kBlock; ++b) {
-        d[b * stride] = round_block32_int8(x + b * kBlock, q + b * kPassBlockCodes, qs + b * stride, s + b * stride);
+        const std::size_t at = PassBlocks::slot(b, 0);
+        d[at] = round_block32_int8(x + b * kBlock, q + at * kBlock, qs + at, s + at);
     }
 }
 
@@ -126,8 +135,8 @@ void dot_rows_scalar(WeightFormat format, const std::byte* const* rows, std::siz
             float acc = 0.0f;
             for (std::size_t b = 0; b < cols / kBlock; ++b) {
                 const std::byte* blk = rows[r] + b * block_bytes;
-                const std::size_t slot = b * kInt8TokensPerPass + std::size_t(t);
-                const std::int8_t* xq = x.q + slot * kBlock;
+                const std::size_t slot = PassBlocks::slot(b, std::size_t(t));
+                const std::int8_t* xq = x.codes(b, std::size_t(t));
                 const std::int32_t isum = q4_1 ? block_dot_q4_1(blk, xq) : block_dot_q8_0(blk, xq);
                 const float dd = half_at(blk) * x.d[slot];
                 acc = std::fma(dd, static_cast<float>(isum), acc);
@@ -175,8 +184,8 @@ void dot_group_avx2(const std::byte* group, std::size_t nb, const PassBlocks& x,
             for (int g = 0; g < 8; ++g) w[g] = _mm256_abs_epi8(_mm256_loadu_si256(codes + g));
         }
         for (int t = 0; t < NT; ++t) {
-            const std::size_t slot = b * kInt8TokensPerPass + std::size_t(t);
-            const std::int8_t* q = x.q + slot * kBlock;
+            const std::size_t slot = PassBlocks::slot(b, std::size_t(t));
+            const std::int8_t* q = x.codes(b, std::size_t(t));
             __m256i isum;
 #if KVCACHE_HAVE_VNNI
             // vpdpbusd: four unsigned-times-signed byte products added straight into each 32-bit lane (no 16-bit
@@ -262,8 +271,8 @@ void dot_group_avx512(const std::byte* group, std::size_t nb, const PassBlocks& 
         }
         // Every token's codes of this block are at fixed offsets from one pointer, so each four-code broadcast is
         // the memory operand of its vpdpbusd ({1to16}) rather than a load, a shift and a move to a register.
-        const std::int8_t* qb = x.q + b * kPassBlockCodes;
-        const float* db = x.d + b * kInt8TokensPerPass;
+        const std::int8_t* qb = x.codes(b, 0);
+        const std::size_t sb = PassBlocks::slot(b, 0);  // token t's scalars at sb + t
         // Register g of the weights meets every token before register g + 1 does: the tokens' sums are
         // independent chains, so one chain per token keeps the unit busy without a second chain to add.
         __m512i isum[NT];
@@ -271,16 +280,16 @@ void dot_group_avx512(const std::byte* group, std::size_t nb, const PassBlocks& 
             if constexpr (q4_1) {
                 isum[t] = _mm512_setzero_si512();
             } else {
-                isum[t] = _mm512_set1_epi32(-128 * x.qs[b * kInt8TokensPerPass + t]);
+                isum[t] = _mm512_set1_epi32(-128 * x.qs[sb + t]);
             }
         }
         for (int g = 0; g < 8; ++g) {
             for (int t = 0; t < NT; ++t) isum[t] = dpbusd_broadcast(isum[t], w[g], qb + t * kBlock + 4 * g);
         }
         for (int t = 0; t < NT; ++t) {
-            const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(db[t]));
+            const __m512 dd = _mm512_mul_ps(dw, _mm512_set1_ps(x.d[sb + t]));
             acc[t] = _mm512_fmadd_ps(dd, _mm512_maskz_cvtepi32_ps(0xFFFF, isum[t]), acc[t]);
-            if constexpr (q4_1) acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x.s[b * kInt8TokensPerPass + t]), acc[t]);
+            if constexpr (q4_1) acc[t] = _mm512_fmadd_ps(mw, _mm512_set1_ps(x.s[sb + t]), acc[t]);
         }
     }
     for (int t = 0; t < NT; ++t) _mm512_storeu_ps(out[t], acc[t]);
@@ -360,7 +369,7 @@ Int8Activations quantize_activations(const float* x, std::size_t n, std::size_t 
     s_storage.resize(slots);
     qs_storage.resize(slots);
     for (std::size_t t = 0; t < n; ++t) {
-        const std::size_t first = t / kInt8TokensPerPass * nb * kInt8TokensPerPass + t % kInt8TokensPerPass;
+        const std::size_t first = first_slot(t, nb);
         quantize_row(x + t * cols, cols, q_storage.data() + first * kBlock, d_storage.data() + first,
                      s_storage.data() + first, qs_storage.data() + first);
     }
@@ -379,7 +388,7 @@ void matmul_int8_task(WeightFormat format, const std::byte* base, std::size_t ro
         const std::size_t live = std::min(kRows, task_end - r0);
         for (std::size_t t = 0; t < n; t += kTokensPerPass) {
             const int nt = static_cast<int>(std::min<std::size_t>(kTokensPerPass, n - t));
-            const std::size_t first = t * nb;  // the pass's first slot (t is a multiple of kTokensPerPass)
+            const std::size_t first = first_slot(t, nb);  // t starts a pass
             const PassBlocks xs{x.q + first * kBlock, x.d + first, x.s + first, x.qsum + first};
             alignas(64) float results[kTokensPerPass][kRows];
             float* outs[kTokensPerPass];

@@ -91,9 +91,13 @@ struct StridedRows {
     const T* operator[](std::size_t r) const { return base + r * stride; }
     /// Asks for row r of the next tile while this one is computed: the hardware prefetcher alone leaves one
     /// core well short of the memory's bandwidth (measured: 20-30 % more GB/s with it).
-    void prefetch_next_tile(std::size_t r, std::size_t d) const {
+    void prefetch_next_tile(std::size_t r, std::size_t d) const { prefetch_next_tile(r, d, 1); }
+    /// Rows r .. r + count - 1 of the next tile, as one span: each line is asked for once (rows that are not
+    /// line-aligned share lines), and the loop runs once rather than once per row — per row it was ~13 % of the
+    /// integer scores' time.
+    void prefetch_next_tile(std::size_t r, std::size_t d, std::size_t count) const {
         prefetch_row(reinterpret_cast<std::uintptr_t>(base) + (r + kAttentionTile) * stride * sizeof(T),
-                     storage_units<T>(d) * sizeof(T));
+                     (count - 1) * stride * sizeof(T) + storage_units<T>(d) * sizeof(T));
     }
 };
 /// Rows of a tile that spans chunks (a paged cache's blocks): one pointer per row.
@@ -107,6 +111,9 @@ struct GatheredRows {
     void prefetch_next_tile(std::size_t r, std::size_t d) const {
         if (r + kGatherLookahead >= n) return;
         prefetch_row(reinterpret_cast<std::uintptr_t>(rows[r + kGatherLookahead]), storage_units<T>(d) * sizeof(T));
+    }
+    void prefetch_next_tile(std::size_t r, std::size_t d, std::size_t count) const {
+        for (std::size_t i = 0; i < count; ++i) prefetch_next_tile(r + i, d);
     }
     static constexpr std::size_t kGatherLookahead = 12;
 };
@@ -142,7 +149,7 @@ inline void tile_scores(const float* q, std::size_t d, const Rows& k, std::size_
     for (std::size_t r = 0; r < n; r += 4) {
         const T* row[4];
         for (std::size_t j = 0; j < 4; ++j) row[j] = k[std::min(r + j, n - 1)];
-        for (std::size_t j = 0; j < 4; ++j) k.prefetch_next_tile(r + j, d);
+        k.prefetch_next_tile(r, d, 4);
         typename S::V acc[NB][4];
         for (std::size_t g = 0; g < NB; ++g)
             for (std::size_t j = 0; j < 4; ++j) acc[g][j] = S::zero();
@@ -183,7 +190,7 @@ inline void tile_accumulate(const float* p, const Rows& v, std::size_t n, float*
         for (std::size_t g = 0; g < NB; ++g)
             for (std::size_t b = 0; b < kBlock; ++b) a[g][b] = S::loadf(acc[g] + i + b * W);
         for (std::size_t r = 0; r < n; ++r) {
-            if (i == 0) v.prefetch_next_tile(r, d);
+            if (i == 0 && r % 4 == 0) v.prefetch_next_tile(r, d, 4);
             const T* row = v[r];
             typename S::V w[NB];
             for (std::size_t g = 0; g < NB; ++g) w[g] = S::set1(p[g * kAttentionTile + r]);

@@ -101,7 +101,7 @@ inline void int8_scores_vnni(const Int8QueryView& q, std::size_t d, const Rows& 
     for (std::size_t r = 0; r < n; r += 16) {
         const q8_0* row[16];
         for (std::size_t j = 0; j < 16; ++j) row[j] = k[std::min(r + j, n - 1)];
-        for (std::size_t j = 0; j < 16; ++j) k.prefetch_next_tile(r + j, d);
+        k.prefetch_next_tile(r, d, 16);
         __m512 acc[NB];
         for (std::size_t g = 0; g < NB; ++g) acc[g] = _mm512_setzero_ps();
         for (std::size_t b = 0; b < blocks; ++b) {

@@ -6,6 +6,7 @@
 #include <memory>
 #include <new>
 #include <type_traits>
+#include <vector>
 
 #include <fmt/format.h>
 
@@ -76,5 +77,29 @@ private:
     std::unique_ptr<T, Free> data_;
     std::size_t size_ = 0;
 };
+
+/// A std::vector allocator giving cache-line aligned storage: scratch that threads write side by side (a matmul's
+/// tasks write their rows of every token's output in 64-byte pieces) then has each piece on one line rather than
+/// split across two, one of them shared with the neighbouring task.
+template <class T>
+struct CacheLineAllocator {
+    using value_type = T;
+    CacheLineAllocator() = default;
+    template <class U>
+    CacheLineAllocator(const CacheLineAllocator<U>&) noexcept {}
+    T* allocate(std::size_t n) {
+        // (std::vector keeps n at most max_size(), so n * sizeof(T) does not overflow)
+        return static_cast<T*>(::operator new(n * sizeof(T), std::align_val_t{kAlignment}));
+    }
+    void deallocate(T* p, std::size_t) noexcept { ::operator delete(static_cast<void*>(p), std::align_val_t{kAlignment}); }
+    template <class U>
+    bool operator==(const CacheLineAllocator<U>&) const noexcept {
+        return true;
+    }
+};
+
+/// A std::vector whose data() is cache-line aligned.
+template <class T>
+using CacheLineVector = std::vector<T, CacheLineAllocator<T>>;
 
 }  // namespace kvcache::detail

@@ -28,6 +28,7 @@
 #include "kvcache/attention/attention.hpp"
 #include "kvcache/cache/concept.hpp"
 #include "kvcache/cache/multi_layer_kv_cache.hpp"
+#include "kvcache/detail/aligned_buffer.hpp"
 #include "kvcache/detail/format.hpp"
 #include "kvcache/detail/thread_pool.hpp"
 #include "kvcache/error.hpp"
@@ -228,17 +229,17 @@ private:
 
     // Activations, [n_tokens][width] over the tokens of all items of a call, item after item; grown to the
     // largest call and kept.
-    std::vector<float> x_;    // (n, d_model) residual stream
-    std::vector<float> xb_;   // (n, d_model) normed input of a sublayer / its output
-    std::vector<float> q_;    // (n, q_dim)
-    std::vector<float> k_;    // (n, kv_dim)
-    std::vector<float> v_;    // (n, kv_dim)
-    std::vector<float> att_;  // (n, q_dim) attention output, heads side by side
-    std::vector<float> hb_;   // (n, d_ff) gate, then silu(gate) * up
-    std::vector<float> hb2_;  // (n, d_ff) up
+    detail::CacheLineVector<float> x_;    // (n, d_model) residual stream
+    detail::CacheLineVector<float> xb_;   // (n, d_model) normed input of a sublayer / its output
+    detail::CacheLineVector<float> q_;    // (n, q_dim)
+    detail::CacheLineVector<float> k_;    // (n, kv_dim)
+    detail::CacheLineVector<float> v_;    // (n, kv_dim)
+    detail::CacheLineVector<float> att_;  // (n, q_dim) attention output, heads side by side
+    detail::CacheLineVector<float> hb_;   // (n, d_ff) gate, then silu(gate) * up
+    detail::CacheLineVector<float> hb2_;  // (n, d_ff) up
     std::vector<float> rope_cos_;   // (n, rope_dim / 2) cos of each token's RoPE angles
     std::vector<float> rope_sin_;   // (n, rope_dim / 2) their sin
-    std::vector<float> logits_;             // (rows, vocab) logits of a batch with more than one item wanting them
+    detail::CacheLineVector<float> logits_;  // (rows, vocab) logits of a batch with more than one item wanting them
     std::vector<std::size_t> positions_;    // (items) position of each item's first token
     std::vector<std::size_t> offsets_;      // (items) index of each item's first token among all
     std::vector<LogitsWanted> wanted_;      // (items)

@@ -91,6 +91,24 @@ TEST_CASE("AlignedBuffer: zeroed, cache-line aligned, huge-page aligned from 2 M
     CHECK(moved.size() == kvcache::detail::kHugePage + 4096);
 }
 
+TEST_CASE("CacheLineVector: cache-line aligned when made, grown, copied and moved", "[checked]") {
+    const auto aligned = [](const float* p) {
+        return reinterpret_cast<std::uintptr_t>(p) % kvcache::detail::kAlignment == 0;
+    };
+    kvcache::detail::CacheLineVector<float> v(3, 1.5f);
+    CHECK(aligned(v.data()));
+    v.resize(100000, 2.0f);  // a new allocation: the values move with it
+    CHECK(aligned(v.data()));
+    CHECK(v[2] == 1.5f);
+    CHECK(v[99999] == 2.0f);
+    const kvcache::detail::CacheLineVector<float> copied = v;
+    CHECK(aligned(copied.data()));
+    CHECK(copied == v);
+    const kvcache::detail::CacheLineVector<float> moved = std::move(v);  // freed with its alignment (ASan checks)
+    CHECK(aligned(moved.data()));
+    CHECK(moved.size() == 100000);
+}
+
 TEST_CASE("checked helpers throw the error type a file reader asks for", "[checked]") {
     CHECK_THROWS_AS(checked_mul<kvcache::FormatError>(kMax, 2, "tensor bytes"), kvcache::FormatError);
     CHECK_THROWS_AS(checked_add<kvcache::FormatError>(kMax, 2, "offset"), kvcache::FormatError);

@@ -1,6 +1,7 @@
 // The thread pool behind detail::parallel_for and the thread-count policy (see detail/thread_pool.hpp).
 #include "kvcache/detail/thread_pool.hpp"
 
+#include "kvcache/detail/aligned_buffer.hpp"  // kAlignment: a cache line
 #include "kvcache/detail/helper_governor.hpp"
 
 #include <algorithm>
@@ -52,14 +53,11 @@ private:
     bool previous_;
 };
 
-/// Bytes of a cache line on the machines the library targets (x86-64, and 64 on most ARM cores).
-constexpr std::size_t kCacheLine = 64;
-
 /// A participant's share of a job's chunks, [front, back), packed in one word so that the owner (taking from the
 /// front) and a thief (taking from the back) claim with one compare-and-swap each. Each range has a cache line of
 /// its own: packed side by side, every claim of one thread took the line from the other's core (a matmul's chunk
 /// is ~0.5 us of work, a line moving between cores ~0.1-0.2 us).
-class alignas(kCacheLine) ChunkRange {
+class alignas(kAlignment) ChunkRange {
 public:
     void assign(std::uint32_t front, std::uint32_t back) { word_.store(pack(front, back), std::memory_order_relaxed); }
 

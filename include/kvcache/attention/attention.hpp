@@ -89,12 +89,10 @@ struct StridedRows {
     const T* base;
     std::size_t stride;
     const T* operator[](std::size_t r) const { return base + r * stride; }
-    /// Asks for row r of the next tile while this one is computed: the hardware prefetcher alone leaves one
-    /// core well short of the memory's bandwidth (measured: 20-30 % more GB/s with it).
-    void prefetch_next_tile(std::size_t r, std::size_t d) const { prefetch_next_tile(r, d, 1); }
-    /// Rows r .. r + count - 1 of the next tile, as one span: each line is asked for once (rows that are not
-    /// line-aligned share lines), and the loop runs once rather than once per row — per row it was ~13 % of the
-    /// integer scores' time.
+    /// Asks for rows r .. r + count - 1 of the next tile while this one is computed: the hardware prefetcher alone
+    /// leaves one core well short of the memory's bandwidth (measured: 20-30 % more GB/s with it). One span:
+    /// each line is asked for once (rows that are not line-aligned share lines), and the loop runs once rather
+    /// than once per row — per row it was ~13 % of the integer scores' time.
     void prefetch_next_tile(std::size_t r, std::size_t d, std::size_t count) const {
         prefetch_row(reinterpret_cast<std::uintptr_t>(base) + (r + kAttentionTile) * stride * sizeof(T),
                      (count - 1) * stride * sizeof(T) + storage_units<T>(d) * sizeof(T));
@@ -106,14 +104,12 @@ struct GatheredRows {
     const void* const* rows;
     std::size_t n;  // rows in the tile
     const T* operator[](std::size_t r) const { return static_cast<const T*>(rows[r]); }
-    /// Asks for row r + kGatherLookahead of this tile: the rows lie in different blocks, so the hardware
-    /// prefetcher does not see them coming.
-    void prefetch_next_tile(std::size_t r, std::size_t d) const {
-        if (r + kGatherLookahead >= n) return;
-        prefetch_row(reinterpret_cast<std::uintptr_t>(rows[r + kGatherLookahead]), storage_units<T>(d) * sizeof(T));
-    }
+    /// Asks for rows r + kGatherLookahead .. + count - 1 of this tile (those it has): the rows lie in different
+    /// blocks, so the hardware prefetcher does not see them coming.
     void prefetch_next_tile(std::size_t r, std::size_t d, std::size_t count) const {
-        for (std::size_t i = 0; i < count; ++i) prefetch_next_tile(r + i, d);
+        for (std::size_t i = r + kGatherLookahead; i < std::min(n, r + kGatherLookahead + count); ++i) {
+            prefetch_row(reinterpret_cast<std::uintptr_t>(rows[i]), storage_units<T>(d) * sizeof(T));
+        }
     }
     static constexpr std::size_t kGatherLookahead = 12;
 };
